@@ -1,0 +1,49 @@
+"""preim3d: edit a face photo in 3D with the PREIM3D encoder and the EG3D generator, in plain PyTorch.
+
+The public API is imported lazily, so `import preim3d` stays fast and does not load dlib or
+gradio until they are needed.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_PUBLIC = {
+    "load_generator": "preim3d.weights.generator",
+    "save_generator": "preim3d.weights.generator",
+    "TriPlaneGenerator": "preim3d.networks.triplane",
+    "load_encoder": "preim3d.weights.encoder",
+    "save_encoder": "preim3d.weights.encoder",
+    "WPlusEncoder": "preim3d.networks.encoder",
+    "compute_latent_avg": "preim3d.inversion",
+    "preprocess_for_encoder": "preim3d.inversion",
+    "invert": "preim3d.inversion",
+    "align_face": "preim3d.align",
+    "detect_faces": "preim3d.align",
+    "paste_back": "preim3d.align",
+    "AlignedFace": "preim3d.align",
+    "DirectionBank": "preim3d.editing",
+    "camera_vector": "preim3d.cameras",
+    "Preim3DError": "preim3d.errors",
+    "WeightsError": "preim3d.errors",
+    "InputImageError": "preim3d.errors",
+    "NoFaceError": "preim3d.errors",
+    "FaceTooSmallError": "preim3d.errors",
+    "UnknownAttributeError": "preim3d.errors",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'preim3d' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

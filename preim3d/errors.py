@@ -1,0 +1,28 @@
+"""Exceptions a user can act on. Each message says what was wrong, where, and what to do."""
+
+
+class Preim3DError(Exception):
+    """Base class of every error preim3d raises on purpose."""
+
+
+class WeightsError(Preim3DError, ValueError):
+    """A weights file or bundle is missing, unreadable, unsafe or of the wrong architecture."""
+
+
+class InputImageError(Preim3DError, ValueError):
+    """A photo could not be read or used."""
+
+
+class NoFaceError(InputImageError):
+    """No face was found in a photo."""
+
+
+class FaceTooSmallError(InputImageError):
+    """The face found in a photo is too small to give a useful crop."""
+
+
+class UnknownAttributeError(Preim3DError, KeyError):
+    """An editing attribute name that the direction bank does not know."""
+
+    def __str__(self):  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""

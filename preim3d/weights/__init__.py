@@ -1,0 +1,1 @@
+"""Reading and writing weights: official files (safely) and our bundle format."""
