@@ -33,7 +33,7 @@ _PUBLIC = {
     "UnknownAttributeError": "preim3d.errors",
 }
 
-__all__ = sorted(_PUBLIC) + ["__version__"]
+__all__ = [*sorted(_PUBLIC), "__version__"]
 
 
 def __getattr__(name):

@@ -1,0 +1,135 @@
+"""Small named ops of the StyleGAN2 / EG3D networks, in plain PyTorch.
+
+Every op states what it computes. The official implementation has CUDA kernels for several of
+these; the maths here is the same (their reference paths agree with ours to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SQRT2 = math.sqrt(2.0)
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """x · rsqrt(mean(x², dim) + eps)."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def bias_lrelu(x: torch.Tensor, bias: torch.Tensor, gain: float = SQRT2, clamp: float | None = None) -> torch.Tensor:
+    """clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias broadcast over dim 1 (channels)."""
+    x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * gain
+    return x.clamp(-clamp, clamp) if clamp is not None else x
+
+
+def bias_linear(x: torch.Tensor, bias: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
+    """clamp(x + b, ±clamp), the bias broadcast over dim 1 (channels)."""
+    x = x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
+    return x.clamp(-clamp, clamp) if clamp is not None else x
+
+
+def fir_filter_2d(taps=(1.0, 3.0, 3.0, 1.0)) -> torch.Tensor:
+    """The 2-D low-pass filter outer(taps, taps) normalised to sum 1 ([4,4] for the default taps)."""
+    t = torch.as_tensor(taps, dtype=torch.float32)
+    f = torch.outer(t, t)
+    return f / f.sum()
+
+
+def _depthwise(f: torch.Tensor, channels: int, gain: float, dtype) -> torch.Tensor:
+    """The filter repeated per channel for a grouped convolution, flipped (upfirdn2d convolves)."""
+    return (f * gain).flip([0, 1]).to(dtype)[None, None].expand(channels, 1, *f.shape)
+
+
+def fir_blur(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0) -> torch.Tensor:
+    """Depthwise convolution with f·gain after zero-padding `pad` on every side (upfirdn2d, up=down=1)."""
+    return F.conv2d(x, _depthwise(f, x.shape[1], gain, x.dtype), padding=pad, groups=x.shape[1])
+
+
+def fir_upsample_2x(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """upfirdn2d(x, f, up=2, pad=(2,1,2,1), gain=4): insert a zero after each sample, pad, filter.
+
+    For a 4-tap filter this equals a stride-2 transposed depthwise convolution with padding 1
+    (the zero-insertion and padding line up exactly), which avoids building the zero-filled image.
+    """
+    assert f.shape == (4, 4), "fir_upsample_2x expects a 4x4 filter"
+    # conv_transpose2d correlates with the flipped kernel, so pass the unflipped one.
+    k = (f * 4).to(x.dtype)[None, None].expand(x.shape[1], 1, 4, 4)
+    return F.conv_transpose2d(x, k, stride=2, padding=1, groups=x.shape[1])
+
+
+class FullyConnectedLayer(nn.Module):
+    """y = act(x · (W · lr_mul / √in)ᵀ + b · lr_mul), weights stored raw ("equalised learning rate").
+
+    `activation` is 'linear' or 'lrelu' (the latter is lrelu(·, 0.2) · √2).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1.0, bias_init=0.0):
+        super().__init__()
+        if activation not in ("linear", "lrelu"):
+            raise ValueError(f"unsupported activation {activation!r}")
+        self.in_features, self.out_features, self.activation = in_features, out_features, activation
+        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        if self.bias is None:
+            x = x.matmul(w.t())
+            return F.leaky_relu(x, 0.2) * SQRT2 if self.activation == "lrelu" else x
+        b = self.bias.to(x.dtype)
+        if self.bias_gain != 1:
+            b = b * self.bias_gain
+        if self.activation == "linear":
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_lrelu(x.matmul(w.t()), b)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool = True,
+    up: bool = False,
+    resample_filter: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """StyleGAN2 modulated convolution (without noise, bias and activation).
+
+    With w'[n,o,i] = W[o,i] · s[n,i], the output is conv(x, w'[n]) scaled by
+    d[n,o] = rsqrt(Σ_{i,k,k} w'² + 1e-8) when demodulating. Computed as
+    conv(x · s, W) · d, which is the same function as a per-sample grouped convolution but runs as
+    one ordinary convolution over the batch.
+
+    `up`: a 3x3 "up" convolution = stride-2 transposed convolution with the unflipped weight, then
+    the FIR low-pass `resample_filter` with padding 1 and gain 4 (output 2H×2W).
+
+    In half precision (x fp16) the weight and styles are first rescaled by their maxima, as the
+    official mixed-precision path does, so that fp16 cannot overflow; demodulation cancels the scale.
+    """
+    n, in_ch = styles.shape
+    _, _, kh, kw = weight.shape
+    if x.dtype == torch.float16 and demodulate:
+        weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.abs().amax(dim=1, keepdim=True)
+    dcoefs = None
+    if demodulate:
+        wmod = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)
+        dcoefs = (wmod.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+    x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+    w = weight.to(x.dtype)
+    if up:
+        x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+        x = fir_blur(x, resample_filter, pad=1, gain=4.0)
+    else:
+        x = F.conv2d(x, w, padding=kh // 2)
+    if dcoefs is not None:
+        x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
+    return x

@@ -1,0 +1,140 @@
+"""EG3D's TriPlaneGenerator: camera-conditioned mapping, StyleGAN2 tri-plane backbone, volume
+rendering at the neural resolution, and 2-D super-resolution.
+
+Constructor arguments, call signatures and state-dict names match the official class, so official
+weights load strictly and code written for the official generator runs unchanged:
+
+    ws = G.mapping(z, c, truncation_psi=1, truncation_cutoff=None)         # [N, 14, 512]
+    out = G.synthesis(ws, c, noise_mode='const')                            # dict of images
+
+One documented difference: `synthesis` defaults to noise_mode='const' (the official default is
+'random'); PREIM3D always renders with 'const'.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .renderer import ImportanceRenderer, OSGDecoder, camera_rays
+from .stylegan2 import StyleGAN2Backbone
+from .superresolution import SuperResolution
+
+PRECISIONS = ("fp32", "fast")
+
+# Official keyword arguments that concern only training or the official CUDA kernels: the value we
+# support (None = any value).
+_IGNORED_KWARGS = {"fused_modconv_default": None, "architecture": "skip", "resample_filter": [1, 3, 3, 1]}
+# The official super-resolution modules accept and ignore these.
+_SR_SWALLOWED = ("channel_base", "channel_max", "num_fp16_res", "conv_clamp")
+
+
+def _without_ignored(kwargs: dict) -> dict:
+    """kwargs less the ignorable ones; an error if one asks for something we do not implement."""
+    kwargs = dict(kwargs)
+    for key, supported in _IGNORED_KWARGS.items():
+        value = kwargs.pop(key, supported)
+        if supported is not None and list(value if isinstance(value, (list, tuple)) else [value]) != list(
+            supported if isinstance(supported, list) else [supported]
+        ):
+            raise ValueError(f"{key}={value!r} is not supported (only {supported!r})")
+    return kwargs
+
+
+class TriPlaneGenerator(nn.Module):
+    """z, c → 3-D-aware face images (EG3D). See the module docstring for the API.
+
+    `precision`: 'fp32' (default, the reference) or 'fast' (on CUDA: the blocks the official code
+    runs in float16 — the super-resolution — run in float16, as officially). Set it with
+    `G.set_precision(...)`.
+    """
+
+    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0,
+                 mapping_kwargs=None, rendering_kwargs=None, sr_kwargs=None, **synthesis_kwargs):
+        super().__init__()
+        rendering_kwargs = dict(rendering_kwargs or {})
+        self.init_kwargs = copy.deepcopy(dict(
+            z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
+            sr_num_fp16_res=sr_num_fp16_res, mapping_kwargs=dict(mapping_kwargs or {}),
+            rendering_kwargs=rendering_kwargs, sr_kwargs=dict(sr_kwargs or {}), **synthesis_kwargs))
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.backbone = StyleGAN2Backbone(z_dim, c_dim, w_dim, img_resolution=256, img_channels=32 * 3,
+                                          mapping_kwargs=mapping_kwargs, **_without_ignored(synthesis_kwargs))
+        sr_name = rendering_kwargs["superresolution_module"].rsplit(".", 1)[-1]
+        unknown_sr = set(_without_ignored(sr_kwargs or {})) - set(_SR_SWALLOWED)
+        if unknown_sr:
+            raise ValueError(f"unsupported sr_kwargs: {sorted(unknown_sr)}")
+        self.superresolution = SuperResolution(sr_name, channels=32, img_resolution=img_resolution,
+                                               sr_num_fp16_res=sr_num_fp16_res,
+                                               sr_antialias=rendering_kwargs["sr_antialias"])
+        self.decoder = OSGDecoder(32, decoder_lr_mul=rendering_kwargs.get("decoder_lr_mul", 1),
+                                  decoder_output_dim=32)
+        self.renderer = ImportanceRenderer()
+        self.neural_rendering_resolution = 64
+        self.rendering_kwargs = rendering_kwargs
+        self.precision = "fp32"
+
+    @property
+    def num_ws(self) -> int:
+        return self.backbone.num_ws
+
+    def set_precision(self, precision: str) -> TriPlaneGenerator:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        return self
+
+    def mapping(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False):
+        """z [N,z_dim], c [N,25] → ws [N,num_ws,w_dim]. c is zeroed or scaled as the checkpoint says."""
+        if self.rendering_kwargs.get("c_gen_conditioning_zero", False):
+            c = torch.zeros_like(c)
+        # The official code scales by c_scale with a default of 0 when the key is missing.
+        c = c * self.rendering_kwargs.get("c_scale", 0)
+        return self.backbone.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+
+    def synthesize_planes(self, ws, noise_mode="const") -> torch.Tensor:
+        """ws → tri-planes [N, 3, 32, 256, 256] (channels 32p … 32p+31 form plane p)."""
+        planes = self.backbone.synthesis(ws, noise_mode=noise_mode, half=self._half(ws))
+        return planes.view(len(planes), 3, 32, planes.shape[-2], planes.shape[-1])
+
+    def render_planes(self, planes, ws, c, neural_rendering_resolution=None, deterministic=False):
+        """Render cached tri-planes from cameras c [N,25]; ws supplies the super-resolution's w.
+
+        Returns the same dict as `synthesis`. `deterministic=True` replaces the random depth
+        samples by fixed ones (not the official behaviour, but repeatable without seeding).
+        """
+        resolution = neural_rendering_resolution or self.neural_rendering_resolution
+        cam2world, intrinsics = c[:, :16].view(-1, 4, 4), c[:, 16:25].view(-1, 3, 3)
+        origins, directions = camera_rays(cam2world, intrinsics, resolution)
+        n = origins.shape[0]
+        features, depth, _ = self.renderer(planes, self.decoder, origins, directions, self.rendering_kwargs,
+                                           deterministic=deterministic)
+        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], resolution, resolution).contiguous()
+        depth_image = depth.permute(0, 2, 1).reshape(n, 1, resolution, resolution)
+        rgb_image = feature_image[:, :3]
+        image = self.superresolution(rgb_image, feature_image, ws,
+                                     noise_mode=self.rendering_kwargs.get("superresolution_noise_mode", "none"),
+                                     half=self._half(ws))
+        return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
+
+    def synthesis(self, ws, c, neural_rendering_resolution=None, noise_mode="const", deterministic=False,
+                  update_emas=False, **_unused):
+        """ws [N,num_ws,w_dim], c [N,25] → {'image', 'image_raw', 'image_depth'}.
+
+        Extra official keyword arguments (cache_backbone, use_cached_backbone, force_fp32, …) are
+        accepted and ignored; use `synthesize_planes` + `render_planes` to reuse tri-planes.
+        """
+        planes = self.synthesize_planes(ws, noise_mode=noise_mode)
+        return self.render_planes(planes, ws, c, neural_rendering_resolution, deterministic=deterministic)
+
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, neural_rendering_resolution=None,
+                noise_mode="const", **kwargs):
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, c, neural_rendering_resolution=neural_rendering_resolution,
+                              noise_mode=noise_mode, **kwargs)
+
+    def _half(self, ws) -> bool:
+        return self.precision == "fast" and ws.device.type == "cuda"
