@@ -138,13 +138,17 @@ def _allowed_global(module: str, name: str):
     return None
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """pickle.Unpickler that resolves only allow-listed globals (see the module docstring)."""
 
     def find_class(self, module, name):
         value = _allowed_global(module, name)
         if value is None:
-            raise pickle.UnpicklingError(
+            raise RefusedGlobal(
                 f"refused to load the global {module}.{name}: a model file never needs it, so the file "
                 f"may be malicious or is not an EG3D/PREIM3D file"
             )
@@ -174,9 +178,9 @@ def read_official_pickle(path):
                 obj = RestrictedUnpickler(f).load()
     except WeightsError as exc:
         raise WeightsError(f"{path}: {exc}") from exc
-    except pickle.UnpicklingError as exc:
+    except RefusedGlobal as exc:
         raise WeightsError(f"Could not load {path}: {exc}.") from exc
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, TypeError, IndexError, KeyError,
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, OSError) as exc:
         raise WeightsError(
             f"Could not read {path}: the file is truncated, corrupt or not a model file "
