@@ -180,8 +180,7 @@ def read_official_pickle(path):
         raise WeightsError(f"{path}: {exc}") from exc
     except RefusedGlobal as exc:
         raise WeightsError(f"Could not load {path}: {exc}.") from exc
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, TypeError, IndexError, KeyError,
-            AttributeError, OSError) as exc:
+    except Exception as exc:  # any failure to parse untrusted bytes is the file's fault, not a crash
         raise WeightsError(
             f"Could not read {path}: the file is truncated, corrupt or not a model file "
             f"({type(exc).__name__}: {exc}). Download it again."
