@@ -113,15 +113,15 @@ class SynthesisBlock(nn.Module):
     """One resolution of the "skip" generator: [const |] conv0 (2× up unless `up=False`), conv1, ToRGB.
 
     img_out = upsample2x(img_in) + toRGB(x) (without the upsampling when `up=False`). A block takes
-    num_conv + 1 consecutive ws; `use_fp16` marks the blocks the official code runs in half
-    precision on a GPU (we do so only in the fast mode).
+    num_conv + 1 consecutive ws. `fast=True` runs the block in float16, channels-last; the skip
+    image is always accumulated in float32.
     """
 
     def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, is_last,
-                 use_fp16=False, conv_clamp=None, up=True):
+                 conv_clamp=None, up=True):
         super().__init__()
         self.in_channels, self.resolution, self.img_channels = in_channels, resolution, img_channels
-        self.is_last, self.use_fp16, self.up = is_last, use_fp16, up
+        self.is_last, self.up = is_last, up
         self.register_buffer("resample_filter", fir_filter_2d())
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
@@ -131,12 +131,14 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
 
-    def forward(self, x, img, ws, noise_mode="const", dtype=torch.float32):
+    def forward(self, x, img, ws, noise_mode="const", fast=False):
         w_iter = iter(ws.unbind(dim=1))
+        dtype = torch.float16 if fast else torch.float32
+        layout = torch.channels_last if fast else torch.contiguous_format
         if self.in_channels == 0:
-            x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).to(memory_format=layout)
         else:
-            x = self.conv0(x.to(dtype), next(w_iter), noise_mode)
+            x = self.conv0(x.to(dtype, memory_format=layout), next(w_iter), noise_mode)
         x = self.conv1(x, next(w_iter), noise_mode)
         if img is not None and self.up:
             img = fir_upsample_2x(img, self.resample_filter)
@@ -148,8 +150,7 @@ class SynthesisBlock(nn.Module):
 class SynthesisNetwork(nn.Module):
     """ws [N,num_ws,w_dim] → image [N,img_channels,R,R]: blocks 4, 8, …, R, each min(base/res, max) wide."""
 
-    def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512,
-                 num_fp16_res=4, conv_clamp=None):
+    def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, conv_clamp=None):
         super().__init__()
         log2 = int(math.log2(img_resolution))
         if img_resolution < 4 or 2**log2 != img_resolution:
@@ -157,18 +158,16 @@ class SynthesisNetwork(nn.Module):
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.block_resolutions = [2**i for i in range(2, log2 + 1)]
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
-        fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
         self.num_ws = 0
         for res in self.block_resolutions:
             block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, res, img_channels,
-                                   is_last=res == img_resolution, use_fp16=res >= fp16_resolution,
-                                   conv_clamp=conv_clamp)
+                                   is_last=res == img_resolution, conv_clamp=conv_clamp)
             self.num_ws += block.num_conv
             setattr(self, f"b{res}", block)
         self.num_ws += 1  # the last ToRGB
 
-    def forward(self, ws, noise_mode="const", half=False):
-        """`half`: run the blocks marked use_fp16 in float16 (the official GPU behaviour)."""
+    def forward(self, ws, noise_mode="const", fast=False):
+        """`fast`: run the blocks in float16, channels-last (see SynthesisBlock)."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         ws = ws.to(torch.float32)
@@ -179,8 +178,7 @@ class SynthesisNetwork(nn.Module):
             # Block k's ToRGB shares its w with block k+1's first conv.
             block_ws = ws.narrow(1, w_idx, block.num_conv + 1)
             w_idx += block.num_conv
-            dtype = torch.float16 if half and block.use_fp16 else torch.float32
-            x, img = block(x, img, block_ws, noise_mode, dtype)
+            x, img = block(x, img, block_ws, noise_mode, fast)
         return img
 
 

@@ -14,7 +14,6 @@ widths, output size and whether the first block upsamples:
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -35,8 +34,8 @@ class SuperResolution(nn.Module):
     """rgb [N,3,r,r], features [N,C,r,r], ws [N,num_ws,512] → image [N,3,R,R] (see the table above).
 
     Inputs not at `input_resolution` are first resized (bilinear, antialiased when `sr_antialias`).
-    Every convolution is clamped to ±256 when the variant is built for half precision, as in the
-    official configuration, whatever precision it actually runs in.
+    Every convolution is clamped to ±256 when the configuration asks for half precision
+    (sr_num_fp16_res > 0), as the official code does, whatever precision it actually runs in.
     """
 
     def __init__(self, variant, channels, img_resolution, sr_num_fp16_res, sr_antialias, **_ignored):
@@ -47,23 +46,20 @@ class SuperResolution(nn.Module):
         if img_resolution != out_res:
             raise ValueError(f"{variant} produces {out_res}x{out_res} images, not {img_resolution}")
         self.variant, self.sr_antialias = variant, sr_antialias
-        use_fp16 = sr_num_fp16_res > 0
-        clamp = 256 if use_fp16 else None
+        clamp = 256 if sr_num_fp16_res > 0 else None
         res0 = self.input_resolution * (2 if up0 else 1)
-        self.block0 = SynthesisBlock(channels, ch0, 512, res0, 3, is_last=False, use_fp16=use_fp16,
-                                     conv_clamp=clamp, up=up0)
-        self.block1 = SynthesisBlock(ch0, ch1, 512, res0 * 2, 3, is_last=True, use_fp16=use_fp16, conv_clamp=clamp)
+        self.block0 = SynthesisBlock(channels, ch0, 512, res0, 3, is_last=False, conv_clamp=clamp, up=up0)
+        self.block1 = SynthesisBlock(ch0, ch1, 512, res0 * 2, 3, is_last=True, conv_clamp=clamp)
         if has_filter:
             self.register_buffer("resample_filter", fir_filter_2d())
 
-    def forward(self, rgb, features, ws, noise_mode="none", half=False):
+    def forward(self, rgb, features, ws, noise_mode="none", fast=False):
         ws = ws[:, -1:, :].repeat(1, 3, 1)
         size = features.shape[-1]
         if size < self.input_resolution or (size != self.input_resolution and not self.resize_if_smaller):
             target = (self.input_resolution, self.input_resolution)
             resize = {"size": target, "mode": "bilinear", "align_corners": False, "antialias": self.sr_antialias}
             features, rgb = F.interpolate(features, **resize), F.interpolate(rgb, **resize)
-        dtype = torch.float16 if half and self.block0.use_fp16 else torch.float32
-        x, img = self.block0(features, rgb, ws, noise_mode, dtype)
-        _, img = self.block1(x, img, ws, noise_mode, dtype)
+        x, img = self.block0(features, rgb, ws, noise_mode, fast)
+        _, img = self.block1(x, img, ws, noise_mode, fast)
         return img

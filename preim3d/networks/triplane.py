@@ -14,6 +14,7 @@ One documented difference: `synthesis` defaults to noise_mode='const' (the offic
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -24,9 +25,10 @@ from .superresolution import SuperResolution
 
 PRECISIONS = ("fp32", "fast")
 
-# Official keyword arguments that concern only training or the official CUDA kernels: the value we
-# support (None = any value).
-_IGNORED_KWARGS = {"fused_modconv_default": None, "architecture": "skip", "resample_filter": [1, 3, 3, 1]}
+# Official keyword arguments that concern only training, the official CUDA kernels or the runtime
+# precision (ours is chosen with set_precision): the value we support (None = any value).
+_IGNORED_KWARGS = {"fused_modconv_default": None, "num_fp16_res": None, "architecture": "skip",
+                   "resample_filter": [1, 3, 3, 1]}
 # The official super-resolution modules accept and ignore these.
 _SR_SWALLOWED = ("channel_base", "channel_max", "num_fp16_res", "conv_clamp")
 
@@ -46,9 +48,10 @@ def _without_ignored(kwargs: dict) -> dict:
 class TriPlaneGenerator(nn.Module):
     """z, c → 3-D-aware face images (EG3D). See the module docstring for the API.
 
-    `precision`: 'fp32' (default, the reference) or 'fast' (on CUDA: the blocks the official code
-    runs in float16 — the super-resolution — run in float16, as officially). Set it with
-    `G.set_precision(...)`.
+    `precision`: 'fp32' (default, the reference) or 'fast': on CUDA the convolutional networks
+    (tri-plane backbone and super-resolution) run in float16, channels-last, with the official
+    mixed-precision safeguards; rendering stays float32. Should a float16 pass ever overflow, that
+    pass is recomputed in float32 (with a warning). Set it with `G.set_precision(...)`.
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0,
@@ -97,7 +100,7 @@ class TriPlaneGenerator(nn.Module):
 
     def synthesize_planes(self, ws, noise_mode="const") -> torch.Tensor:
         """ws → tri-planes [N, 3, 32, 256, 256] (channels 32p … 32p+31 form plane p)."""
-        planes = self.backbone.synthesis(ws, noise_mode=noise_mode, half=self._half(ws))
+        planes = self._run(lambda fast: self.backbone.synthesis(ws, noise_mode=noise_mode, fast=fast), ws)
         return planes.view(len(planes), 3, 32, planes.shape[-2], planes.shape[-1])
 
     def render_planes(self, planes, ws, c, neural_rendering_resolution=None, deterministic=False):
@@ -115,9 +118,8 @@ class TriPlaneGenerator(nn.Module):
         feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], resolution, resolution).contiguous()
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, resolution, resolution)
         rgb_image = feature_image[:, :3]
-        image = self.superresolution(rgb_image, feature_image, ws,
-                                     noise_mode=self.rendering_kwargs.get("superresolution_noise_mode", "none"),
-                                     half=self._half(ws))
+        sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none")
+        image = self._run(lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast), ws)
         return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
 
     def synthesis(self, ws, c, neural_rendering_resolution=None, noise_mode="const", deterministic=False,
@@ -136,5 +138,12 @@ class TriPlaneGenerator(nn.Module):
         return self.synthesis(ws, c, neural_rendering_resolution=neural_rendering_resolution,
                               noise_mode=noise_mode, **kwargs)
 
-    def _half(self, ws) -> bool:
-        return self.precision == "fast" and ws.device.type == "cuda"
+    def _run(self, network, ws) -> torch.Tensor:
+        """network(fast) in the fast mode when it applies, falling back to float32 on overflow."""
+        if self.precision != "fast" or ws.device.type != "cuda":
+            return network(False)
+        out = network(True)
+        if torch.isfinite(out).all():
+            return out
+        warnings.warn("float16 overflowed in the fast mode; recomputing this pass in float32", stacklevel=3)
+        return network(False)
