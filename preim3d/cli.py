@@ -141,21 +141,30 @@ def _save_latents_file(path: Path, fit) -> None:
 
 
 def _bundle_encode_fn(bundle, device: str):
-    """photos -> W+ codes through a bundle's encoder: where the CLI wires alignment and inversion.
+    """photos -> W+ codes with a bundle's encoder: align each face (dlib), then ws = E(x) + latent_avg.
 
-    Checks that `bundle` holds an encoder. Encoding photos needs preim3d's aligner and encoder
-    (`preim3d.align.align_face`, `preim3d.inversion.invert`), which this version does not ship
-    yet; until they are wired here, fit from saved codes with --latents.
+    A photo without a usable face raises an InputImageError, which `fit_directions_from_photos`
+    turns into a skipped photo.
     """
     from .weights.bundle import read_bundle_config
 
     config = read_bundle_config(bundle)
-    if "encoder" not in config:
+    missing = [name for name in ("encoder", "latent_avg") if name not in config]
+    if missing:
         present = sorted(k for k, v in config.items() if isinstance(v, dict))
-        raise WeightsError(f"--photos needs an encoder bundle, and {bundle} has no encoder "
+        raise WeightsError(f"--photos needs an encoder bundle, and {bundle} has no {' or '.join(missing)} "
                            f"(it holds: {', '.join(present) or 'nothing'}).")
-    raise Preim3DError("Encoding photos is not available in this version of preim3d yet; encode them "
-                       "yourself and fit from the codes with --latents.")
+    from .align import align_face
+    from .inversion import invert
+    from .weights.encoder import load_encoder, load_latent_avg
+
+    encoder = load_encoder(bundle, device=device)
+    latent_avg = load_latent_avg(bundle, device=device)
+
+    def encode(images):
+        return invert(encoder, latent_avg, [align_face(image) for image in images]).cpu()
+
+    return encode
 
 
 # ------------------------------------------------------------------ directions-heatmap

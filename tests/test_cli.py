@@ -107,7 +107,27 @@ def test_fit_direction_from_photos_needs_an_encoder_bundle(tmp_path, capsys):
     assert cli.main(["fit-direction", "--photos", str(tmp_path), "--labels", str(tmp_path / "labels.csv"),
                      "--encoder", str(tmp_path / "directions_only"), "--out", str(tmp_path / "bank")]) == 1
     err = capsys.readouterr().err
-    assert "needs an encoder bundle" in err and "directions" in err
+    assert "needs an encoder bundle" in err and "no encoder or latent_avg (it holds: directions)" in err
+
+
+def test_photo_encoding_aligns_then_inverts_with_the_bundle(tmp_path, monkeypatch):
+    align = pytest.importorskip("preim3d.align")
+    inversion = pytest.importorskip("preim3d.inversion")
+    weights = pytest.importorskip("preim3d.weights.encoder")
+    from preim3d.networks.encoder import WPlusEncoder
+
+    torch.manual_seed(0)
+    encoder = WPlusEncoder(stage_units=[1, 1], stage_channels=[8, 16], stem_channels=8, pool_size=2,
+                           se_reduction=4).eval()
+    latent_avg = torch.randn(1, 14, 512)
+    weights.save_encoder(encoder, tmp_path / "bundle", latent_avg=latent_avg)
+    aligned = []
+    monkeypatch.setattr(align, "align_face", lambda image: aligned.append(image) or image.resize((512, 512)))
+    photos = [Image.new("RGB", (64, 64), (40 * i, 90, 200 - 30 * i)) for i in range(3)]
+    codes = cli._bundle_encode_fn(tmp_path / "bundle", "cpu")(photos)
+    assert aligned == photos
+    expected = inversion.invert(encoder, latent_avg, [p.resize((512, 512)) for p in photos])
+    assert codes.shape == (3, 14, 512) and torch.equal(codes, expected)
 
 
 def test_fit_direction_from_photos_through_an_encoder(tmp_path, monkeypatch, capsys):
