@@ -213,8 +213,9 @@ class FastWPlusEncoder(nn.Module):
                           Linear absorbs it: W' = W diag(a repeated over the pool cells), b' = W b_rep + bias;
       FC -> EqualLinear : the equalised scale is applied once to the stored weight.
     A BN in front of a zero-padded conv is NOT folded (the padding would see b instead of 0); it stays
-    a per-channel x*a + b. Only rounding differs from `WPlusEncoder`: about 1e-6 in float32, about
-    1e-3 in float16 on W+. The input is cast to the copy's dtype/layout; the output is float32.
+    a per-channel x*a + b. Only rounding differs from `WPlusEncoder`: about 1e-6 on W+ in float32, a
+    few 1e-3 in float16 (bfloat16 is ~10x worse). The input is cast to the copy's dtype and layout;
+    the output is float32.
     """
 
     def __init__(self, encoder: WPlusEncoder, dtype: torch.dtype = torch.float16, channels_last: bool = True):
