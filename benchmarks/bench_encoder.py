@@ -101,6 +101,18 @@ def cuda_graphed(fn, example):
     return run
 
 
+def with_tf32(fn):
+    """`fn` run with PyTorch's default of TF32 convolutions (how the official inference runs on Ampere+)."""
+    def run(x):
+        torch.backends.cudnn.allow_tf32 = True
+        try:
+            return fn(x)
+        finally:
+            torch.backends.cudnn.allow_tf32 = False
+
+    return run
+
+
 def time_cuda(fn, x, iters, warmup):
     """Per-call milliseconds, each call between two CUDA events."""
     for _ in range(warmup):
@@ -158,9 +170,15 @@ def main():
     fast = ours.fast(torch.float16 if on_gpu else torch.float32)
     plain = {}  # name -> module, timed as is
     if args.official:
-        official = official_encoder_class(args.official)(50, "ir_se", types.SimpleNamespace(**OPTS))
-        official.load_state_dict(ours.state_dict())
-        plain["official fp32"] = official.to(device).eval()
+        try:
+            official = official_encoder_class(args.official)(50, "ir_se", types.SimpleNamespace(**OPTS))
+        except Exception as exc:  # keep benchmarking ours when the checkout is unusable
+            print(f"official encoder unavailable from {args.official}: {type(exc).__name__}: {exc}", flush=True)
+        else:
+            official.load_state_dict(ours.state_dict())
+            plain["official fp32"] = official.to(device).eval()
+            if device.type == "cuda":
+                plain["official, PyTorch defaults (TF32)"] = with_tf32(official)
     plain["ours fp32"] = ours
     plain[f"ours fast {'fp16' if on_gpu else 'fp32'} channels-last"] = fast
     variants = {name: (lambda x, m=module: (m, m)) for name, module in plain.items()}
@@ -178,8 +196,12 @@ def main():
         reference = ours(xb).float()
         for name, make in variants.items():
             began = time.perf_counter()
-            run1, runb = make(xb)
-            diff = (runb(xb).float() - reference).abs().max().item()
+            try:
+                run1, runb = make(xb)
+                diff = (runb(xb).float() - reference).abs().max().item()
+            except Exception as exc:  # e.g. no working compiler for torch.compile: report and go on
+                print(f"{name}: failed ({type(exc).__name__}: {str(exc)[:300]})", flush=True)
+                continue
             row = dict(variant=name, max_abs_diff_vs_fp32=diff)
             if on_gpu:
                 row["batch1_ms"] = statistics.median(time_cuda(run1, x1, iters=50, warmup=10))
@@ -200,13 +222,9 @@ def main():
             print(f"{r['variant']:36s} {r['batch1_ms']:10.2f} {r['batch_img_per_s']:15.0f} "
                   f"{r['max_abs_diff_vs_fp32']:9.2e}")
         accurate = [r for r in rows if r["max_abs_diff_vs_fp32"] <= 1e-2]
-        print(f"goals (W+ within 1e-2): batch-1 <= 3 ms -> best {min(r['batch1_ms'] for r in accurate):.2f} ms; "
-              f"batch-{batch} >= 2000 img/s -> best {max(r['batch_img_per_s'] for r in accurate):.0f} img/s")
-    else:
-        print(f"{'variant':36s} {'s/img b1':>10s} {f's/img b{batch}':>10s} {'max|dW+|':>9s}")
-        for r in rows:
-            print(f"{r['variant']:36s} {r['cpu_s_per_image_batch1']:10.3f} "
-                  f"{r[f'cpu_s_per_image_batch{batch}']:10.3f} {r['max_abs_diff_vs_fp32']:9.2e}")
+        if accurate:
+            print(f"goals (W+ within 1e-2): batch-1 <= 3 ms -> best {min(r['batch1_ms'] for r in accurate):.2f} ms; "
+                  f"batch-{batch} >= 2000 img/s -> best {max(r['batch_img_per_s'] for r in accurate):.0f} img/s")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(device=device_name, torch=torch.__version__, rows=rows), indent=2))
 

@@ -129,9 +129,10 @@ def test_fast_path_matches_fp32():
 
 
 def test_official_layout_with_extra_keys_loads(tmp_path):
-    encoder = tiny_encoder()
-    path = save_official_layout(encoder, tmp_path / "ckpt.pt", latent_avg=torch.randn(1, 14, 32))
+    encoder, stored = tiny_encoder(), torch.randn(1, 14, 32)
+    path = save_official_layout(encoder, tmp_path / "ckpt.pt", latent_avg=stored)
     loaded = load_encoder(path)
+    assert torch.equal(load_latent_avg(path), stored)
     assert loaded.config == encoder.config
     assert not loaded.training
     x = torch.rand(2, 3, 64, 64) * 2 - 1
@@ -139,6 +140,8 @@ def test_official_layout_with_extra_keys_loads(tmp_path):
         assert torch.equal(loaded(x), encoder(x))
     torch.save(encoder.state_dict(), tmp_path / "bare.pt")  # an un-prefixed encoder state dict is fine too
     assert torch.equal(load_encoder(tmp_path / "bare.pt").linear.weight, encoder.linear.weight)
+    with pytest.raises(WeightsError, match="bare.pt holds no latent average.*compute_latent_avg"):
+        load_latent_avg(tmp_path / "bare.pt")
 
 
 def test_bundle_round_trip(tmp_path):
