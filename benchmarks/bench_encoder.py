@@ -207,7 +207,7 @@ def main():
                 row["batch1_ms"] = statistics.median(time_cuda(run1, x1, iters=50, warmup=10))
                 row["batch_img_per_s"] = batch * 1000 / statistics.median(time_cuda(runb, xb, iters=20, warmup=3))
             else:
-                row["cpu_s_per_image_batch1"] = time_cpu(run1, x1, iters=3)
+                row["cpu_s_per_image_batch1"] = time_cpu(run1, x1, iters=5)
                 row[f"cpu_s_per_image_batch{batch}"] = time_cpu(runb, xb, iters=2) / batch
             row["wall_s"] = time.perf_counter() - began
             rows.append(row)
