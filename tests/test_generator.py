@@ -15,7 +15,7 @@ from official_format import write_network_pickle, write_torch_save
 from safetensors.torch import load_file
 
 from preim3d import TriPlaneGenerator, WeightsError, load_generator, save_generator
-from preim3d.networks.ops import fir_filter_2d, fir_upsample_2x
+from preim3d.networks.ops import fir_filter_2d, fir_upsample_2x, modulated_conv2d
 
 DATA = Path(__file__).parent / "data"
 
@@ -219,3 +219,14 @@ def test_noise_modes_and_truncation(tiny):
     free = tiny.mapping(z, c)
     assert torch.allclose(truncated[:, :4], w_avg.expand(3, 4, -1))
     assert torch.equal(truncated[:, 4:], free[:, 4:])
+
+
+@pytest.mark.parametrize("up", [False, True])
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_modulated_conv_batch_path_equals_single_sample_path(up, demodulate):
+    x, weight, styles = torch.randn(3, 6, 8, 8), torch.randn(5, 6, 3, 3), torch.randn(3, 6)
+    kwargs = {"demodulate": demodulate, "up": up, "resample_filter": fir_filter_2d()}
+    batched = modulated_conv2d(x, weight, styles, **kwargs)
+    singles = torch.cat([modulated_conv2d(x[i:i + 1], weight, styles[i:i + 1], **kwargs) for i in range(3)])
+    assert batched.shape == (3, 5, 16 if up else 8, 16 if up else 8)
+    assert torch.allclose(batched, singles, atol=1e-5, rtol=1e-5)

@@ -104,9 +104,9 @@ def modulated_conv2d(
     """StyleGAN2 modulated convolution (without noise, bias and activation).
 
     With w'[n,o,i] = W[o,i] · s[n,i], the output is conv(x, w'[n]) scaled by
-    d[n,o] = rsqrt(Σ_{i,k,k} w'² + 1e-8) when demodulating. Computed as
-    conv(x · s, W) · d, which is the same function as a per-sample grouped convolution but runs as
-    one ordinary convolution over the batch.
+    d[n,o] = rsqrt(Σ_{i,k,k} w'² + 1e-8) when demodulating. A single sample convolves with the
+    modulated weight w'·d directly; a batch runs as conv(x · s, W) · d, the same function, so that
+    one ordinary convolution serves the whole batch instead of one per sample.
 
     `up`: a 3x3 "up" convolution = stride-2 transposed convolution with the unflipped weight, then
     the FIR low-pass `resample_filter` with padding 1 and gain 4 (output 2H×2W).
@@ -123,13 +123,20 @@ def modulated_conv2d(
     if demodulate:
         wmod = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)
         dcoefs = (wmod.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
-    x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
-    w = weight.to(x.dtype)
-    if up:
-        x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
-        x = fir_blur(x, resample_filter, pad=1, gain=4.0)
-    else:
-        x = F.conv2d(x, w, padding=kh // 2)
+    if n == 1:
+        w = weight * styles.reshape(1, -1, 1, 1)
+        if dcoefs is not None:
+            w = w * dcoefs.reshape(-1, 1, 1, 1)
+        return _conv(x, w.to(x.dtype), up, resample_filter)
+    x = _conv(x * styles.to(x.dtype).reshape(n, -1, 1, 1), weight.to(x.dtype), up, resample_filter)
     if dcoefs is not None:
         x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
     return x
+
+
+def _conv(x, w, up, resample_filter):
+    """Same-size convolution, or the 2× up-convolution described in modulated_conv2d."""
+    if up:
+        x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+        return fir_blur(x, resample_filter, pad=1, gain=4.0)
+    return F.conv2d(x, w, padding=w.shape[-1] // 2)

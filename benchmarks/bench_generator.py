@@ -1,0 +1,138 @@
+"""Generator speed and GPU conformance, ours beside the official EG3D code, in one run.
+
+    PREIM3D_OFFICIAL_EG3D=/path/to/eg3d/eg3d python benchmarks/bench_generator.py [--device cuda]
+
+Both generators get the same seeded random ffhq512-128 weights. Reported: agreement (PSNR of
+image / image_raw / image_depth against the official output, same seed), per-frame latency at
+batch 1 and throughput at a large batch, for the official generator, ours in fp32 and ours in the
+fast mode, plus where our time goes. Without the official checkout only ours is measured. The
+official code runs with its reference (non-CUDA-plugin) ops unless --official-plugins is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from eg3d_reference import FFHQ512, fill_random, inputs, psnr  # noqa: E402
+from official_eg3d import build_official, official_path  # noqa: E402
+
+from preim3d import TriPlaneGenerator  # noqa: E402
+
+
+def ours(device):
+    G = TriPlaneGenerator(**FFHQ512[0]).eval().requires_grad_(False)
+    fill_random(G, 11)
+    G.neural_rendering_resolution = FFHQ512[1]
+    return G.to(device)
+
+
+def timed(fn, device, repeats):
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def synth(G, ws, c):
+    with torch.no_grad():
+        return G.synthesis(ws, c, noise_mode="const")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--official-plugins", action="store_true", help="let the official code build its CUDA ops")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    device = args.device
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+               "torch": torch.__version__}
+
+    generators = {"ours fp32": ours(device), "ours fast": ours(device).set_precision("fast")}
+    if official_path() is not None:
+        official = build_official(FFHQ512, 11, device)
+        if not args.official_plugins:
+            from torch_utils.ops import bias_act, upfirdn2d
+
+            bias_act._init = upfirdn2d._init = lambda: False
+        generators = {"official": official, **generators}
+
+    # Agreement with the official output (same weights, inputs and sampling seed).
+    z, c = inputs(2, 512, 12)
+    z, c = z.to(device), c.to(device)
+    outputs = {}
+    for name, G in generators.items():
+        with torch.no_grad():
+            ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)
+        torch.manual_seed(12)
+        outputs[name] = synth(G, ws, c)
+    reference = outputs.get("official", outputs["ours fp32"])
+    results["psnr_db"] = {name: {k: round(psnr(out[k], reference[k]), 1) for k in ("image", "image_raw", "image_depth")}
+                          for name, out in outputs.items() if out is not reference}
+
+    # Speed: latency at batch 1, throughput at args.batch.
+    results["speed"] = {}
+    for name, G in generators.items():
+        row = {}
+        for batch in (1, args.batch):
+            z, c = inputs(batch, 512, 13)
+            z, c = z.to(device), c.to(device)
+            with torch.no_grad():
+                ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)
+            try:
+                seconds = timed(lambda G=G, ws=ws, c=c: synth(G, ws, c), device, args.repeats if batch == 1 else 3)
+            except torch.OutOfMemoryError:
+                row[f"batch {batch}"] = "out of memory"
+                continue
+            finally:
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+            row["ms per frame (batch 1)" if batch == 1 else f"frames/s (batch {batch})"] = (
+                round(seconds * 1000, 2) if batch == 1 else round(batch / seconds, 1))
+        results["speed"][name] = row
+        print(name, row, flush=True)
+
+    # Where our time goes (batch 1 and args.batch), per stage.
+    results["stages"] = {}
+    for name in ("ours fp32", "ours fast"):
+        G = generators[name]
+        for batch in (1, args.batch):
+            z, c = inputs(batch, 512, 14)
+            z, c = z.to(device), c.to(device)
+            with torch.no_grad():
+                ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)
+                planes = G.synthesize_planes(ws)
+                stage = {
+                    "backbone ms": timed(lambda G=G, ws=ws: G.synthesize_planes(ws), device, 5) * 1000,
+                    "render+SR ms": timed(lambda G=G, p=planes, ws=ws, c=c: G.render_planes(p, ws, c), device, 5) * 1000,
+                }
+            results["stages"][f"{name}, batch {batch}"] = {k: round(v, 2) for k, v in stage.items()}
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
