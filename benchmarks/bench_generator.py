@@ -54,6 +54,29 @@ def synth(G, ws, c):
         return G.synthesis(ws, c, noise_mode="const")
 
 
+def profile(generators, batch, device):
+    """Top operators by device time, per stage, for each of our precisions."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    z, c = inputs(batch, 512, 15)
+    z, c = z.to(device), c.to(device)
+    for name, G in generators.items():
+        with torch.no_grad():
+            ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)
+            planes = G.synthesize_planes(ws)
+            stages = {"backbone": lambda G=G, ws=ws: G.synthesize_planes(ws),
+                      "render+SR": lambda G=G, p=planes, ws=ws: G.render_planes(p, ws, c)}
+            for stage, fn in stages.items():
+                fn()
+                with torch.profiler.profile(activities=activities) as prof:
+                    fn()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                print(f"== {name}, {stage}, batch {batch}")
+                print(prof.key_averages().table(sort_by=sort, row_limit=14, max_name_column_width=60))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -61,18 +84,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--official-plugins", action="store_true", help="let the official code build its CUDA ops")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--profile", type=int, metavar="BATCH", help="only print the top kernels of our generator")
     args = parser.parse_args()
     device = args.device
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
                "torch": torch.__version__}
 
     generators = {"ours fp32": ours(device), "ours fast": ours(device).set_precision("fast")}
+    if args.profile:
+        return profile(generators, args.profile, device)
     if official_path() is not None:
-        official = build_official(FFHQ512, 11, device)
-        if not args.official_plugins:
-            from torch_utils.ops import bias_act, upfirdn2d
-
-            bias_act._init = upfirdn2d._init = lambda: False
+        official = build_official(FFHQ512, 11, device, plugins=args.official_plugins)
         generators = {"official": official, **generators}
 
     # Agreement with the official output (same weights, inputs and sampling seed).

@@ -34,10 +34,18 @@ def import_official():
     return TriPlaneGenerator
 
 
-def build_official(config, seed: int, device="cpu"):
-    """Official generator with the configuration's kwargs and our seeded random weights."""
+def build_official(config, seed: int, device="cpu", plugins=False):
+    """Official generator with the configuration's kwargs and our seeded random weights.
+
+    Unless `plugins`, the official code runs its reference PyTorch ops instead of building its CUDA
+    extensions (which need a compiler set-up and fail on many machines).
+    """
     kwargs, resolution = config
     G = import_official()(**copy.deepcopy(kwargs)).eval().requires_grad_(False)
+    if not plugins:
+        from torch_utils.ops import bias_act, upfirdn2d
+
+        bias_act._init = upfirdn2d._init = lambda: False
     fill_random(G, seed)
     G.neural_rendering_resolution = resolution
     return G.to(device)

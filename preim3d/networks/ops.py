@@ -136,7 +136,22 @@ def modulated_conv2d(
 
 def _conv(x, w, up, resample_filter):
     """Same-size convolution, or the 2× up-convolution described in modulated_conv2d."""
-    if up:
-        x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
-        return fir_blur(x, resample_filter, pad=1, gain=4.0)
-    return F.conv2d(x, w, padding=w.shape[-1] // 2)
+    if not up:
+        return F.conv2d(x, w, padding=w.shape[-1] // 2)
+    if x.dtype == torch.float16:
+        # One transposed convolution with the combined kernel: GPUs run this far faster in half
+        # precision than a separate depthwise blur, at four times the multiply-adds.
+        return F.conv_transpose2d(x, up_conv_kernel(w, resample_filter).transpose(0, 1), stride=2, padding=2)
+    x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+    return fir_blur(x, resample_filter, pad=1, gain=4.0)
+
+
+def up_conv_kernel(w: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """The 6×6 kernel K = w ∗ 4f (full 2-D convolution per [out, in] pair) of a 3×3 up-convolution.
+
+    A stride-2 transposed convolution with w followed by the FIR blur (pad 1, gain 4) equals one
+    stride-2 transposed convolution with K and padding 2.
+    """
+    o, i, kh, kw = w.shape
+    padded = F.pad(w.reshape(o * i, 1, kh, kw), [3, 3, 3, 3])
+    return F.conv2d(padded, (f * 4).flip([0, 1]).to(w.dtype)[None, None]).reshape(o, i, kh + 3, kw + 3)

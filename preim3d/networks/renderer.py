@@ -54,7 +54,7 @@ def sample_triplanes(planes: torch.Tensor, points: torch.Tensor, box_warp: float
     grid = grid.reshape(n * n_planes, 1, -1, 2).to(planes.dtype)
     out = F.grid_sample(planes.reshape(n * n_planes, c, h, w), grid, mode="bilinear", padding_mode="zeros",
                         align_corners=False)
-    return out.permute(0, 3, 2, 1).reshape(n, n_planes, -1, c)
+    return out.reshape(n, n_planes, c, -1).transpose(2, 3)  # a view: the decoder reduces over planes first
 
 
 class OSGDecoder(nn.Module):
@@ -88,13 +88,16 @@ def composite(colors, densities, depths, white_back=False):
     range of all sample depths. Returns (rgb [N,M,C], depth [N,M,1], weights [N,M,S−1,1]).
     """
     deltas = depths[:, :, 1:] - depths[:, :, :-1]
-    colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
     densities_mid = F.softplus((densities[:, :, :-1] + densities[:, :, 1:]) / 2 - 1)
     depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
     alpha = 1 - torch.exp(-densities_mid * deltas)
     transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2), -2)
     weights = alpha * transmittance[:, :, :-1]
-    rgb = torch.sum(weights * colors_mid, -2)
+    # Σ_k w_k (c_k + c_{k+1})/2 = Σ_j v_j c_j with v_j = (w_j + w_{j−1})/2: one batched product
+    # over the samples instead of a midpoint-colour tensor as large as all the colours.
+    zero = torch.zeros_like(weights[:, :, :1])
+    v = (torch.cat([weights, zero], -2) + torch.cat([zero, weights], -2)) / 2
+    rgb = (v.transpose(-1, -2) @ colors).squeeze(-2)
     weight_total = weights.sum(2)
     depth = torch.nan_to_num(torch.sum(weights * depths_mid, -2) / weight_total, float("inf"))
     depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
