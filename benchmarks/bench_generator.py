@@ -54,6 +54,47 @@ def synth(G, ws, c):
         return G.synthesis(ws, c, noise_mode="const")
 
 
+def turntable(generators, batches, device, json_path, frames=120):
+    """Seconds for the official 120-frame turntable of one latent: the backbone once, then the views
+    rendered in batches from the cached planes, frames kept in memory; PSNR against our fp32 frames."""
+    steps = torch.arange(frames, dtype=torch.float32) / frames
+    yaw = 0.35 * torch.sin(2 * 3.14 * steps)
+    pitch = -0.05 + 0.25 * torch.cos(2 * 3.14 * steps)
+    from preim3d.cameras import camera_vector
+
+    cams = camera_vector(yaw, pitch).to(device)
+    z, c = inputs(1, 512, 16)
+    results, frames_by_run = {}, {}
+    for name, G in generators.items():
+        with torch.no_grad():
+            ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
+        for batch in batches:
+            def run(G=G, ws=ws, batch=batch):
+                torch.manual_seed(0)
+                with torch.no_grad():
+                    planes = G.synthesize_planes(ws)
+                    return torch.cat([G.render_planes(planes.expand(len(cv), -1, -1, -1, -1),
+                                                      ws.expand(len(cv), -1, -1), cv)["image"]
+                                      for cv in cams.split(batch)])
+            try:
+                seconds = timed(run, device, 3)
+            except torch.OutOfMemoryError:
+                results[f"{name}, batch {batch}"] = "out of memory"
+                continue
+            frames_by_run[name] = run()
+            results[f"{name}, batch {batch}"] = {"seconds for 120 frames": round(seconds, 4),
+                                                 "frames/s": round(frames / seconds, 1)}
+            print(name, batch, results[f"{name}, batch {batch}"], flush=True)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    if "ours fp32" in frames_by_run and "ours fast" in frames_by_run:
+        results["psnr fast vs fp32 (dB)"] = round(psnr(frames_by_run["ours fast"], frames_by_run["ours fp32"]), 1)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if json_path:
+        json_path.write_text(text)
+
+
 def profile(generators, batch, device):
     """Top operators by device time, per stage, for each of our precisions."""
     activities = [torch.profiler.ProfilerActivity.CPU] + (
@@ -85,6 +126,8 @@ def main():
     parser.add_argument("--official-plugins", action="store_true", help="let the official code build its CUDA ops")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", type=int, metavar="BATCH", help="only print the top kernels of our generator")
+    parser.add_argument("--turntable", type=int, nargs="*", metavar="BATCH",
+                        help="only time a 120-frame turntable of one latent from cached planes, in these batches")
     args = parser.parse_args()
     device = args.device
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -93,6 +136,8 @@ def main():
     generators = {"ours fp32": ours(device), "ours fast": ours(device).set_precision("fast")}
     if args.profile:
         return profile(generators, args.profile, device)
+    if args.turntable is not None:
+        return turntable(generators, args.turntable or [8, 20, 40, 60], device, args.json)
     if official_path() is not None:
         official = build_official(FFHQ512, 11, device, plugins=args.official_plugins)
         generators = {"official": official, **generators}

@@ -60,8 +60,10 @@ def sample_triplanes(planes: torch.Tensor, points: torch.Tensor, box_warp: float
 class OSGDecoder(nn.Module):
     """Plane features [N,3,M,C] → mean over planes → FC(C→64) → softplus → FC(64→1+F).
 
-    Returns sigma [N,M,1] (raw; activated by the ray marcher) and rgb [N,M,F] =
-    sigmoid(·)·1.002 − 0.001 on every feature channel.
+    Returns rgb [N,M,F] = sigmoid(·)·1.002 − 0.001 on every feature channel and sigma [N,M,1]
+    (raw; activated by the ray marcher). Computed channels-first: the mean over the planes is
+    folded into the first layer (W·mean_p f_p = [W/3 W/3 W/3]·[f_1; f_2; f_3]), so the features
+    that `sample_triplanes` returns are used in place, and both outputs are views of [N,·,M] tensors.
     """
 
     def __init__(self, n_features=32, decoder_lr_mul=1.0, decoder_output_dim=32, hidden_dim=64):
@@ -73,36 +75,42 @@ class OSGDecoder(nn.Module):
         )
 
     def forward(self, features: torch.Tensor):
-        x = features.mean(1)
-        n, m, c = x.shape
-        x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
-        return x[..., 1:].sigmoid() * (1 + 2 * 0.001) - 0.001, x[..., 0:1]
+        n, n_planes, m, c = features.shape
+        x = features.transpose(2, 3).reshape(n, n_planes * c, m)
+        first, last = self.net[0], self.net[2]
+        w1 = (first.weight * (first.weight_gain / n_planes)).repeat(1, n_planes).to(x.dtype)
+        hidden = F.softplus(torch.matmul(w1, x) + (first.bias * first.bias_gain).to(x.dtype)[:, None])
+        w2 = (last.weight * last.weight_gain).to(x.dtype)
+        out = torch.matmul(w2, hidden) + (last.bias * last.bias_gain).to(x.dtype)[:, None]
+        rgb = out[:, 1:].sigmoid() * (1 + 2 * 0.001) - 0.001
+        return rgb.transpose(1, 2), out[:, :1].transpose(1, 2)
 
 
 def composite(colors, densities, depths, white_back=False):
-    """Alpha compositing of samples sorted by depth (MipRayMarcher2), on [N, M, S, ·] tensors.
+    """Alpha compositing of samples sorted by depth (MipRayMarcher2), channels-first.
 
-    Each interval k uses the midpoint colour, density and depth; σ = softplus(σ_mid − 1);
-    α = 1 − exp(−σ Δ); weight w_k = α_k Π_{j<k}(1 − α_j + 1e-10). Colour = 2 Σ w c − 1 (with
-    1 − Σw added first on a white background); depth = Σ w d / Σ w, NaN → +inf, clamped to the
-    range of all sample depths. Returns (rgb [N,M,C], depth [N,M,1], weights [N,M,S−1,1]).
+    colors [N,F,M,S], densities and depths [N,M,S]. Each interval k uses the midpoint colour,
+    density and depth; σ = softplus(σ_mid − 1); α = 1 − exp(−σ Δ); weight
+    w_k = α_k Π_{j<k}(1 − α_j + 1e-10). Colour = 2 Σ w c − 1 (with 1 − Σw added first on a white
+    background); depth = Σ w d / Σ w, NaN → +inf, clamped to the range of all sample depths.
+    Returns (rgb [N,F,M], depth [N,M], weights [N,M,S−1]).
     """
-    deltas = depths[:, :, 1:] - depths[:, :, :-1]
-    densities_mid = F.softplus((densities[:, :, :-1] + densities[:, :, 1:]) / 2 - 1)
-    depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
+    densities = densities.float()
+    deltas = depths[..., 1:] - depths[..., :-1]
+    densities_mid = F.softplus((densities[..., :-1] + densities[..., 1:]) / 2 - 1)
+    depths_mid = (depths[..., :-1] + depths[..., 1:]) / 2
     alpha = 1 - torch.exp(-densities_mid * deltas)
-    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2), -2)
-    weights = alpha * transmittance[:, :, :-1]
-    # Σ_k w_k (c_k + c_{k+1})/2 = Σ_j v_j c_j with v_j = (w_j + w_{j−1})/2: one batched product
-    # over the samples instead of a midpoint-colour tensor as large as all the colours.
-    zero = torch.zeros_like(weights[:, :, :1])
-    v = (torch.cat([weights, zero], -2) + torch.cat([zero, weights], -2)) / 2
-    rgb = (v.transpose(-1, -2) @ colors).squeeze(-2)
-    weight_total = weights.sum(2)
-    depth = torch.nan_to_num(torch.sum(weights * depths_mid, -2) / weight_total, float("inf"))
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha + 1e-10], -1), -1)
+    weights = alpha * transmittance[..., :-1]
+    # Σ_k w_k (c_k + c_{k+1})/2 = Σ_j v_j c_j with v_j = (w_j + w_{j−1})/2: no midpoint colours needed.
+    zero = torch.zeros_like(weights[..., :1])
+    v = (torch.cat([weights, zero], -1) + torch.cat([zero, weights], -1)) / 2
+    rgb = (colors * v.to(colors.dtype).unsqueeze(1)).sum(-1)
+    weight_total = weights.sum(-1)
+    depth = torch.nan_to_num(torch.sum(weights * depths_mid, -1) / weight_total, float("inf"))
     depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
     if white_back:
-        rgb = rgb + 1 - weight_total
+        rgb = rgb + (1 - weight_total).to(rgb.dtype).unsqueeze(1)
     return rgb * 2 - 1, depth, weights
 
 
@@ -147,10 +155,12 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, count: int, d
 
 
 class ImportanceRenderer(nn.Module):
-    """Planes + rays → feature image samples: coarse pass, importance pass, composite of both.
+    """Planes + rays → per-ray features: coarse pass, importance pass, composite of both.
 
     `rendering_kwargs` keys used: ray_start, ray_end, depth_resolution, depth_resolution_importance,
-    box_warp, white_back (default False), density_noise (default 0; training only).
+    box_warp, white_back (default False), density_noise (default 0; training only). Returns
+    features [N,F,M] (channels-first, ready to reshape into an image), depth [N,M] and the
+    accumulated opacity [N,M].
     """
 
     def forward(self, planes, decoder, origins, directions, rendering_kwargs, deterministic=False):
@@ -161,30 +171,28 @@ class ImportanceRenderer(nn.Module):
         coarse = stratified_depths(n, m, opts["ray_start"], opts["ray_end"], opts["depth_resolution"],
                                    origins.device, deterministic)
         colors, densities = self.run_model(planes, decoder, origins, directions, coarse, opts)
+        depths = coarse.squeeze(-1)
         white_back = opts.get("white_back", False)
         fine_count = opts["depth_resolution_importance"]
         if fine_count > 0:
-            _, _, weights = composite(colors, densities, coarse, white_back)
+            _, _, weights = composite(colors, densities, depths, white_back)
             with torch.no_grad():
                 fine = importance_depths(coarse, weights, fine_count, deterministic)
             colors_f, densities_f = self.run_model(planes, decoder, origins, directions, fine, opts)
-            depths = torch.cat([coarse, fine], dim=-2)
-            colors = torch.cat([colors, colors_f], dim=-2)
-            densities = torch.cat([densities, densities_f], dim=-2)
-            depths, order = torch.sort(depths, dim=-2)
-            colors = torch.gather(colors, -2, order.expand(-1, -1, -1, colors.shape[-1]))
-            densities = torch.gather(densities, -2, order)
-        else:
-            depths = coarse
+            depths, order = torch.sort(torch.cat([depths, fine.squeeze(-1)], -1), dim=-1)
+            densities = torch.gather(torch.cat([densities, densities_f], -1), -1, order)
+            colors = torch.cat([colors, colors_f], -1)
+            colors = torch.gather(colors, -1, order.unsqueeze(1).expand(-1, colors.shape[1], -1, -1))
         rgb, depth, weights = composite(colors, densities, depths, white_back)
-        return rgb, depth, weights.sum(2)
+        return rgb, depth, weights.sum(-1)
 
     @staticmethod
     def run_model(planes, decoder, origins, directions, depths, opts):
-        """Colours [N,M,S,F] and densities [N,M,S,1] at origin + depth·direction."""
+        """Colours [N,F,M,S] and densities [N,M,S] at origin + depth·direction (depths [N,M,S,1])."""
         n, m, s, _ = depths.shape
         points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
         colors, densities = decoder(sample_triplanes(planes, points, opts["box_warp"]))
         if opts.get("density_noise", 0) > 0:
             densities = densities + torch.randn_like(densities) * opts["density_noise"]
-        return colors.reshape(n, m, s, -1), densities.reshape(n, m, s, 1)
+        # The decoder's outputs are views of channels-first tensors: transposing back is free.
+        return colors.transpose(1, 2).reshape(n, -1, m, s), densities.reshape(n, m, s)

@@ -50,8 +50,9 @@ class TriPlaneGenerator(nn.Module):
 
     `precision`: 'fp32' (default, the reference) or 'fast': on CUDA the convolutional networks
     (tri-plane backbone and super-resolution) run in float16, channels-last, with the official
-    mixed-precision safeguards; rendering stays float32. Should a float16 pass ever overflow, that
-    pass is recomputed in float32 (with a warning). Set it with `G.set_precision(...)`.
+    mixed-precision safeguards, and the plane sampler and decoder run in float16 (ray weights and
+    depths stay float32). Should a float16 network pass overflow, it is recomputed in float32
+    (with a warning). Set it with `G.set_precision(...)`.
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0,
@@ -113,11 +114,13 @@ class TriPlaneGenerator(nn.Module):
         cam2world, intrinsics = c[:, :16].view(-1, 4, 4), c[:, 16:25].view(-1, 3, 3)
         origins, directions = camera_rays(cam2world, intrinsics, resolution)
         n = origins.shape[0]
+        if self._fast(ws):
+            planes = planes.half()  # half the bytes for the sampler; the decoder then runs in float16 too
         features, depth, _ = self.renderer(planes, self.decoder, origins, directions, self.rendering_kwargs,
                                            deterministic=deterministic)
-        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], resolution, resolution).contiguous()
-        depth_image = depth.permute(0, 2, 1).reshape(n, 1, resolution, resolution)
-        rgb_image = feature_image[:, :3]
+        feature_image = features.reshape(n, features.shape[1], resolution, resolution)
+        depth_image = depth.reshape(n, 1, resolution, resolution)
+        rgb_image = feature_image[:, :3].float()
         sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none")
         image = self._run(lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast), ws)
         return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
@@ -138,9 +141,12 @@ class TriPlaneGenerator(nn.Module):
         return self.synthesis(ws, c, neural_rendering_resolution=neural_rendering_resolution,
                               noise_mode=noise_mode, **kwargs)
 
+    def _fast(self, ws) -> bool:
+        return self.precision == "fast" and ws.device.type == "cuda"
+
     def _run(self, network, ws) -> torch.Tensor:
         """network(fast) in the fast mode when it applies, falling back to float32 on overflow."""
-        if self.precision != "fast" or ws.device.type != "cuda":
+        if not self._fast(ws):
             return network(False)
         out = network(True)
         if torch.isfinite(out).all():
