@@ -100,8 +100,10 @@ class TriPlaneGenerator(nn.Module):
         return self.backbone.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
     def synthesize_planes(self, ws, noise_mode="const") -> torch.Tensor:
-        """ws → tri-planes [N, 3, 32, 256, 256] (channels 32p … 32p+31 form plane p)."""
+        """ws → tri-planes [N, 3, 32, 256, 256] (channels 32p … 32p+31 form plane p; float16 in the fast mode)."""
         planes = self._run(lambda fast: self.backbone.synthesis(ws, noise_mode=noise_mode, fast=fast), ws)
+        if self._fast(ws):
+            planes = planes.half()  # what the fast renderer samples; half the memory in a cache
         return planes.view(len(planes), 3, 32, planes.shape[-2], planes.shape[-1])
 
     def render_planes(self, planes, ws, c, neural_rendering_resolution=None, deterministic=False):
@@ -115,7 +117,7 @@ class TriPlaneGenerator(nn.Module):
         origins, directions = camera_rays(cam2world, intrinsics, resolution)
         n = origins.shape[0]
         if self._fast(ws):
-            planes = planes.half()  # half the bytes for the sampler; the decoder then runs in float16 too
+            planes = planes.half()  # the sampler and decoder then run in float16 too
         features, depth, _ = self.renderer(planes, self.decoder, origins, directions, self.rendering_kwargs,
                                            deterministic=deterministic)
         feature_image = features.reshape(n, features.shape[1], resolution, resolution)
