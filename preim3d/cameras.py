@@ -77,3 +77,66 @@ def camera_vector(yaw=0.0, pitch=0.0, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL
     pitch = torch.as_tensor(pitch, dtype=torch.float32)
     pose = orbit_cam2world(FRONTAL_ANGLE + yaw, FRONTAL_ANGLE + pitch, radius=radius, device=device)
     return conditioning(pose, intrinsics(focal, device=device))
+
+
+# --- Trajectories: c [F,25] for videos. -------------------------------------------------------------
+
+TURNTABLE_YAW = 0.35
+TURNTABLE_PITCH = 0.25
+TURNTABLE_PITCH_OFFSET = -0.05
+
+
+def turntable_path(frames: int = 120, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL, device="cpu") -> torch.Tensor:
+    """The official EG3D / PREIM3D turntable: c [frames,25] on a closed loop around the frontal view.
+
+    Frame f of F: yaw = 0.35 sin(2·3.14·f/F), pitch = −0.05 + 0.25 cos(2·3.14·f/F) (offsets from
+    3.14/2, so h = 3.14/2 + yaw, v = 3.14/2 + pitch as the official video). The official code
+    writes 3.14 for pi here too; kept, so frame f matches its frame f (and the loop closes 0.05 %
+    short of a full period, as there).
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, got {frames}")
+    t = 2 * 3.14 * torch.arange(frames, dtype=torch.float64) / frames
+    yaw = TURNTABLE_YAW * torch.sin(t)
+    pitch = TURNTABLE_PITCH_OFFSET + TURNTABLE_PITCH * torch.cos(t)
+    return camera_vector(yaw, pitch, radius=radius, focal=focal, device=device)
+
+
+def yaw_sweep(frames: int, yaw_range=(-0.6, 0.6), pitch=0.0, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL,
+              device="cpu") -> torch.Tensor:
+    """c [frames,25] for yaws evenly spaced from yaw_range[0] to yaw_range[1] (both included), fixed pitch."""
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, got {frames}")
+    yaw = torch.linspace(yaw_range[0], yaw_range[1], frames, dtype=torch.float64)
+    return camera_vector(yaw, torch.full_like(yaw, pitch), radius=radius, focal=focal, device=device)
+
+
+def keyframe_path(keyframes, frames: int, loop: bool = False, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL,
+                  device="cpu") -> torch.Tensor:
+    """c [frames,25] along a smooth curve through key (yaw, pitch) offsets, in radians.
+
+    The keys are joined by a uniform Catmull-Rom spline, which passes through every key with a
+    continuous tangent: between keys P1 and P2 with neighbours P0 and P3, at s in [0, 1],
+        P(s) = ½ (2 P1 + (P2 − P0) s + (2 P0 − 5 P1 + 4 P2 − P3) s² + (3 P1 − P0 − 3 P2 + P3) s³).
+    Open paths (loop=False) repeat the end keys as their missing neighbours and sample the spline
+    parameter t = (K − 1)·f/(F − 1), so the first and last frames are the first and last keys. Loops
+    wrap the neighbours around and use t = K·f/F, so the video repeats without a seam. Key k is
+    frame f exactly when t(f) = k.
+    """
+    keys = torch.as_tensor(keyframes, dtype=torch.float64).reshape(-1, 2)
+    if len(keys) == 0 or frames < 1:
+        raise ValueError("keyframe_path needs at least one (yaw, pitch) key and one frame")
+    k = len(keys)
+    if loop:
+        t = k * torch.arange(frames, dtype=torch.float64) / frames
+    else:
+        t = (k - 1) * torch.arange(frames, dtype=torch.float64) / max(frames - 1, 1)
+    last_segment = k - 1 if loop else max(k - 2, 0)  # open paths end at s = 1 of the last segment
+    segment = torch.clamp(t.floor().long(), max=last_segment)
+    s = (t - segment).unsqueeze(1)
+    neighbours = segment.unsqueeze(1) + torch.arange(-1, 3)
+    neighbours = neighbours % k if loop else neighbours.clamp(0, k - 1)
+    p0, p1, p2, p3 = keys[neighbours].unbind(1)
+    points = 0.5 * (2 * p1 + (p2 - p0) * s + (2 * p0 - 5 * p1 + 4 * p2 - p3) * s**2
+                    + (3 * p1 - p0 - 3 * p2 + p3) * s**3)
+    return camera_vector(points[:, 0], points[:, 1], radius=radius, focal=focal, device=device)
