@@ -56,7 +56,8 @@ def synth(G, ws, c):
 
 def turntable(generators, batches, device, json_path, frames=120):
     """Seconds for the official 120-frame turntable of one latent: the backbone once, then the views
-    rendered in batches from the cached planes, frames kept in memory; PSNR against our fp32 frames."""
+    rendered in batches from the cached planes, frames kept in memory; PSNR against our fp32 frames.
+    Depth samples are deterministic here, so that compiled runs (whose random numbers differ) compare."""
     steps = torch.arange(frames, dtype=torch.float32) / frames
     yaw = 0.35 * torch.sin(2 * 3.14 * steps)
     pitch = -0.05 + 0.25 * torch.cos(2 * 3.14 * steps)
@@ -73,8 +74,7 @@ def turntable(generators, batches, device, json_path, frames=120):
                 torch.manual_seed(0)
                 with torch.no_grad():
                     planes = G.synthesize_planes(ws)
-                    return torch.cat([G.render_planes(planes.expand(len(cv), -1, -1, -1, -1),
-                                                      ws.expand(len(cv), -1, -1), cv)["image"]
+                    return torch.cat([G.render_planes(planes, ws, cv, deterministic=True)["image"]
                                       for cv in cams.split(batch)])
             try:
                 seconds = timed(run, device, 3)
@@ -126,6 +126,7 @@ def main():
     parser.add_argument("--official-plugins", action="store_true", help="let the official code build its CUDA ops")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", type=int, metavar="BATCH", help="only print the top kernels of our generator")
+    parser.add_argument("--compile", action="store_true", help="with --turntable: also time a compiled fast generator")
     parser.add_argument("--turntable", type=int, nargs="*", metavar="BATCH",
                         help="only time a 120-frame turntable of one latent from cached planes, in these batches")
     args = parser.parse_args()
@@ -137,6 +138,8 @@ def main():
     if args.profile:
         return profile(generators, args.profile, device)
     if args.turntable is not None:
+        if args.compile:
+            generators["ours fast compiled"] = ours(device).set_precision("fast").compile(dynamic=False)
         return turntable(generators, args.turntable or [8, 20, 40, 60], device, args.json)
     if official_path() is not None:
         official = build_official(FFHQ512, 11, device, plugins=args.official_plugins)

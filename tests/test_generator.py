@@ -238,3 +238,14 @@ def test_combined_up_kernel_equals_transposed_conv_then_blur():
     combined = F.conv_transpose2d(x, up_conv_kernel(w, f.double()).transpose(0, 1), stride=2, padding=2)
     assert combined.shape == two_step.shape == (2, 5, 18, 14)
     assert torch.allclose(combined, two_step, atol=1e-12)
+
+
+def test_views_of_one_latent_render_as_with_a_batch_of_copies(tiny):
+    ws = torch.randn(1, tiny.num_ws, 512)
+    c = inputs(3, 32, 4)[1]
+    planes = tiny.synthesize_planes(ws)
+    shared = tiny.render_planes(planes, ws, c, deterministic=True)
+    copies = tiny.render_planes(planes.expand(3, -1, -1, -1, -1), ws.expand(3, -1, -1), c, deterministic=True)
+    for key in shared:
+        assert shared[key].shape[0] == 3
+        assert torch.allclose(shared[key], copies[key], atol=1e-4), key

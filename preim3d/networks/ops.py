@@ -104,9 +104,10 @@ def modulated_conv2d(
     """StyleGAN2 modulated convolution (without noise, bias and activation).
 
     With w'[n,o,i] = W[o,i] · s[n,i], the output is conv(x, w'[n]) scaled by
-    d[n,o] = rsqrt(Σ_{i,k,k} w'² + 1e-8) when demodulating. A single sample convolves with the
-    modulated weight w'·d directly; a batch runs as conv(x · s, W) · d, the same function, so that
-    one ordinary convolution serves the whole batch instead of one per sample.
+    d[n,o] = rsqrt(Σ_{i,k,k} w'² + 1e-8) when demodulating. With one row of styles (one sample, or
+    one w shared by a batch of views) the batch convolves with the modulated weight w'·d directly;
+    otherwise it runs as conv(x · s, W) · d, the same function, so that one ordinary convolution
+    serves the whole batch instead of one per sample.
 
     `up`: a 3x3 "up" convolution = stride-2 transposed convolution with the unflipped weight, then
     the FIR low-pass `resample_filter` with padding 1 and gain 4 (output 2H×2W).
@@ -123,7 +124,7 @@ def modulated_conv2d(
     if demodulate:
         wmod = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)
         dcoefs = (wmod.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
-    if n == 1:
+    if n == 1:  # also when x holds several views of one latent
         w = weight * styles.reshape(1, -1, 1, 1)
         if dcoefs is not None:
             w = w * dcoefs.reshape(-1, 1, 1, 1)

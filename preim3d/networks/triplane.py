@@ -91,6 +91,15 @@ class TriPlaneGenerator(nn.Module):
         self.precision = precision
         return self
 
+    def compile(self, **kwargs) -> TriPlaneGenerator:
+        """torch.compile the backbone, renderer and super-resolution in place (state-dict names are
+        kept). Worth it for many renders at one batch size; each new shape compiles again.
+        Compiled code draws other random numbers for the depth samples than eager PyTorch, so a
+        seeded render matches the official one only uncompiled (or with deterministic=True)."""
+        for module in (self.backbone.synthesis, self.renderer, self.superresolution):
+            module.compile(**kwargs)
+        return self
+
     def mapping(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False):
         """z [N,z_dim], c [N,25] → ws [N,num_ws,w_dim]. c is zeroed or scaled as the checkpoint says."""
         if self.rendering_kwargs.get("c_gen_conditioning_zero", False):
@@ -107,8 +116,10 @@ class TriPlaneGenerator(nn.Module):
         return planes.view(len(planes), 3, 32, planes.shape[-2], planes.shape[-1])
 
     def render_planes(self, planes, ws, c, neural_rendering_resolution=None, deterministic=False):
-        """Render cached tri-planes from cameras c [N,25]; ws supplies the super-resolution's w.
+        """Render tri-planes from cameras c [N,25]; ws supplies the super-resolution's w.
 
+        planes and ws may have batch N, or batch 1 to render N views of one latent (cheaper than
+        expanding them: the super-resolution then modulates its weights once for all views).
         Returns the same dict as `synthesis`. `deterministic=True` replaces the random depth
         samples by fixed ones (not the official behaviour, but repeatable without seeding).
         """
@@ -116,6 +127,7 @@ class TriPlaneGenerator(nn.Module):
         cam2world, intrinsics = c[:, :16].view(-1, 4, 4), c[:, 16:25].view(-1, 3, 3)
         origins, directions = camera_rays(cam2world, intrinsics, resolution)
         n = origins.shape[0]
+        planes = planes.expand(n, -1, -1, -1, -1)
         if self._fast(ws):
             planes = planes.half()  # the sampler and decoder then run in float16 too
         features, depth, _ = self.renderer(planes, self.decoder, origins, directions, self.rendering_kwargs,
