@@ -76,9 +76,10 @@ class TriPlaneRenderer:
 
     `planes(ws)` caches the backbone's output under a content hash of ws (and the generator's
     precision mode), keeping the `cache_size` most recently used latents (0 disables caching).
-    `render(ws, c)` renders V cameras in batches of `batch_size` views: the planes [1,3,32,256,256]
-    are expanded (a view, no copy) to the batch, and so is ws for the super-resolution. Everything
-    runs under no_grad on the generator's device; results come back on the CPU.
+    `render(ws, c)` renders V cameras in batches of `batch_size` views from the planes
+    [1,3,32,256,256]; `G.render_planes` broadcasts the batch-1 planes and ws over the views without
+    copying them (and modulates the super-resolution once). Everything runs under no_grad on the
+    generator's device; results come back on the CPU.
 
     Sampling is random unless deterministic=True, exactly as `G.synthesis`: seed torch before a call
     to repeat it. The random draws are made per batch, so with deterministic=False the pixels depend
@@ -132,11 +133,9 @@ class TriPlaneRenderer:
         c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
         planes = self.planes(ws)
         for start in range(0, len(c), self.batch_size):
-            cameras = c[start:start + self.batch_size]
-            n = len(cameras)
             with torch.no_grad():
-                out = self.G.render_planes(planes.expand(n, *planes.shape[1:]), ws.expand(n, *ws.shape[1:]),
-                                           cameras, deterministic=deterministic)
+                # Batch-1 planes and ws: the generator broadcasts them over the views without copying.
+                out = self.G.render_planes(planes, ws, c[start:start + self.batch_size], deterministic=deterministic)
             yield {key: out[key].cpu() for key in ("image", "image_raw", "image_depth")}
 
     def render(self, ws, c, deterministic: bool = False, progress: Progress = None) -> dict:
