@@ -191,8 +191,9 @@ def render_turntable(renderer: TriPlaneRenderer, ws, path, frames: int = 120, fp
     """Write an H.264 mp4 (yuv420p, plays in browsers) of ws seen along a camera path; returns its path.
 
     cameras: c [F,25] of any trajectory (see preim3d.cameras); default `turntable_path(frames)`, the
-    official PREIM3D turntable (frames counts only then). Each frame is a row of square panels of side `size` (default the
-    generator's image resolution; rounded up to an even number, as yuv420p needs):
+    official PREIM3D turntable (frames counts only then). Each frame is a row of square panels of
+    side `size` (default the generator's image resolution; rounded up to an even number, as yuv420p
+    needs):
         side_by_side[0] | side_by_side[1] | … | render of ws | depth of ws (if depth=True)
     A side_by_side entry that is a tensor is a latent rendered from the same camera (e.g. the
     reconstruction); anything else is an image (PIL, array or path; letterboxed into the panel), so
