@@ -8,6 +8,7 @@ the run functions, so `preim3d --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -196,6 +197,308 @@ def _run_directions_heatmap(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ download
+
+
+def _add_download(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generator", choices=("preim3d", "ngc", "ngc-rebalanced"), default="preim3d",
+                        help="which copy of the EG3D generator: PREIM3D's (Google Drive; the one its encoder was "
+                             "trained with, default), or NVIDIA NGC's ffhq512-128 / ffhqrebalanced512-128")
+    parser.add_argument("--out", type=Path, metavar="FOLDER",
+                        help="bundle folder to write (default: $PREIM3D_HOME/weights, where preim3d looks for "
+                             "weights by default; PREIM3D_HOME defaults to ~/.cache/preim3d)")
+    parser.add_argument("--downloads", type=Path, metavar="FOLDER",
+                        help="where the official files go (default: $PREIM3D_HOME/downloads); an interrupted "
+                             "download resumes from there")
+    parser.add_argument("--accept-licences", action="store_true",
+                        help="accept the licences shown without being asked (needed when not run in a terminal)")
+    parser.add_argument("--remove-downloads", action="store_true",
+                        help="delete the official files once they are converted")
+    parser.add_argument("--device", default="cpu", help="device for the latent average computed once (default cpu)")
+
+
+def _run_download(args) -> int:
+    from .weights.resolve import WEIGHTS_ENV, default_downloads_dir, default_weights_dir
+    from .weights.sources import licence_notice, official_files
+
+    files = official_files(args.generator)
+    out = args.out or default_weights_dir()
+    downloads = args.downloads or default_downloads_dir()
+    directions = [f for f in files if f.role == "direction"]
+    print(f"preim3d download: {len(files)} official files into {downloads}, converted into the bundle {out}:")
+    total = sum(f.size for f in directions) / 1e6
+    print(f"  {'directions':<10} {f'{len(directions)} files, {total:.1f} MB':<34} "
+          f"{directions[0].url().rsplit('/', 1)[0]}/")
+    for file in files:
+        if file.role != "direction":  # NGC and Google Drive publish no sizes: show the lower bound
+            print(f"  {file.role:<10} {f'{file.filename}, > {file.min_size / 1e6:.0f} MB':<34} {file.url()}")
+    print("Licences:\n" + licence_notice(files))
+    if not args.accept_licences and not _confirm("Do you accept these licences? [y/N] "):
+        raise Preim3DError("The licences were not accepted, so nothing was downloaded. To accept them, answer yes "
+                           "in a terminal or pass --accept-licences.")
+    from .weights.download import download_official
+
+    download_official(generator=args.generator, out=out, downloads=downloads, accept_licences=True,
+                      device=args.device, keep_downloads=not args.remove_downloads)
+    print(f"done: the bundle is in {out}.")
+    if args.out is not None:
+        print(f"preim3d looks in {default_weights_dir()} by default: set {WEIGHTS_ENV}={out} or pass --weights {out}.")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    """Ask a yes/no question in a terminal; False when there is nobody to ask."""
+    if not sys.stdin.isatty():
+        return False
+    return input(question).strip().lower() in ("y", "yes")
+
+
+# ------------------------------------------------------------------ convert
+
+
+def _add_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generator", type=Path, metavar="FILE",
+                        help="EG3D generator: PREIM3D's eg3d_G_ema.pkl or NGC's ffhq512-128.pkl")
+    parser.add_argument("--encoder", type=Path, metavar="FILE",
+                        help="PREIM3D's preim3d_ffhq.pt (needs --generator, for the latent average)")
+    parser.add_argument("--directions", type=Path, metavar="FOLDER", help="folder of official <Attribute>.pt files")
+    parser.add_argument("--out", type=Path, required=True, metavar="FOLDER",
+                        help="bundle folder to write (components already there and not given are kept)")
+    parser.add_argument("--device", default="cpu", help="device for the latent average (default cpu)")
+
+
+def _run_convert(args) -> int:
+    for flag in ("generator", "encoder", "directions"):
+        value = getattr(args, flag)
+        if value is not None and not value.exists():
+            raise Preim3DError(f"--{flag} {value} does not exist.")
+    from .weights.convert import convert_official
+    from .weights.info import describe
+
+    convert_official(args.out, generator=args.generator, encoder=args.encoder, directions=args.directions,
+                     device=args.device)
+    print(describe(args.out))
+    return 0
+
+
+# ------------------------------------------------------------------ info
+
+
+def _add_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?",
+                        help="bundle folder, Hugging Face Hub repo id, official file, or folder of official files "
+                             "(default: the weights preim3d would use)")
+
+
+def _run_info(args) -> int:
+    from .weights.info import describe
+    from .weights.resolve import resolve_weights
+
+    print(describe(args.source if args.source is not None else resolve_weights().path))
+    return 0
+
+
+# ------------------------------------------------------------------ edit
+
+_PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+_ROW_YAWS = (-0.6, -0.3, 0.0, 0.3, 0.6)
+
+
+def _add_edit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, metavar="PHOTO_OR_FOLDER", help="a photo, or a folder of photos")
+    parser.add_argument("--out", type=Path, required=True, metavar="FOLDER",
+                        help="output folder (one sub-folder per photo when the input is a folder)")
+    parser.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
+                        help="an attribute edit, repeatable: smile=2, age=-1, glasses=3, or any of the 39 CelebA "
+                             "attributes (Wavy_Hair=2); + means more of what the name says")
+    parser.add_argument("--precise", action="store_true",
+                        help="precise edit: each attribute's score moves by exactly its strength, the edited "
+                             "attributes do not move each other")
+    parser.add_argument("--hold", action="append", default=[], metavar="NAME",
+                        help="an attribute to keep as it is (implies --precise), repeatable")
+    parser.add_argument("--views", choices=("grid", "row"),
+                        help="also write views.png: 'grid' PREIM3D's 2x2 yaw/pitch grid of the edit, 'row' five "
+                             "yaws with the reconstruction above the edit")
+    parser.add_argument("--video", metavar="NAME.mp4",
+                        help="also write a turntable video: aligned photo | reconstruction | edit")
+    parser.add_argument("--frames", type=int, default=120, help="video frames (default 120)")
+    parser.add_argument("--fps", type=float, default=60, help="video frame rate (default 60)")
+    parser.add_argument("--mesh", metavar="NAME.glb", help="also write the edited head's mesh (.glb, .ply or .obj)")
+    parser.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid (default 256)")
+    parser.add_argument("--paste", action="store_true", help="also write pasted.png: the edit blended into the photo")
+    parser.add_argument("--pose", choices=("photo", "frontal"), default="photo",
+                        help="render from the camera estimated from the photo (default) or from the front")
+    parser.add_argument("--face", type=int, metavar="INDEX",
+                        help="which face of a photo with several (0 = the largest, the default)")
+    parser.add_argument("--weights", metavar="SOURCE",
+                        help="bundle folder, Hugging Face Hub repo id or folder of official files (default: "
+                             "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)")
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the first available, in that order)")
+
+
+def _run_edit(args) -> int:
+    import time
+
+    from .weights.resolve import resolve_weights
+
+    photos = _photos(args.input)
+    edits = dict(_parse_edit(text) for text in args.edit)
+    for option, suffixes in (("video", (".mp4",)), ("mesh", (".glb", ".ply", ".obj"))):
+        value = getattr(args, option)
+        if value is not None and Path(value).suffix.lower() not in suffixes:
+            raise Preim3DError(f"--{option} {value}: the file name must end in {' or '.join(suffixes)}.")
+    location = resolve_weights(args.weights)  # before torch loads: a missing-weights message comes at once
+
+    from .pipeline import Editor
+
+    editor = Editor.from_pretrained(location, device=args.device)
+    if edits or args.hold:
+        if editor.directions is None:
+            raise Preim3DError(f"The weights {location.path} hold no editing directions, so --edit and --hold "
+                               "cannot be used; add directions with `preim3d convert --directions`.")
+        for name in (*edits, *args.hold):
+            editor.directions.resolve(name)  # unknown names fail now, with the valid ones listed
+    failed = 0
+    for photo in photos:
+        folder = args.out / _subfolder(photo, photos) if args.input.is_dir() else args.out
+        start = time.perf_counter()
+        try:
+            written, pose = _edit_one(editor, photo, folder, edits, args)
+        except (Preim3DError, ValueError, OSError, RuntimeError) as exc:
+            failed += 1
+            print(f"{photo.name}: failed: {exc}", file=sys.stderr)
+            continue
+        pose_text = f"yaw {math.degrees(pose[0]):+.0f}°, pitch {math.degrees(pose[1]):+.0f}°"
+        edit_text = ", ".join(f"{name} {value:+g}" for name, value in edits.items()) or "no edit"
+        print(f"{photo.name}: ok ({pose_text}; {edit_text}{'; precise' if args.precise or args.hold else ''}) "
+              f"-> {folder}: {', '.join(written)} [{time.perf_counter() - start:.1f} s]")
+    if len(photos) > 1:
+        print(f"{len(photos) - failed} of {len(photos)} photos edited" + (f", {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def _photos(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        photos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _PHOTO_SUFFIXES)
+        if not photos:
+            raise Preim3DError(f"{path} holds no photos ({', '.join(sorted(_PHOTO_SUFFIXES))}).")
+        return photos
+    raise Preim3DError(f"{path} does not exist: give a photo or a folder of photos.")
+
+
+def _subfolder(photo: Path, photos: list[Path]) -> str:
+    """The photo's stem, or its whole name when another photo has the same stem (a.jpg, a.png)."""
+    return photo.name if sum(p.stem == photo.stem for p in photos) > 1 else photo.stem
+
+
+def _parse_edit(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        strength = float(value)
+    except ValueError:
+        strength = math.nan
+    if not sep or not name.strip() or not math.isfinite(strength):
+        raise Preim3DError(f"--edit {text!r}: write NAME=STRENGTH, e.g. smile=2 or age=-1.")
+    return name.strip(), strength
+
+
+def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[list[str], tuple[float, float]]:
+    """Edit one photo and write its outputs into `folder`; returns (file names written, render pose)."""
+    from PIL import Image
+
+    result = editor.edit_photo(photo, edits, precise=args.precise, hold=args.hold, face_index=args.face,
+                               pose=args.pose)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def write(name: str, save) -> None:
+        save(folder / name)
+        written.append(name)
+
+    write("aligned.png", result.face.image.save)
+    write("reconstruction.png", result.reconstruction.save)
+    write("edited.png", result.image.save)
+    about = {"photo": photo.name, "edits": ", ".join(f"{k}={v:g}" for k, v in edits.items())}
+    write("inverted.npz", lambda path: editor.save_latent(result.ws, path, {"photo": photo.name}))
+    write("edited.npz", lambda path: editor.save_latent(result.edited_ws, path, about))
+    if args.paste:
+        write("pasted.png", result.pasted().save)
+    if args.views == "grid":
+        write("views.png", editor.grid(result.edited_ws).save)
+    elif args.views == "row":
+        rows = [editor.grid(ws, yaws=_ROW_YAWS, pitches=(0.0,)) for ws in (result.ws, result.edited_ws)]
+        grid = Image.new("RGB", (rows[0].width, rows[0].height * 2))
+        grid.paste(rows[0], (0, 0))
+        grid.paste(rows[1], (0, rows[0].height))
+        write("views.png", grid.save)
+    # a folder of photos gets one video and mesh per photo folder, under the given file name
+    if args.video:
+        name = Path(args.video).name if args.input.is_dir() else args.video
+        write(name, lambda path: editor.turntable(result.edited_ws, path, frames=args.frames, fps=args.fps,
+                                                  side_by_side=[result.face.image, result.ws]))
+    if args.mesh:
+        name = Path(args.mesh).name if args.input.is_dir() else args.mesh
+        write(name, lambda path: editor.mesh(result.edited_ws, path, resolution=args.mesh_resolution))
+    return written, result.pose
+
+
+# ------------------------------------------------------------------ train
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    from .training.config import add_config_arguments
+
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="JSON or TOML file of training settings; the options below override it")
+    add_config_arguments(parser)
+
+
+def _run_train(args) -> int:
+    import logging
+    import os
+
+    from .training.config import config_from_args
+    from .training.trainer import train
+
+    config = config_from_args(args)
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process talks
+    logging.basicConfig(level=logging.INFO if first else logging.WARNING, format="%(asctime)s %(message)s")
+    train(config)
+    return 0
+
+
+# ------------------------------------------------------------------ export-encoder
+
+
+def _add_export_encoder(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="training checkpoint (checkpoints/step_*.pt of a run)")
+    parser.add_argument("--bundle", type=Path, metavar="FOLDER", help="write the encoder and latent average here")
+    parser.add_argument("--generator", metavar="SOURCE",
+                        help="with --bundle: add this generator (bundle or official file) to make it complete")
+    parser.add_argument("--official", type=Path, metavar="FILE.pt", help="write PREIM3D's checkpoint layout here")
+
+
+def _run_export_encoder(args) -> int:
+    if args.bundle is None and args.official is None:
+        raise Preim3DError("Give --bundle FOLDER and/or --official FILE.pt.")
+    from .training.export import encoder_from_checkpoint, export_bundle, export_official
+
+    encoder, latent_avg, step = encoder_from_checkpoint(args.checkpoint)
+    if args.bundle is not None:
+        from .weights.generator import load_generator
+
+        generator = load_generator(args.generator) if args.generator else None
+        provenance = {"checkpoint": args.checkpoint.name, "steps": step}
+        export_bundle(encoder, latent_avg, args.bundle, provenance=provenance, generator=generator)
+        print(f"wrote the encoder of step {step} to the bundle {args.bundle}")
+    if args.official is not None:
+        export_official(encoder, latent_avg, args.official)
+        print(f"wrote the encoder of step {step} to {args.official}")
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 
 # name -> (help, add arguments, run)
@@ -204,6 +507,13 @@ _COMMANDS = {
                       _run_fit_direction),
     "directions-heatmap": ("picture of how entangled the editing directions are", _add_directions_heatmap,
                            _run_directions_heatmap),
+    "download": ("fetch the official weights and convert them into a bundle", _add_download, _run_download),
+    "convert": ("convert official weight files into a bundle", _add_convert, _run_convert),
+    "info": ("what a bundle or an official weights file holds", _add_info, _run_info),
+    "edit": ("edit the faces of photos: align, invert, edit, render", _add_edit, _run_edit),
+    "train": ("train the encoder against a frozen generator (PREIM3D's recipe)", _add_train, _run_train),
+    "export-encoder": ("export a trained encoder to a bundle or PREIM3D's checkpoint layout", _add_export_encoder,
+                       _run_export_encoder),
 }
 
 

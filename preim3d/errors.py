@@ -26,3 +26,15 @@ class UnknownAttributeError(Preim3DError, KeyError):
 
     def __str__(self):  # KeyError would print the message with quotes around it
         return str(self.args[0]) if self.args else ""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """No weights where preim3d looked: the message names the places and the command that fetches them."""
+
+
+class DownloadError(Preim3DError, OSError):
+    """A download failed, was interrupted, or gave a file that is not the expected one."""
+
+
+class LatentFileError(Preim3DError, ValueError):
+    """A latent file (.npz / .safetensors of W+ codes) is missing, unreadable or of the wrong shape."""

@@ -1,0 +1,337 @@
+"""The whole chain in one object: photo -> aligned crop -> W+ code -> edited code -> images, video, mesh.
+
+    editor = preim3d.Editor.from_pretrained()              # weights: see preim3d.weights.resolve
+    result = editor.edit_photo("me.jpg", {"smile": 2, "age": -1})
+    result.image.save("edited.png")
+
+    face = editor.align("me.jpg")                          # each stage on its own
+    ws = editor.invert(face)                               # [1, 14, 512]
+    ws_edit = editor.edit(ws, {"glasses": 3}, precise=True)
+    editor.grid(ws_edit).save("views.png")
+    editor.turntable(ws_edit, "turntable.mp4")
+    editor.mesh(ws_edit, "head.glb")
+    editor.save_latent(ws_edit, "me.npz")
+
+Codes returned to the caller are float32 CPU tensors (small, and usable with autograd); the
+networks run on `editor.device`. Renders of one code share its tri-planes through the renderer's
+cache, so a grid, a video and a mesh of the same code run the backbone once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .align import AlignedFace, align_face, paste_back
+from .cameras import camera_vector
+from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
+from .errors import LatentFileError, WeightsError
+from .images import load_image
+from .inversion import compute_latent_avg, invert
+from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, render_turntable, to_uint8
+from .weights.bundle import read_bundle_config
+from .weights.encoder import load_encoder, load_latent_avg, read_official_checkpoint
+from .weights.generator import load_generator
+from .weights.resolve import WeightsLocation, resolve_weights
+
+LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
+LATENT_AVG_TOLERANCE = 1e-3  # max abs difference, as preim3d.weights.encoder.convert_encoder allows
+
+
+def default_device() -> torch.device:
+    """CUDA if available, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class EditResult:
+    """What `Editor.edit_photo` made: the face, both codes and the renders from the photo's camera."""
+
+    photo: Image.Image  # the input, upright RGB
+    face: AlignedFace
+    ws: torch.Tensor  # [1, 14, 512] inverted code
+    edited_ws: torch.Tensor  # [1, 14, 512] after the edits
+    edits: dict[str, float]
+    pose: tuple[float, float]  # (yaw, pitch) the renders were made from
+    reconstruction: Image.Image  # render of ws
+    image: Image.Image  # render of edited_ws
+
+    def pasted(self, feather: float = 0.15) -> Image.Image:
+        """The edited render blended back into the photo (see `preim3d.align.paste_back`)."""
+        return paste_back(self.photo, self.image, self.face, feather=feather)
+
+
+class Editor:
+    """Generator, encoder, latent average and directions on one device, with a caching renderer.
+
+    Build it with `from_pretrained` (bundle folder, Hub repo id, folder of official files, or the
+    default weights), `from_bundle`, `from_official`, or directly from loaded networks.
+    precision="fast" runs the generator's backbone and super-resolution and the encoder in float16
+    on CUDA (float32 elsewhere). deterministic=True renders with fixed depth samples instead of
+    the official random ones, so renders repeat without seeding.
+    """
+
+    def __init__(self, generator, encoder, latent_avg: torch.Tensor, directions: DirectionBank | None = None, *,
+                 device=None, precision: str = "fp32", deterministic: bool = False, batch_size: int = 8,
+                 cache_size: int = 4, source: str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.generator = generator.to(self.device).eval().set_precision(precision)
+        encoder = encoder.to(self.device).eval()
+        self.encoder = encoder.fast() if precision == "fast" else encoder
+        self.latent_avg = latent_avg.to(self.device, torch.float32)
+        self.directions = directions
+        self.deterministic = deterministic
+        self.renderer = TriPlaneRenderer(self.generator, batch_size=batch_size, cache_size=cache_size)
+        self.source = source
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, source=None, device=None, *, revision: str | None = None, **kwargs) -> Editor:
+        """Load the weights from `source`, else $PREIM3D_WEIGHTS, else the default folder.
+
+        source: a bundle folder, a Hugging Face Hub repo id holding a bundle (cached; the cache
+        only with HF_HUB_OFFLINE=1), or a folder of the official files. device: default CUDA,
+        then MPS, then CPU. revision: of a Hub repo. Other keywords go to `Editor(...)`.
+        Raises WeightsNotFoundError, naming `preim3d download`, when there are no weights.
+        """
+        if isinstance(source, WeightsLocation):  # already resolved (the command line does that first)
+            location = source
+        else:
+            location = resolve_weights(source, revision=revision)
+        if location.kind == "official":
+            return cls.from_official(**location.files, device=device, source=str(location.path), **kwargs)
+        return cls.from_bundle(location.path, device=device, source=f"{location.path} ({location.origin})", **kwargs)
+
+    @classmethod
+    def from_bundle(cls, folder, device=None, **kwargs) -> Editor:
+        """Load a local bundle folder; its directions are optional (without them, `edit` is unavailable)."""
+        device = torch.device(device) if device is not None else default_device()
+        has_directions = "directions" in read_bundle_config(folder)
+        kwargs.setdefault("source", str(folder))
+        return cls(load_generator(folder, device), load_encoder(folder, device), load_latent_avg(folder, device),
+                   DirectionBank.from_bundle(folder) if has_directions else None, device=device, **kwargs)
+
+    @classmethod
+    def from_official(cls, generator, encoder, directions=None, device=None, **kwargs) -> Editor:
+        """Load the official files as they are: a generator pickle, preim3d_ffhq.pt and a directions folder.
+
+        The latent average is computed from the generator at each load (a second or so on a GPU);
+        convert the files into a bundle (`preim3d convert`) to skip that. As in the conversion, it
+        must match the one the encoder checkpoint stores, if any: otherwise the generator is not the
+        one the encoder was trained with.
+        """
+        device = torch.device(device) if device is not None else default_device()
+        G = load_generator(generator, device)
+        latent_avg = compute_latent_avg(G, device=device)
+        stored = read_official_checkpoint(encoder)[2]
+        if stored is not None:
+            diff = ((stored.to(latent_avg) - latent_avg).abs().max().item() if stored.shape == latent_avg.shape
+                    else math.inf)
+            if diff > LATENT_AVG_TOLERANCE:
+                raise WeightsError(
+                    f"The latent average of {Path(generator).name} differs from the one stored in {Path(encoder).name} "
+                    f"(max abs difference {diff:.3g}): use the generator the encoder was trained with (PREIM3D's "
+                    f"eg3d_G_ema.pkl)."
+                )
+        kwargs.setdefault("source", f"official files {Path(generator).name}, {Path(encoder).name}")
+        return cls(G, load_encoder(encoder, device), latent_avg,
+                   DirectionBank.from_dir(directions) if directions is not None else None, device=device, **kwargs)
+
+    def __repr__(self) -> str:
+        n = len(self.directions) if self.directions is not None else 0
+        return (f"Editor(device={self.device}, image {self.generator.img_resolution}px, {n} directions, "
+                f"source={self.source!r})")
+
+    # ------------------------------------------------------------------ stages
+
+    def align(self, image, face_index: int | None = None, **kwargs) -> AlignedFace:
+        """Detect and crop one face (`preim3d.align_face`); face_index picks among `detect_faces`' list."""
+        return align_face(image, face=face_index, **kwargs)
+
+    def invert(self, faces) -> torch.Tensor:
+        """Aligned faces (or their 512 crops; one or a list) -> W+ codes [N, 14, 512], float32 CPU."""
+        with torch.inference_mode():
+            ws = invert(self.encoder, self.latent_avg, faces).cpu()
+        return ws.clone()  # a normal tensor: inference-mode tensors refuse autograd later
+
+    def edit(self, ws, edits: Mapping[str, float], *, precise: bool = False, hold: Iterable[str] = ()) -> torch.Tensor:
+        """ws + attribute edits, e.g. {"smile": 2, "age": -1} (see `DirectionBank.apply`).
+
+        precise=True, or attributes in `hold`, gives the precise edit: each target's score moves by
+        exactly its strength and the held attributes' scores stay put.
+        """
+        if self.directions is None:
+            raise WeightsError(f"These weights ({self.source}) hold no editing directions: add some with "
+                               "`preim3d convert --directions FOLDER --out BUNDLE` or `preim3d fit-direction`.")
+        return self.directions.apply(torch.as_tensor(ws).cpu(), edits, hold=hold, precise=precise)
+
+    def render(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
+        """One code seen from (yaw, pitch) radians off the frontal view, as a PIL image."""
+        return self.views(ws, [yaw], [pitch])[0]
+
+    def depth(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
+        """The depth map of one view (neural rendering resolution, near = bright) as a grayscale image."""
+        out = self._render(ws, camera_vector([yaw], [pitch]))
+        return Image.fromarray(depth_to_uint8(out["image_depth"])[0])
+
+    def views(self, ws, yaws, pitches=0.0) -> list[Image.Image]:
+        """One code from several cameras: yaws and pitches are sequences of equal length or numbers."""
+        yaw, pitch = torch.broadcast_tensors(torch.as_tensor(yaws, dtype=torch.float32).reshape(-1),
+                                             torch.as_tensor(pitches, dtype=torch.float32).reshape(-1))
+        images = to_uint8(self._render(ws, camera_vector(yaw, pitch))["image"])
+        return [Image.fromarray(image) for image in images]
+
+    def grid(self, ws, yaws=(-math.pi / 9, math.pi / 9), pitches=(-math.pi / 36, math.pi / 36)) -> Image.Image:
+        """One image of every (yaw, pitch) pair: a row per pitch, a column per yaw (default PREIM3D's 2x2)."""
+        with torch.inference_mode():
+            return multiview_grid(self.renderer, _one(ws), yaws, pitches, deterministic=self.deterministic)
+
+    def turntable(self, ws, path, frames: int = 120, fps: float = 60, **kwargs) -> Path:
+        """An mp4 of the code on the official turntable path (see `preim3d.rendering.render_turntable`).
+
+        Keywords: size, depth (add a depth panel), side_by_side (photos or codes shown beside it),
+        cameras (another path), progress.
+        """
+        kwargs.setdefault("deterministic", self.deterministic)
+        with torch.inference_mode():
+            return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
+
+    def mesh(self, ws, path=None, resolution: int = 256, **kwargs):
+        """The head's surface as a coloured trimesh.Trimesh, also written to `path` (.glb, .ply, .obj) if given.
+
+        Keywords go to `preim3d.rendering.extract_mesh` (threshold, trim, progress).
+        """
+        from .rendering import export_mesh
+
+        with torch.inference_mode():
+            mesh = self.renderer.mesh(_one(ws), resolution=resolution, **kwargs)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            export_mesh(mesh, path)
+        return mesh
+
+    def _render(self, ws, c) -> dict:
+        with torch.inference_mode():
+            return self.renderer.render(_one(ws), c, deterministic=self.deterministic)
+
+    # ------------------------------------------------------------------ all at once
+
+    def edit_photo(self, image, edits: Mapping[str, float] | None = None, *, precise: bool = False,
+                   hold: Iterable[str] = (), face_index: int | None = None, pose="photo") -> EditResult:
+        """Align, invert, edit and render one photo; returns an EditResult.
+
+        pose: "photo" renders from the camera estimated from the face (so the render lines up with
+        the crop and `EditResult.pasted()` fits), "frontal", or a (yaw, pitch) pair in radians.
+        With no edits, the edited code is the reconstruction.
+        """
+        photo = load_image(image)
+        face = self.align(photo, face_index)
+        ws = self.invert(face)
+        edits = dict(edits or {})
+        edited = self.edit(ws, edits, precise=precise, hold=hold) if edits or hold else ws.clone()
+        if isinstance(pose, str):
+            if pose not in ("photo", "frontal"):
+                raise ValueError(f"pose must be 'photo', 'frontal' or (yaw, pitch), not {pose!r}")
+            pose = face.estimate_pose() if pose == "photo" else (0.0, 0.0)
+        yaw, pitch = (float(v) for v in pose)
+        return EditResult(photo=photo, face=face, ws=ws, edited_ws=edited, edits=edits, pose=(yaw, pitch),
+                          reconstruction=self.render(ws, yaw, pitch), image=self.render(edited, yaw, pitch))
+
+    # ------------------------------------------------------------------ latent files
+
+    @staticmethod
+    def save_latent(ws, path, metadata: Mapping[str, str] | None = None) -> Path:
+        """See `save_latent`."""
+        return save_latent(ws, path, metadata)
+
+    @staticmethod
+    def load_latent(path, with_metadata: bool = False):
+        """See `load_latent`."""
+        return load_latent(path, with_metadata)
+
+
+def _one(ws) -> torch.Tensor:
+    """A single code as [1, 14, 512]; a batch of several is refused with a hint."""
+    ws = torch.as_tensor(ws)
+    if ws.ndim == 2:
+        ws = ws[None]
+    if ws.ndim != 3 or ws.shape[0] != 1:
+        raise ValueError(f"Render one code at a time: got ws of shape {list(ws.shape)}; pass ws[i:i+1].")
+    return ws
+
+
+def save_latent(ws, path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write W+ codes [N, 14, 512] (or one [14, 512]) to .npz or .safetensors under the name 'latents'.
+
+    metadata: short strings (source photo, edits, ...) stored beside them: safetensors metadata,
+    or a JSON string array 'metadata' in the .npz. Neither format involves pickling.
+    """
+    path = Path(path)
+    ws = torch.as_tensor(ws).detach().to("cpu", torch.float32)
+    if ws.ndim == 2:
+        ws = ws[None]
+    if ws.ndim != 3 or tuple(ws.shape[1:]) != (NUM_WS, W_DIM):
+        raise LatentFileError(f"W+ codes must have shape [N, {NUM_WS}, {W_DIM}], got {list(ws.shape)}.")
+    metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({LATENT_KEY: ws.contiguous()}, str(path), metadata=metadata or None)
+    elif path.suffix == ".npz":
+        np.savez(path, **{LATENT_KEY: ws.numpy()}, metadata=np.array(json.dumps(metadata)))
+    else:
+        raise LatentFileError(f"Save latents as .npz or .safetensors, not {path.suffix or 'without a suffix'} "
+                              f"({path.name}).")
+    return path
+
+
+def load_latent(path, with_metadata: bool = False):
+    """W+ codes [N, 14, 512] float32 from an .npz or .safetensors file (never unpickled).
+
+    The array is 'latents' (as `save_latent` and fit-direction write), 'ws', or the file's only
+    array; [N, 7168] rows are reshaped. with_metadata=True returns (codes, metadata dict).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LatentFileError(f"Latent file {path} does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+                metadata = dict(f.metadata() or {})
+        else:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: torch.from_numpy(data[k]) for k in data.files if data[k].dtype.kind in "fiu"}
+                metadata = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+    except Exception as exc:  # a damaged, pickled or foreign file
+        raise LatentFileError(f"{path} is not a readable .npz or .safetensors file ({exc}).") from exc
+    key = next((k for k in (LATENT_KEY, "ws") if k in arrays), None)
+    if key is None and len(arrays) == 1:
+        key = next(iter(arrays))
+    if key is None:
+        raise LatentFileError(f"{path} has no array 'latents' or 'ws' (it has: {', '.join(arrays) or 'none'}).")
+    ws = arrays[key].float()
+    if ws.shape[-1] == CODE_DIM and ws.ndim in (1, 2):
+        ws = ws.reshape(-1, NUM_WS, W_DIM)
+    if ws.ndim == 2:
+        ws = ws[None]
+    if ws.ndim != 3 or tuple(ws.shape[1:]) != (NUM_WS, W_DIM):
+        raise LatentFileError(f"{path}: '{key}' has shape {list(ws.shape)}; W+ codes are [N, {NUM_WS}, {W_DIM}].")
+    if not torch.isfinite(ws).all():
+        raise LatentFileError(f"{path}: '{key}' holds NaN or infinite values.")
+    return (ws, metadata) if with_metadata else ws
