@@ -1,4 +1,5 @@
-"""Shared by the generator tests: configurations, deterministic random weights, inputs, PSNR.
+"""Shared by the generator tests: configurations, deterministic random weights (preim3d.testing's
+`fill_random`), inputs, PSNR.
 
 The same weights can be put into the official EG3D classes and into ours (their state-dict names
 are equal), so outputs can be compared — live against an official checkout, or against outputs
@@ -7,10 +8,11 @@ the official code produced once and stored in tests/data (see make_official_refe
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
+
+from preim3d.testing import TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION, fill_random  # noqa: F401
 
 FFHQ_RENDERING_KWARGS = {
     "image_resolution": 512,
@@ -48,47 +50,8 @@ FFHQ512 = (
     128,
 )
 
-# A small generator of the same classes: narrow backbone, 2x super-resolution to 128, fewer depth samples.
-TINY = (
-    {
-        **copy.deepcopy(FFHQ512[0]),
-        "z_dim": 32, "img_resolution": 128,
-        "rendering_kwargs": {
-            **FFHQ_RENDERING_KWARGS,
-            "image_resolution": 128,
-            "superresolution_module": "training.superresolution.SuperresolutionHybrid2X",
-            "depth_resolution": 12,
-            "depth_resolution_importance": 12,
-        },
-        "sr_kwargs": {"channel_base": 1024, "channel_max": 16, "fused_modconv_default": "inference_only"},
-        "channel_base": 1024, "channel_max": 16,
-    },
-    32,
-)
-
-
-def fill_random(module: torch.nn.Module, seed: int) -> None:
-    """Overwrite every parameter and buffer with seeded, non-trivial values, keyed by name order.
-
-    Weights ~ N(0,1) (as initialised), biases ~ 0.2·N(0,1), affine biases ~ 1 + 0.2·N(0,1), noise
-    strengths ~ 0.1·N(0,1), w_avg ~ 0.5·N(0,1), noise_const ~ N(0,1). Filters stay as they are.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in sorted(module.state_dict().items()):
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "resample_filter":
-                continue
-            noise = torch.randn(tensor.shape, generator=gen)
-            if leaf == "bias":
-                value = 1 + 0.2 * noise if ".affine." in name else 0.2 * noise
-            elif leaf == "noise_strength":
-                value = 0.1 * noise
-            elif leaf == "w_avg":
-                value = 0.5 * noise
-            else:
-                value = noise
-            tensor.copy_(value)
+# A small generator of the same classes (the one preim3d.testing builds its tiny bundles from).
+TINY = (TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION)
 
 
 def inputs(batch: int, z_dim: int, seed: int):
