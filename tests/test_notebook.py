@@ -1,0 +1,194 @@
+"""The Colab notebook runs headless from top to bottom against a tiny random-weight bundle.
+
+PREIM3D_NOTEBOOK_WEIGHTS=<bundle folder> makes the notebook skip the installation and the download
+and use that bundle. The kernel is this interpreter (a kernel spec written into a temporary
+JUPYTER_PATH), so the notebook sees the same preim3d as the tests. No network is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from preim3d.editing import DirectionBank
+from preim3d.pipeline import load_latent
+from preim3d.testing import TINY_GENERATOR_KWARGS
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "preim3d_colab.ipynb"
+GENERATOR_SCRIPT = ROOT / "notebooks" / "make_colab_notebook.py"
+KERNEL = "preim3d-notebook-test"
+RESOLUTION = TINY_GENERATOR_KWARGS["img_resolution"]  # the tiny generator's image size
+
+# Form parameters set as a user would in Colab: a short video, a coarse mesh, and a precise edit
+# that uses two sliders, the free-text field and a held attribute.
+FRAMES = 8
+VIEWS = 5
+PARAMETERS = {
+    "SMILE": "4",
+    "AGE": "3",
+    "MORE_EDITS": '"Wearing_Lipstick=2"',
+    "HOLD": '"Male"',
+    "VIEWS": str(VIEWS),
+    "FRAMES": str(FRAMES),
+    "FPS": "8",
+    "MESH_RESOLUTION": "64",
+}
+# what those edits must do to the attribute scores: age = -Young; Male is held
+EXPECTED_SCORE_CHANGES = {"Smiling": 4.0, "Young": -3.0, "Wearing_Lipstick": 2.0, "Male": 0.0}
+
+
+def set_parameters(nb, parameters: dict[str, str]) -> None:
+    """Replace the value of each `NAME = value  # @param ...` form line; each must occur exactly once."""
+    for name, value in parameters.items():
+        pattern = re.compile(rf"^{name} = [^\n#]*?(  # @param)", re.M)
+        hits = 0
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                replace = lambda m, k=name, v=value: f"{k} = {v}{m.group(1)}"  # noqa: E731
+                cell.source, n = pattern.subn(replace, cell.source)
+                hits += n
+        assert hits == 1, f"form parameter {name} occurs {hits} times in the notebook"
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch):
+    """A kernel spec running this interpreter, and an environment with no weights but the ones given."""
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "preim3d tests", "language": "python",
+    }))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("PREIM3D_HOME", str(tmp_path / "home"))  # no default weights, no downloads
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PREIM3D_WEIGHTS", raising=False)
+    monkeypatch.delenv("PREIM3D_NOTEBOOK_WEIGHTS", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+def execute(nb, workdir: Path):
+    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=180,
+                                     resources={"metadata": {"path": str(workdir)}})
+    return client.execute()
+
+
+def cell_outputs(nb, tag: str) -> list:
+    cells = [c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"one code cell tagged {tag!r} expected, found {len(cells)}"
+    return cells[0].outputs
+
+
+def stdout(nb, tag: str) -> str:
+    return "".join(o.text for o in cell_outputs(nb, tag) if o.output_type == "stream" and o.name == "stdout")
+
+
+def images(nb, tag: str) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(o.data["image/png"])))
+            for o in cell_outputs(nb, tag) if o.output_type == "display_data" and "image/png" in o.data]
+
+
+def html(nb, tag: str) -> list[str]:
+    return [o.data["text/html"] for o in cell_outputs(nb, tag)
+            if o.output_type == "display_data" and "text/html" in o.data]
+
+
+def test_committed_notebook_is_generated_and_has_no_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert code_cells and all(c.outputs == [] and c.execution_count is None for c in code_cells)
+    spec = importlib.util.spec_from_file_location("make_colab_notebook", GENERATOR_SCRIPT)
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert json.loads(nbformat.writes(generator.build())) == json.loads(NOTEBOOK.read_text()), (
+        "notebooks/preim3d_colab.ipynb differs from what notebooks/make_colab_notebook.py writes: "
+        "run the script")
+
+
+def test_notebook_runs_against_a_tiny_bundle(tiny_bundle, kernel_env, monkeypatch):
+    monkeypatch.setenv("PREIM3D_NOTEBOOK_WEIGHTS", str(tiny_bundle))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    set_parameters(nb, PARAMETERS)
+    execute(nb, kernel_env)
+    out = kernel_env / "preim3d_results"
+
+    assert "skipping the installation" in stdout(nb, "install")
+    assert str(tiny_bundle) in stdout(nb, "weights")
+    assert "Using the example photo" in stdout(nb, "photo")  # no Colab upload here: the astronaut
+
+    # pictures shown at each step; the grid is VIEWS views of the reconstruction over those of the edit
+    for tag in ("photo", "align", "invert", "edit", "view", "grid"):
+        shown = images(nb, tag)
+        assert shown and all(im.width > 0 and im.height > 0 for im in shown), f"step {tag!r} showed no image"
+    assert len(images(nb, "edit")) == 2  # render comparison, edit pasted into the photo
+    assert images(nb, "grid")[0].size == (VIEWS * RESOLUTION, 2 * RESOLUTION)
+    assert Image.open(out / "aligned.png").size == (512, 512)
+    for name in ("reconstruction.png", "edited.png", "view.png"):
+        assert Image.open(out / name).size == (RESOLUTION, RESOLUTION)
+    assert Image.open(out / "edited_photo.png").size == (512, 512)  # the astronaut photo's size
+
+    # the sliders, the free-text edit and HOLD reached the precise edit
+    assert "holding Male" in stdout(nb, "edit")
+    ws, edited = load_latent(out / "latent.npz"), load_latent(out / "edited.npz")
+    bank = DirectionBank.from_bundle(tiny_bundle)
+    names = list(EXPECTED_SCORE_CHANGES)
+    change = bank.scores(edited, names) - bank.scores(ws, names)
+    expected = torch.tensor(list(EXPECTED_SCORE_CHANGES.values()), dtype=torch.float64)
+    torch.testing.assert_close(change.reshape(-1).double(), expected, atol=1e-3, rtol=0)
+
+    # the turntable: an H.264 file of FRAMES frames (photo | reconstruction | edit), embedded inline
+    import imageio_ffmpeg
+
+    video = out / "turntable.mp4"
+    frames = imageio_ffmpeg.read_frames(str(video))
+    assert next(frames)["size"] == (3 * RESOLUTION, RESOLUTION)
+    frames.close()
+    assert imageio_ffmpeg.count_frames_and_secs(str(video))[0] == FRAMES
+    players = [h for h in html(nb, "turntable") if "<video" in h]
+    assert len(players) == 1
+    embedded = re.search(r'src="data:video/mp4;base64,([^"]+)"', players[0])
+    assert embedded and base64.b64decode(embedded.group(1)) == video.read_bytes()
+
+    # the mesh: a GLB with triangles, and an interactive preview
+    import trimesh
+
+    mesh = trimesh.load(out / "head.glb", force="mesh")
+    assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
+    assert f"{len(mesh.faces):,} triangles" in stdout(nb, "mesh")
+    assert html(nb, "mesh"), "the mesh preview was not shown"
+
+    with zipfile.ZipFile(kernel_env / "preim3d_results.zip") as archive:
+        assert {"turntable.mp4", "head.glb", "edited.png", "grid.png", "latent.npz", "edited.npz"} <= set(
+            archive.namelist())
+
+
+def test_notebook_downloads_nothing_until_the_licences_are_accepted(kernel_env):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    nb.cells = nb.cells[:tags.index(["weights"]) + 1]  # installation and weights only
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="ACCEPT_LICENCES"):
+        execute(nb, kernel_env)
+    notice = stdout(nb, "weights")
+    for terms in ("NVIDIA Source Code License", "MIT", "iBUG 300-W"):
+        assert terms in notice
+    home = kernel_env.parent / "home"
+    written = list(home.rglob("*")) if home.exists() else []
+    assert not written, f"written before the licences were accepted: {written}"
