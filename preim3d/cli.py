@@ -499,6 +499,80 @@ def _run_export_encoder(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ evaluate
+
+
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--photos", type=Path, required=True, metavar="FOLDER",
+                        help="folder of photos (or one photo) to measure the chain on")
+    parser.add_argument("--labels", type=Path, metavar="CSV",
+                        help="CSV with a file-name column and 0/1 or -1/1 attribute columns: edits then move each "
+                             "photo away from its labels, and the inverted codes' scores are checked against them")
+    parser.add_argument("--out", type=Path, default=Path("evaluation"), metavar="FOLDER",
+                        help="where the report goes: report.md, CSV tables, PNG plots (default ./evaluation)")
+    parser.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
+                        help="an edit to measure, repeatable (default: smile, age, glasses, beard and female at 3, "
+                             "those the directions have)")
+    parser.add_argument("--hold", action="append", default=None, metavar="NAME",
+                        help="an attribute the precise edits keep fixed, repeatable (default: every other one)")
+    parser.add_argument("--yaws", default="-45,-23,0,23,45", metavar="DEGREES",
+                        help="comma-separated yaws of the novel views; write --yaws=-30,0,30 when the first is "
+                             "negative (default -45,-23,0,23,45)")
+    parser.add_argument("--pitches", default="-14,0,14", metavar="DEGREES",
+                        help="comma-separated pitches of the novel views, negative = camera above (default -14,0,14)")
+    parser.add_argument("--arcface", type=Path, metavar="FILE",
+                        help="ArcFace IR-SE50 weights (model_ir_se50.pth) for the identity metric; default: dlib's "
+                             "face-recognition model, which needs no download")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per stage for the speed table (default 3)")
+    parser.add_argument("--weights", metavar="SOURCE",
+                        help="bundle folder, Hugging Face Hub repo id or folder of official files (default: "
+                             "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)")
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the first available, in that order)")
+
+
+def _degrees(text: str, option: str) -> list[float]:
+    try:
+        values = [math.radians(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise Preim3DError(f"--{option} {text!r}: give comma-separated angles in degrees, e.g. -30,0,30.")
+    return values
+
+
+def _run_evaluate(args) -> int:
+    from .weights.resolve import resolve_weights
+
+    if not args.photos.exists():
+        raise Preim3DError(f"--photos {args.photos} does not exist: give a folder of photos or a photo.")
+    if args.labels is not None and not args.labels.is_file():
+        raise Preim3DError(f"--labels {args.labels} does not exist.")
+    if args.arcface is not None and not args.arcface.is_file():
+        raise Preim3DError(f"--arcface {args.arcface} does not exist.")
+    if args.repeats < 1:
+        raise Preim3DError(f"--repeats must be at least 1, got {args.repeats}.")
+    yaws, pitches = _degrees(args.yaws, "yaws"), _degrees(args.pitches, "pitches")
+    edits = dict(_parse_edit(text) for text in args.edit) or None
+    location = resolve_weights(args.weights)
+
+    from .evaluation import evaluate
+    from .pipeline import Editor
+
+    editor = Editor.from_pretrained(location, device=args.device)
+    report = evaluate(editor, args.photos, args.labels, args.out, yaws=yaws, pitches=pitches, edits=edits,
+                      hold=args.hold, arcface=args.arcface, weights=location.path, repeats=args.repeats,
+                      log=print)
+    if not report.photos:
+        raise Preim3DError(f"No face could be aligned in any photo of {args.photos}; nothing was measured.")
+    width = max(len(row["metric"]) for row in report.summary())
+    for row in report.summary():
+        value = row["value"]
+        shown = "-" if value is None else f"{value:.4g}"
+        print(f"{row['section']:<12} {row['metric']:<{width}} {shown}")
+    print(f"wrote the report to {args.out / 'report.md'} ({len(report.files)} files)")
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 
 # name -> (help, add arguments, run)
@@ -514,6 +588,8 @@ _COMMANDS = {
     "train": ("train the encoder against a frozen generator (PREIM3D's recipe)", _add_train, _run_train),
     "export-encoder": ("export a trained encoder to a bundle or PREIM3D's checkpoint layout", _add_export_encoder,
                        _run_export_encoder),
+    "evaluate": ("measure inversion, 3D consistency, editing precision and speed on photos", _add_evaluate,
+                 _run_evaluate),
 }
 
 
