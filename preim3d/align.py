@@ -317,7 +317,7 @@ def _pos_fit(points: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 @functools.cache
-def _model_path(name: str) -> str:
+def dlib_model_path(name: str) -> str:
     """Path of a model file bundled in face-recognition-models (found without importing the package)."""
     spec = importlib.util.find_spec("face_recognition_models")
     locations = list(spec.submodule_search_locations or []) if spec else []
@@ -338,12 +338,12 @@ def _hog_detector():
 
 @functools.cache
 def _cnn_detector():
-    return dlib.cnn_face_detection_model_v1(_model_path("mmod_human_face_detector.dat"))
+    return dlib.cnn_face_detection_model_v1(dlib_model_path("mmod_human_face_detector.dat"))
 
 
 @functools.cache
 def _shape_predictor():
-    return dlib.shape_predictor(_model_path("shape_predictor_68_face_landmarks.dat"))
+    return dlib.shape_predictor(dlib_model_path("shape_predictor_68_face_landmarks.dat"))
 
 
 def _gray(photo: Image.Image, scale: float) -> np.ndarray:

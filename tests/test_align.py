@@ -65,7 +65,7 @@ def face(photo):
 def test_models_are_found_without_importing_their_package():
     code = (
         "import sys, os; from preim3d import align; "
-        "paths = [align._model_path(n) for n in ('shape_predictor_68_face_landmarks.dat', "
+        "paths = [align.dlib_model_path(n) for n in ('shape_predictor_68_face_landmarks.dat', "
         "'mmod_human_face_detector.dat')]; "
         "assert all(os.path.isfile(p) for p in paths), paths; "
         "assert 'face_recognition_models' not in sys.modules"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..align import _model_path
+from ..align import dlib_model_path
 from .metrics import to_float
 
 DLIB_SIZE = 256  # long side the dlib model looks at: faces in crops become ~150 px, HOG needs >= 80
@@ -67,8 +67,8 @@ class DlibIdentity:
         import dlib
 
         self._detector = dlib.get_frontal_face_detector()
-        self._landmarks = dlib.shape_predictor(_model_path(_DLIB_LANDMARKS))
-        self._network = dlib.face_recognition_model_v1(_model_path(_DLIB_RECOGNITION))
+        self._landmarks = dlib.shape_predictor(dlib_model_path(_DLIB_LANDMARKS))
+        self._network = dlib.face_recognition_model_v1(dlib_model_path(_DLIB_RECOGNITION))
         self._rectangle = dlib.rectangle
 
     def embed(self, image) -> Embedding:
