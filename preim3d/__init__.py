@@ -44,6 +44,8 @@ _PUBLIC = {
     "similarity_heatmap": "preim3d.editing",
     "CELEBA_ATTRIBUTES": "preim3d.editing",
     "load_image": "preim3d.images",
+    "TrainConfig": "preim3d.training.config",
+    "train": "preim3d.training.trainer",
     "align_face": "preim3d.align",
     "detect_faces": "preim3d.align",
     "paste_back": "preim3d.align",
