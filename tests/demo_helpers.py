@@ -1,0 +1,89 @@
+"""For the demo tests (gradio_client and browser): the demo served in-process on 127.0.0.1, bad input files."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: never phone home
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def loopback_only():
+    """Within it, a connection to any address but this machine's loopback fails the test."""
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+                raise AssertionError(f"the demo tests must not connect to {address}")
+
+    socket.socket.connect = lambda sock, address: check(sock, address) or connect(sock, address)
+    socket.socket.connect_ex = lambda sock, address: check(sock, address) or connect_ex(sock, address)
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+
+
+@contextmanager
+def serving(editor_or_source, **launch_kwargs):
+    """Yields (url, demo) of the demo launched on a free local port; closes it afterwards."""
+    from demo import build_demo, launch
+
+    demo = build_demo(editor_or_source)
+    _, url, _ = launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                       **launch_kwargs)
+    try:
+        yield url, demo
+    finally:
+        demo.close()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none: a huge image in a few bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def bad_files(folder: Path) -> dict[str, Path]:
+    """Inputs the demo must refuse with a message: name -> file."""
+    files = {
+        "text": folder / "notes.txt",
+        "text named .png": folder / "fake.png",
+        "no face": folder / "wall.png",
+        "over 100 MP": folder / "huge.png",
+        "decompression bomb": folder / "bomb.png",
+    }
+    files["text"].write_text("not an image")
+    files["text named .png"].write_text("not an image either")
+    Image.new("RGB", (400, 300), (200, 180, 150)).save(files["no face"])
+    files["over 100 MP"].write_bytes(png_header(10_500, 10_000))
+    files["decompression bomb"].write_bytes(png_header(20_000, 20_000))
+    return files
+
+
+BAD_INPUT_MESSAGES = {
+    "text": "is not an image that can be read",
+    "text named .png": "is not an image that can be read",
+    "no face": "No face was found in this photo",
+    "over 100 MP": "10500x10000 = 105,000,000 pixels, more than the limit",
+    "decompression bomb": "is too large to open safely",
+}

@@ -1,0 +1,386 @@
+"""The web demo on a tiny random-weight bundle: the named API through gradio_client, the page's handlers,
+bad input, the page without weights, `python app.py`, and 20 requests at once."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import gradio as gr
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+import trimesh
+from demo_helpers import BAD_INPUT_MESSAGES, bad_files, free_port, loopback_only, serving
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
+from PIL import Image
+
+from demo.handlers import Handlers, slider_attributes
+from demo.ui import EXAMPLES
+from preim3d.align import align_face, detect_faces
+from preim3d.pipeline import Editor, load_latent
+
+ROOT = Path(__file__).resolve().parent.parent
+TWO_FACES = ROOT / "examples" / "two_faces.jpg"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    with loopback_only():
+        yield
+
+
+@pytest.fixture(scope="module")
+def editor(tiny_bundle):
+    return Editor.from_pretrained(tiny_bundle, device="cpu", deterministic=True)
+
+
+@pytest.fixture(scope="module")
+def client(editor):
+    with serving(editor) as (url, _):
+        yield Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def astronaut(editor, astronaut_png):
+    """The photo's aligned face, its code and its pose, computed here without the demo."""
+    face = align_face(astronaut_png)
+    return face, editor.invert(face), face.estimate_pose()
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(Image.open(image) if isinstance(image, (str, Path)) else image, dtype=np.int16)
+
+
+# ---------------------------------------------------------------------------------- named API
+
+
+def test_named_endpoints_and_their_parameters(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    params = {name: [p["parameter_name"] for p in e["parameters"]] for name, e in api["named_endpoints"].items()}
+    assert params == {
+        "/align": ["photo", "face"],
+        "/invert": ["photo", "face"],
+        "/edit": ["photo", "latent", "edits", "yaw", "pitch", "precise", "face"],
+        "/turntable": ["photo", "latent", "edits", "precise", "frames", "face"],
+        "/mesh": ["photo", "latent", "edits", "precise", "resolution", "face"],
+    }
+    assert not api["unnamed_endpoints"]  # the page's own events are not part of the API
+    # everything but the photo-or-latent is optional
+    assert all(p["parameter_has_default"] for e in api["named_endpoints"].values() for p in e["parameters"])
+
+
+def test_align_returns_the_crop_and_the_faces(client, astronaut, astronaut_png):
+    crop, info = client.predict(photo=handle_file(astronaut_png), api_name="/align")
+    face, _, (yaw, pitch) = astronaut
+    assert Image.open(crop).size == (512, 512)
+    assert np.array_equal(pixels(crop), pixels(face.image))
+    assert info["faces"] == 1 and info["face"] == 0
+    assert info["boxes"] == [pytest.approx(f.box, abs=0.1) for f in detect_faces(astronaut_png)]
+    left, top, right, bottom = info["boxes"][0]
+    assert left < (face.box[0] + face.box[2]) / 2 < right and top < (face.box[1] + face.box[3]) / 2 < bottom
+    assert (info["yaw"], info["pitch"]) == pytest.approx((math.degrees(yaw), math.degrees(pitch)))
+
+    first, info = client.predict(photo=handle_file(TWO_FACES), api_name="/align")
+    second, info_second = client.predict(photo=handle_file(TWO_FACES), face=1, api_name="/align")
+    assert info["faces"] == info_second["faces"] == 2 and info_second["face"] == 1
+    assert np.abs(pixels(first) - pixels(second)).mean() > 5  # the mirrored, smaller copy
+    with pytest.raises(AppError, match="There is no face 2: 2 found"):
+        client.predict(photo=handle_file(TWO_FACES), face=2, api_name="/align")
+
+
+def test_edit_from_a_photo_renders_the_edit_from_the_photos_view(client, editor, astronaut, astronaut_png):
+    face, ws, pose = astronaut
+    edited = client.predict(photo=handle_file(astronaut_png), edits={"smile": 3, "age": -2}, api_name="/edit")
+    expected = editor.render(editor.edit(ws, {"smile": 3, "age": -2}), *pose)
+    assert Image.open(edited).size == (128, 128)  # the tiny generator's image resolution
+    assert np.array_equal(pixels(edited), pixels(expected))
+    # no edits: the reconstruction; JSON text works as well as an object; precise is another edit
+    same = client.predict(photo=handle_file(astronaut_png), edits="{}", api_name="/edit")
+    assert np.array_equal(pixels(same), pixels(editor.render(ws, *pose)))
+    precise = client.predict(photo=handle_file(astronaut_png), edits={"smile": 3, "age": -2}, precise=True,
+                             api_name="/edit")
+    expected = editor.render(editor.edit(ws, {"smile": 3, "age": -2}, precise=True), *pose)
+    assert np.array_equal(pixels(precise), pixels(expected))
+    assert not np.array_equal(pixels(precise), pixels(edited))  # the tiny bank's directions are near-orthogonal
+
+
+def test_invert_then_edit_the_latent_from_another_camera(client, editor, astronaut, astronaut_png):
+    _, ws, _ = astronaut
+    code = client.predict(photo=handle_file(astronaut_png), api_name="/invert")
+    assert Path(code).suffix == ".npz"
+    torch.testing.assert_close(load_latent(code), ws)
+    image = client.predict(latent=handle_file(code), edits={"glasses": 4}, yaw=20, api_name="/edit")
+    expected = editor.render(editor.edit(ws, {"glasses": 4}), math.radians(20), 0.0)  # a latent's view: frontal
+    assert np.array_equal(pixels(image), pixels(expected))
+
+
+def test_turntable_is_a_decodable_mp4(client, astronaut_png):
+    video = client.predict(photo=handle_file(astronaut_png), edits={"smile": 2}, frames=12, api_name="/turntable")
+    video = video["video"] if isinstance(video, dict) else video
+    assert Path(video).suffix == ".mp4"
+    reader = imageio_ffmpeg.read_frames(video)
+    meta = next(reader)
+    frames = [np.frombuffer(f, np.uint8).reshape(128, 128, 3).astype(np.int16) for f in reader]
+    assert meta["size"] == (128, 128) and meta["fps"] == 30
+    assert len(frames) == 12
+    assert np.abs(frames[0] - frames[3]).mean() > 1  # the camera moves
+
+
+def test_mesh_is_a_glb_that_loads(client, editor, astronaut, astronaut_png):
+    path = client.predict(photo=handle_file(astronaut_png), edits={"beard": 2}, resolution=64, api_name="/mesh")
+    assert Path(path).suffix == ".glb"
+    mesh = trimesh.load(path, force="mesh", process=False, skip_materials=True)  # COLOR_0 as vertex colours
+    expected = editor.mesh(editor.edit(astronaut[1], {"beard": 2}), resolution=64)
+    assert len(mesh.vertices) == len(expected.vertices) > 100 and len(mesh.faces) == len(expected.faces)
+    assert mesh.visual.kind == "vertex" and mesh.visual.vertex_colors[:, :3].std() > 1
+    with pytest.raises(AppError, match="resolution must be one of 64, 128, 256, 512"):
+        client.predict(photo=handle_file(astronaut_png), resolution=100, api_name="/mesh")
+
+
+def test_bad_input_gets_a_readable_message(client, tmp_path, astronaut_png):
+    for name, path in bad_files(tmp_path).items():
+        with pytest.raises(AppError, match=BAD_INPUT_MESSAGES[name]):
+            client.predict(photo=handle_file(path), api_name="/edit")
+    with pytest.raises(AppError, match="Give a photo or a latent file"):
+        client.predict(api_name="/edit")
+    with pytest.raises(AppError, match="Unknown attribute 'smiel'. Did you mean 'smile'"):
+        client.predict(photo=handle_file(astronaut_png), edits={"smiel": 2}, api_name="/edit")
+    with pytest.raises(AppError, match="edits must be a JSON object"):
+        client.predict(photo=handle_file(astronaut_png), edits="smile=2", api_name="/edit")
+    (tmp_path / "ws.npz").write_bytes(b"PK not really a zip")
+    with pytest.raises(AppError, match="is not a readable .npz or .safetensors file"):
+        client.predict(latent=handle_file(tmp_path / "ws.npz"), api_name="/edit")
+
+
+def test_twenty_requests_at_once_are_all_answered(client, editor, astronaut_png):
+    code = client.predict(photo=handle_file(astronaut_png), api_name="/invert")
+    yaws = list(range(-38, 40, 4))
+    assert len(yaws) == 20
+    start = time.perf_counter()
+    jobs = [client.submit(latent=handle_file(code), yaw=yaw, api_name="/edit") for yaw in yaws]
+    results = [job.result(timeout=120) for job in jobs]
+    elapsed = time.perf_counter() - start
+    assert len(set(results)) == 20
+    ws = load_latent(code)
+    for yaw, result in zip(yaws, results):  # each answer is the render its own request asked for
+        assert np.array_equal(pixels(result), pixels(editor.render(ws, math.radians(yaw), 0.0))), yaw
+    print(f"20 concurrent /edit requests answered in {elapsed:.1f} s")
+
+
+def test_the_queue_is_bounded(editor, astronaut_png):
+    with serving(editor, queue_size=2) as (url, _):
+        client = Client(url, verbose=False)
+        code = client.predict(photo=handle_file(astronaut_png), api_name="/invert")
+        jobs = [client.submit(latent=handle_file(code), frames=12, api_name="/turntable") for _ in range(6)]
+        answered, refused = 0, 0
+        for job in jobs:
+            try:
+                job.result(timeout=120)
+                answered += 1
+            except QueueError as exc:
+                assert "Queue is full" in str(exc)
+                refused += 1
+    # one runs and two wait; the others are turned away at once rather than piling up
+    assert answered >= 2 and refused >= 1 and answered + refused == 6
+
+
+# ---------------------------------------------------------------------------------- the page's handlers
+
+
+@pytest.fixture
+def handlers(editor):
+    return Handlers(editor, examples=EXAMPLES)
+
+
+def load(handlers, path, face=0, strengths=None, **controls):
+    """What the page does on upload: load the photo, then apply the sliders. Returns (outputs, state, edited)."""
+    outputs = handlers.load_photo(path, face)
+    state, edited = edit(handlers, outputs[0], strengths, **controls)
+    return outputs, state, edited
+
+
+def edit(handlers, state, strengths=None, yaw=0.0, pitch=0.0, precise=False, hold=()):
+    values = [(strengths or {}).get(name, 0) for name in handlers.attributes]
+    return handlers.apply_edits(state, yaw, pitch, precise, list(hold), *values)
+
+
+def test_upload_shows_crop_reconstruction_and_the_photos_view(handlers, editor, astronaut, astronaut_png):
+    face, ws, pose = astronaut
+    (state, crop, reconstruction, faces, choice, yaw, pitch, status), _, _ = load(handlers, astronaut_png)
+    assert np.array_equal(pixels(crop), pixels(face.image))
+    assert np.array_equal(pixels(reconstruction), pixels(editor.render(ws, *pose)))
+    assert (yaw, pitch) == pytest.approx(tuple(math.degrees(v) for v in pose), abs=0.06)
+    assert "yaw" in status and not faces["visible"] and not choice["visible"]  # one face: no choice shown
+
+    _, _, _, faces, choice, *_ = handlers.load_photo(str(TWO_FACES), 1)
+    assert faces["visible"] and choice["visible"] and choice["value"] == 1
+    assert [value for _, value in choice["choices"]] == [0, 1]
+    assert faces["value"].size == (768, 439)  # the 896 x 512 photo with the faces boxed, at most 768 px
+
+
+def test_camera_changes_reuse_the_tri_planes(handlers, editor, astronaut_png, monkeypatch):
+    calls = []
+    synthesize = editor.generator.synthesize_planes
+    monkeypatch.setattr(editor.generator, "synthesize_planes", lambda *a, **k: calls.append(1) or synthesize(*a, **k))
+    editor.renderer.clear()
+    _, state, front = load(handlers, astronaut_png, strengths={"smile": 4})
+    after_upload = len(calls)  # reconstruction + edited code
+    side = handlers.render_view(state, 30, -10)
+    other = handlers.render_view(state, -30, 10)
+    assert len(calls) == after_upload  # camera only: no backbone run
+    assert np.abs(pixels(side) - pixels(front)).mean() > 1 and np.abs(pixels(side) - pixels(other)).mean() > 1
+    edit(handlers, state, {"smile": 5})
+    assert len(calls) == after_upload + 1  # a new edit is a new code
+
+
+def test_examples_are_prepared_once_then_reused(handlers, editor, tmp_path, monkeypatch):
+    calls = []
+    invert = editor.invert
+    monkeypatch.setattr(editor, "invert", lambda faces: calls.append(1) or invert(faces))
+    example = next(p for p in EXAMPLES if p.name == "astronaut.png")
+    copy = shutil.copy(example, tmp_path / "upload.png")  # the page hands over its own copy of the file
+    first = handlers.load_photo(str(example))
+    again = handlers.load_photo(copy)
+    assert len(calls) == 1
+    assert np.array_equal(pixels(first[2]), pixels(again[2]))
+    mirrored = tmp_path / "mirrored.png"
+    Image.open(example).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    handlers.load_photo(mirrored)
+    handlers.load_photo(mirrored)
+    assert len(calls) == 3  # other photos are not kept
+
+
+def test_precise_hold_reset_and_paste(handlers, editor, astronaut, astronaut_png):
+    _, ws, pose = astronaut
+    _, plain, plain_view = load(handlers, astronaut_png, strengths={"Male": 4})
+    _, precise, precise_view = load(handlers, astronaut_png, strengths={"Male": 4}, precise=True,
+                                    hold=["Wearing_Lipstick"])
+    bank = editor.directions
+    moved = bank.scores(precise.edited, ["Male", "Wearing_Lipstick"]) - bank.scores(ws, ["Male", "Wearing_Lipstick"])
+    assert moved[0].tolist() == pytest.approx([4.0, 0.0], abs=1e-3)
+    assert not np.array_equal(pixels(plain_view), pixels(precise_view))
+    assert precise.edits == {"Male": 4.0} and precise.hold == ("Wearing_Lipstick",)
+    with pytest.raises(gr.Error, match="cannot be both edited and held"):
+        edit(handlers, precise, {"Male": 4}, hold=["female"])
+
+    *zeros, precise_off, hold, yaw, pitch = handlers.reset(precise)
+    assert zeros == [0] * len(handlers.attributes) and precise_off is False and hold == []
+    assert (yaw, pitch) == pytest.approx(tuple(math.degrees(v) for v in pose), abs=0.06)
+
+    pasted = handlers.pasted(plain)
+    photo = Image.open(astronaut_png)
+    assert pasted.size == photo.size
+    assert np.abs(pixels(pasted) - pixels(photo)).mean() > 1
+    assert np.array_equal(pixels(pasted)[:20, :20], pixels(photo)[:20, :20])  # the corners keep the photo
+
+
+def test_grid_depth_video_mesh_and_latent_round_trip(handlers, editor, astronaut_png, tmp_path):
+    _, state, _ = load(handlers, astronaut_png, strengths={"glasses": 3})
+    assert handlers.grid(state).size == (256, 256)
+    depth = handlers.depth(state, 10, 0)
+    assert depth.size == (128, 128) and np.asarray(depth).std() > 5
+    video = handlers.turntable(state, 12, True, True, progress=lambda *a, **k: None)
+    assert Path(video).name == "astronaut-turntable.mp4"
+    assert next(imageio_ffmpeg.read_frames(video))["size"] == (3 * 128, 128)  # reconstruction | edit | depth
+    model, download = handlers.mesh(state, 64, progress=lambda *a, **k: None)
+    assert model == download and len(trimesh.load(model, force="mesh").vertices) > 100
+
+    saved = handlers.save_latent(state)
+    codes, metadata = load_latent(saved, with_metadata=True)
+    torch.testing.assert_close(codes, state.edited)
+    assert json.loads(metadata["edits"]) == {"glasses": 3.0} and metadata["source"] == "astronaut"
+    loaded, crop, reconstruction, *_ , status = handlers.load_latent_file(saved)
+    assert crop is None and loaded.photo is None and "astronaut-edited.npz" in status
+    torch.testing.assert_close(loaded.ws, state.edited)
+    assert np.array_equal(pixels(reconstruction), pixels(editor.render(state.edited)))
+    with pytest.raises(gr.Error, match="needs the photo"):
+        handlers.pasted(loaded)
+    with pytest.raises(gr.Error, match="Upload a photo"):
+        handlers.grid(None)
+    assert handlers.apply_edits(None, 0, 0, False, [], *[1] * len(handlers.attributes)) == (None, None)
+
+
+def test_every_direction_gets_one_slider(editor):
+    quick, more = slider_attributes(editor)
+    assert [name for name, _ in quick] == ["smile", "age", "glasses", "beard", "Male", "lipstick"]
+    assert more == []  # the tiny bank's six directions all have quick sliders
+    bank = editor.directions
+    extra = {name: torch.randn(14, 512, generator=torch.Generator().manual_seed(i))
+             for i, name in enumerate(["Bangs", "Wavy_Hair", "Gray_Hair"])}
+    wide = Editor(editor.generator, editor.encoder, editor.latent_avg, bank.with_directions(extra), device="cpu")
+    quick, more = slider_attributes(wide)
+    assert more == [("Bangs", "Bangs"), ("Wavy_Hair", "Wavy Hair"), ("Gray_Hair", "Gray Hair")]
+    covered = [wide.directions.resolve(name)[0] for name, _ in quick + more]
+    assert sorted(covered) == sorted(wide.directions.names)
+
+
+def test_all_network_work_is_wrapped_for_zerogpu(editor, monkeypatch):
+    import demo.ui
+
+    wrapped = []
+
+    class FakeSpaces:  # the `spaces` package of Hugging Face ZeroGPU Spaces
+        @staticmethod
+        def GPU(fn):
+            wrapped.append(fn.__name__)
+            return fn
+
+    monkeypatch.setattr(demo.ui, "spaces", FakeSpaces)
+    demo.ui.build_demo(editor)
+    assert set(wrapped) == {"load_photo", "load_latent_file", "apply_edits", "render_view", "grid", "turntable",
+                            "mesh", "depth", "pasted", "api_align", "api_invert", "api_edit", "api_turntable",
+                            "api_mesh"}
+
+
+# ---------------------------------------------------------------------------------- without weights
+
+
+def test_without_weights_the_page_explains_and_is_disabled(tmp_path):
+    from demo import build_demo
+
+    demo = build_demo(tmp_path / "missing")
+    config = demo.get_config_file()
+    texts = " ".join(str(c["props"].get("value")) for c in config["components"] if c["type"] == "markdown")
+    assert "The model weights are missing" in texts and "preim3d download" in texts
+    photo = next(c for c in config["components"] if c["props"].get("elem_id") == "photo")
+    assert photo["props"]["interactive"] is False
+    sliders = [c for c in config["components"] if c["type"] == "slider"]
+    assert sliders and not any(c["props"]["interactive"] for c in sliders)
+    with pytest.raises(gr.Error, match="preim3d download"):
+        Handlers(None, "No preim3d weights found ... run `preim3d download`").api_edit(photo=str(EXAMPLES[0]))
+
+
+def test_app_py_starts_without_weights(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREIM3D_WEIGHTS"}
+    env.update(PREIM3D_HOME=str(tmp_path / "home"), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
+                    config = response.read().decode()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"app.py did not start:\n{process.communicate()[0]}") from None
+                time.sleep(0.5)
+        assert "preim3d download" in config and str(tmp_path / "home" / "weights") in config
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert "Traceback" not in output
