@@ -19,15 +19,28 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import torch
 from PIL import Image, ImageDraw
 
-from preim3d.align import AlignedFace, FaceDetection, align_face, detect_faces, paste_back
-from preim3d.errors import InputImageError, NoFaceError, Preim3DError
-from preim3d.images import load_image
-from preim3d.pipeline import Editor, load_latent, save_latent
+from preim3d import (
+    AlignedFace,
+    Editor,
+    InputImageError,
+    NoFaceError,
+    Preim3DError,
+    align_face,
+    detect_faces,
+    load_image,
+    load_latent,
+    paste_back,
+    save_latent,
+)
+
+if TYPE_CHECKING:
+    from preim3d.align import FaceDetection
 
 # The sliders most people reach for first (friendly alias, label); a bank without one just skips it.
 QUICK_EDITS = (

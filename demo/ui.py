@@ -16,8 +16,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from preim3d.errors import Preim3DError
-from preim3d.pipeline import Editor
+from preim3d import Editor, Preim3DError
 
 from .handlers import (
     MESH_RESOLUTIONS,
@@ -133,7 +132,7 @@ def build_demo(editor_or_source=None, *, examples=EXAMPLES) -> gr.Blocks:
                                    interactive=ready, elem_id="hold")
                 reset = gr.Button("Reset edits and view", interactive=ready, elem_id="reset")
             with gr.Column(scale=1):
-                yaw = gr.Slider(-YAW_LIMIT, YAW_LIMIT, 0, step=1, label="Yaw (°, turn left / right)",
+                yaw = gr.Slider(-YAW_LIMIT, YAW_LIMIT, 0, step=1, label="Yaw (°, positive: camera to the right)",
                                 interactive=ready, elem_id="yaw")
                 pitch = gr.Slider(-PITCH_LIMIT, PITCH_LIMIT, 0, step=1, label="Pitch (°, negative: from above)",
                                   interactive=ready, elem_id="pitch")

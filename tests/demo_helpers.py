@@ -54,6 +54,13 @@ def serving(editor_or_source, **launch_kwargs):
         demo.close()
 
 
+def client_for(url):
+    """A gradio_client Client without its telemetry (on by default, whatever GRADIO_ANALYTICS_ENABLED says)."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False)
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares width x height pixels and holds none: a huge image in a few bytes."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from demo_helpers import BAD_INPUT_MESSAGES, bad_files, free_port, loopback_only, serving
-from gradio_client import Client, handle_file
+from demo_helpers import BAD_INPUT_MESSAGES, bad_files, client_for, free_port, loopback_only, serving
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from PIL import Image
@@ -48,7 +48,7 @@ def editor(tiny_bundle):
 @pytest.fixture(scope="module")
 def client(editor):
     with serving(editor) as (url, _):
-        yield Client(url, verbose=False)
+        yield client_for(url)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,6 @@ def test_invert_then_edit_the_latent_from_another_camera(client, editor, astrona
 
 def test_turntable_is_a_decodable_mp4(client, astronaut_png):
     video = client.predict(photo=handle_file(astronaut_png), edits={"smile": 2}, frames=12, api_name="/turntable")
-    video = video["video"] if isinstance(video, dict) else video
     assert Path(video).suffix == ".mp4"
     reader = imageio_ffmpeg.read_frames(video)
     meta = next(reader)
@@ -180,7 +179,7 @@ def test_twenty_requests_at_once_are_all_answered(client, editor, astronaut_png)
 
 def test_the_queue_is_bounded(editor, astronaut_png):
     with serving(editor, queue_size=2) as (url, _):
-        client = Client(url, verbose=False)
+        client = client_for(url)
         code = client.predict(photo=handle_file(astronaut_png), api_name="/invert")
         jobs = [client.submit(latent=handle_file(code), frames=12, api_name="/turntable") for _ in range(6)]
         answered, refused = 0, 0
@@ -361,26 +360,48 @@ def test_without_weights_the_page_explains_and_is_disabled(tmp_path):
         Handlers(None, "No preim3d weights found ... run `preim3d download`").api_edit(photo=str(EXAMPLES[0]))
 
 
-def test_app_py_starts_without_weights(tmp_path):
+def start_app(tmp_path, **env_vars) -> tuple[subprocess.Popen, str]:
+    """`python app.py` as a user starts it; returns the process and the page's config once it answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREIM3D_WEIGHTS"}
     env.update(PREIM3D_HOME=str(tmp_path / "home"), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", **env_vars)
     process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
-                    config = response.read().decode()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"app.py did not start:\n{process.communicate()[0]}") from None
-                time.sleep(0.5)
-        assert "preim3d download" in config and str(tmp_path / "home" / "weights") in config
-    finally:
-        process.terminate()
-        output = process.communicate(timeout=30)[0]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
+                return process, json.loads(response.read())
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"app.py did not start:\n{process.communicate()[0]}") from None
+            time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.terminate()
+    return process.communicate(timeout=30)[0]
+
+
+def by_id(config, elem_id):
+    return next((c for c in config["components"] if c["props"].get("elem_id") == elem_id), None)
+
+
+def test_app_py_starts_without_weights(tmp_path):
+    process, config = start_app(tmp_path)
+    output = stop(process)
+    banner = by_id(config, "weights-missing")["props"]["value"]
+    assert "preim3d download" in banner and str(tmp_path / "home" / "weights") in banner
+    assert by_id(config, "photo")["props"]["interactive"] is False
+    assert "Traceback" not in output
+
+
+def test_app_py_reads_the_weights_from_preim3d_weights(tmp_path, tiny_bundle):
+    process, config = start_app(tmp_path, PREIM3D_WEIGHTS=str(tiny_bundle))
+    output = stop(process)
+    assert by_id(config, "weights-missing") is None
+    assert by_id(config, "photo")["props"]["interactive"] is True
+    assert by_id(config, "edit-smile") is not None
     assert "Traceback" not in output
