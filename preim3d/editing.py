@@ -713,20 +713,6 @@ def fit_directions_from_photos(folder, labels_csv, encode_fn: Callable, *, attri
 
 # ==================================================================== entanglement picture
 
-# Diverging colour map anchors (value, RGB): blue for -1, white for 0, red for +1.
-_DIVERGING = ((-1.0, (33, 102, 172)), (-0.5, (146, 197, 222)), (0.0, (247, 247, 247)),
-              (0.5, (244, 165, 130)), (1.0, (178, 24, 43)))
-
-
-def _colour(value: float) -> tuple[int, int, int]:
-    value = min(max(value, -1.0), 1.0)
-    for (v0, c0), (v1, c1) in zip(_DIVERGING, _DIVERGING[1:]):
-        if value <= v1:
-            t = (value - v0) / (v1 - v0)
-            return tuple(round(a + t * (b - a)) for a, b in zip(c0, c1))
-    return _DIVERGING[-1][1]
-
-
 def similarity_heatmap(bank: DirectionBank, names: Iterable[str] | None = None, *, cell: int = 34,
                        title: str | None = "Cosine similarity of the editing directions"):
     """A PIL image of the cosine-similarity matrix of the bank's directions, labelled, values printed.
@@ -734,49 +720,7 @@ def similarity_heatmap(bank: DirectionBank, names: Iterable[str] | None = None, 
     Blue = opposite directions (-1), white = independent (0), red = the same direction (+1). Large
     off-diagonal values mean a plain edit of one attribute also changes the other.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from .plots import heatmap
 
     labels = list(bank.names if names is None else names)
-    sim = bank.similarity(labels).tolist()
-    font = ImageFont.load_default(size=max(9, cell // 3))  # a scalable font needs Pillow >= 10.1
-    title_font = ImageFont.load_default(size=max(12, cell // 2))
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def width(text, f=font):
-        box = probe.textbbox((0, 0), text, font=f)
-        return box[2] - box[0]
-
-    label_w = max(width(t) for t in labels) + 10
-    pad, k = 12, len(labels)
-    title_h = cell if title else 0
-    bar_w = 3 * cell
-    x0, y0 = pad + label_w, pad + title_h + label_w
-    image = Image.new("RGB", (x0 + k * cell + pad + bar_w, y0 + k * cell + pad), "white")
-    draw = ImageDraw.Draw(image)
-    if title:
-        draw.text((pad, pad), title, fill="black", font=title_font)
-    for i, text in enumerate(labels):
-        draw.text((x0 - 6, y0 + i * cell + cell / 2), text, fill="black", font=font, anchor="rm")
-        # column labels: draw horizontally on a strip, rotate it to read bottom-up
-        strip = Image.new("RGB", (label_w, cell), "white")
-        ImageDraw.Draw(strip).text((4, cell / 2), text, fill="black", font=font, anchor="lm")
-        image.paste(strip.rotate(90, expand=True), (x0 + i * cell, y0 - label_w - 2))
-    for i in range(k):
-        for j in range(k):
-            value = sim[i][j]
-            rgb = _colour(value)
-            box = (x0 + j * cell, y0 + i * cell, x0 + (j + 1) * cell - 1, y0 + (i + 1) * cell - 1)
-            draw.rectangle(box, fill=rgb)
-            shown = round(value, 2) or 0.0  # no "-.00"
-            text = f"{shown:.2f}".replace("0.", ".", 1) if abs(shown) < 1 else f"{shown:.0f}"
-            luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-            draw.text((box[0] + cell / 2, box[1] + cell / 2), text, font=font, anchor="mm",
-                      fill="white" if luminance < 128 else "black")
-    # colour bar: -1 at the bottom, +1 at the top
-    bx, bh = x0 + k * cell + pad, k * cell
-    for row in range(bh):
-        draw.line((bx, y0 + row, bx + cell // 2, y0 + row), fill=_colour(1 - 2 * row / max(bh - 1, 1)))
-    for value in (1.0, 0.5, 0.0, -0.5, -1.0):
-        y = y0 + (1 - value) / 2 * (bh - 1)
-        draw.text((bx + cell // 2 + 4, y), f"{value:+.1f}" if value else "0", fill="black", font=font, anchor="lm")
-    return image
+    return heatmap(bank.similarity(labels).tolist(), labels, labels, title or "", limit=1.0, cell=cell)

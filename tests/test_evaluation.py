@@ -20,10 +20,10 @@ from preim3d.evaluation.consistency import reproject
 from preim3d.evaluation.editing import latent_leakage, plain_and_precise
 from preim3d.evaluation.identity import ArcFaceIdentity, DlibIdentity, cosine, similarity_matrix
 from preim3d.evaluation.metrics import image_metrics, lpips_distance, lpips_status, mse, psnr, ssim
-from preim3d.evaluation.report import heatmap, line_chart, nice_ticks
 from preim3d.evaluation.speed import time_call
 from preim3d.networks.renderer import camera_rays
 from preim3d.pipeline import Editor
+from preim3d.plots import heatmap, line_chart, nice_ticks
 
 # ----------------------------------------------------------------------------- real photos
 

@@ -43,13 +43,14 @@ from ..cameras import camera_vector
 from ..editing import read_label_table
 from ..errors import InputImageError, WeightsError
 from ..images import load_image
+from ..plots import heatmap, image_grid, line_chart
 from ..rendering import to_uint8
 from ..weights.bundle import is_bundle, read_bundle_config
 from .consistency import DEFAULT_TOLERANCE, reproject
 from .editing import available_edits, latent_leakage, plain_and_precise
 from .identity import cosine, identity_model, similarity_matrix
 from .metrics import image_metrics, lpips_status
-from .report import EvaluationReport, heatmap, image_grid, line_chart
+from .report import EvaluationReport
 from .speed import time_stages
 
 DEFAULT_YAWS = (-0.8, -0.4, 0.0, 0.4, 0.8)  # radians: up to ~46 degrees, the large poses PREIM3D claims
