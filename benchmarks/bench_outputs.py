@@ -1,0 +1,83 @@
+"""End-to-end output timings on the full-size generator: a turntable mp4 and a 256³ mesh.
+
+    python benchmarks/bench_outputs.py [--device cuda] [--frames 120] [--mesh-resolution 256]
+
+Random ffhq512-128 weights; for each precision: seconds to write the 120-frame 512² turntable
+(rendering and H.264 encoding, frames streamed to the encoder) and seconds to extract and export
+the mesh, with its vertex count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from eg3d_reference import FFHQ512, fill_random, inputs  # noqa: E402
+
+from preim3d import TriPlaneGenerator  # noqa: E402
+from preim3d.rendering import TriPlaneRenderer, export_mesh, render_turntable  # noqa: E402
+
+
+def seconds(fn, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def measure(precision, args, device) -> dict:
+    G = TriPlaneGenerator(**FFHQ512[0]).eval().requires_grad_(False)
+    fill_random(G, 11)
+    G.neural_rendering_resolution = FFHQ512[1]
+    G = G.to(device).set_precision(precision)
+    renderer = TriPlaneRenderer(G, batch_size=args.batch)
+    z, c = inputs(1, 512, 3)
+    with torch.no_grad():
+        ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
+    with tempfile.TemporaryDirectory() as tmp:
+        render_turntable(renderer, ws, Path(tmp) / "warm.mp4", frames=args.batch, deterministic=True)
+        renderer.clear()
+        video_s, _ = seconds(lambda: render_turntable(renderer, ws, Path(tmp) / "t.mp4", frames=args.frames,
+                                                      deterministic=True), device)
+        mesh_s, mesh = seconds(lambda: renderer.mesh(ws, resolution=args.mesh_resolution,
+                                                     threshold=args.threshold), device)
+        export_s, _ = seconds(lambda: export_mesh(mesh, Path(tmp) / "m.glb"), "cpu")
+        size_mb = (Path(tmp) / "m.glb").stat().st_size / 1e6
+    return {
+        f"turntable mp4, {args.frames} frames (s)": round(video_s, 2),
+        f"mesh {args.mesh_resolution}^3 extraction (s)": round(mesh_s, 2),
+        "GLB export (s)": round(export_s, 2),
+        "vertices": len(mesh.vertices),
+        "GLB MB": round(size_mb, 1),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--frames", type=int, default=120)
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--mesh-resolution", type=int, default=256)
+    parser.add_argument("--threshold", type=float, default=-1.5,
+                        help="density level of the surface (random weights have none at the official 10)")
+    args = parser.parse_args()
+    device = args.device
+    results = {}
+    for precision in ("fp32", "fast"):
+        results[precision] = measure(precision, args, device)
+        print(precision, results[precision], flush=True)
+    print(json.dumps({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
