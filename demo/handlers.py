@@ -64,7 +64,7 @@ NO_FACE = ("No face was found in this photo. Use a photo where one face looks ro
            "is not hidden, and is at least 64 pixels wide.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: gradio may hash state values
 class Session:
     """One browser session's work: the photo (None when started from a latent file) and its codes."""
 
