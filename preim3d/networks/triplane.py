@@ -38,9 +38,9 @@ def _without_ignored(kwargs: dict) -> dict:
     kwargs = dict(kwargs)
     for key, supported in _IGNORED_KWARGS.items():
         value = kwargs.pop(key, supported)
-        if supported is not None and list(value if isinstance(value, (list, tuple)) else [value]) != list(
-            supported if isinstance(supported, list) else [supported]
-        ):
+        if isinstance(value, tuple):  # pickles may hold tuples where we write lists
+            value = list(value)
+        if supported is not None and value != supported:
             raise ValueError(f"{key}={value!r} is not supported (only {supported!r})")
     return kwargs
 
