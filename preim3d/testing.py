@@ -23,11 +23,13 @@ from pathlib import Path
 
 import torch
 
-TINY_RENDERING_KWARGS = {
-    "image_resolution": 128,
+# The released ffhq512-128 generator's configuration (TriPlaneGenerator arguments and neural
+# rendering resolution): benchmarks build full-size generators with random weights from it.
+FFHQ512_RENDERING_KWARGS = {
+    "image_resolution": 512,
     "disparity_space_sampling": False,
     "clamp_mode": "softplus",
-    "superresolution_module": "training.superresolution.SuperresolutionHybrid2X",
+    "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
     "c_gen_conditioning_zero": False,
     "gpc_reg_prob": 0.5,
     "c_scale": 1.0,
@@ -37,23 +39,38 @@ TINY_RENDERING_KWARGS = {
     "reg_type": "l1",
     "decoder_lr_mul": 1.0,
     "sr_antialias": True,
-    "depth_resolution": 12,
-    "depth_resolution_importance": 12,
+    "depth_resolution": 48,
+    "depth_resolution_importance": 48,
     "ray_start": 2.25,
     "ray_end": 3.3,
     "box_warp": 1,
     "avg_camera_radius": 2.7,
     "avg_camera_pivot": [0, 0, 0.2],
 }
-
-# TriPlaneGenerator constructor arguments; everything but the widths and resolutions is FFHQ-512's.
-TINY_GENERATOR_KWARGS = {
-    "z_dim": 32, "c_dim": 25, "w_dim": 512, "img_resolution": 128, "img_channels": 3,
+FFHQ512_GENERATOR_KWARGS = {
+    "z_dim": 512, "c_dim": 25, "w_dim": 512, "img_resolution": 512, "img_channels": 3,
     "sr_num_fp16_res": 4, "mapping_kwargs": {"num_layers": 2},
+    "rendering_kwargs": FFHQ512_RENDERING_KWARGS,
+    "sr_kwargs": {"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
+    "channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only",
+    "num_fp16_res": 0, "conv_clamp": None,
+}
+FFHQ512_NEURAL_RESOLUTION = 128
+
+# The tiny generator: FFHQ-512's configuration but for widths, resolutions and depth samples.
+TINY_RENDERING_KWARGS = {
+    **FFHQ512_RENDERING_KWARGS,
+    "image_resolution": 128,
+    "superresolution_module": "training.superresolution.SuperresolutionHybrid2X",
+    "depth_resolution": 12,
+    "depth_resolution_importance": 12,
+}
+TINY_GENERATOR_KWARGS = {
+    **FFHQ512_GENERATOR_KWARGS,
+    "z_dim": 32, "img_resolution": 128,
     "rendering_kwargs": TINY_RENDERING_KWARGS,
     "sr_kwargs": {"channel_base": 1024, "channel_max": 16, "fused_modconv_default": "inference_only"},
-    "channel_base": 1024, "channel_max": 16, "fused_modconv_default": "inference_only",
-    "num_fp16_res": 0, "conv_clamp": None,
+    "channel_base": 1024, "channel_max": 16,
 }
 TINY_NEURAL_RESOLUTION = 32
 

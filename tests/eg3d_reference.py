@@ -12,43 +12,16 @@ import math
 
 import torch
 
-from preim3d.testing import TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION, fill_random  # noqa: F401
-
-FFHQ_RENDERING_KWARGS = {
-    "image_resolution": 512,
-    "disparity_space_sampling": False,
-    "clamp_mode": "softplus",
-    "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
-    "c_gen_conditioning_zero": False,
-    "gpc_reg_prob": 0.5,
-    "c_scale": 1.0,
-    "superresolution_noise_mode": "none",
-    "density_reg": 0.25,
-    "density_reg_p_dist": 0.004,
-    "reg_type": "l1",
-    "decoder_lr_mul": 1.0,
-    "sr_antialias": True,
-    "depth_resolution": 48,
-    "depth_resolution_importance": 48,
-    "ray_start": 2.25,
-    "ray_end": 3.3,
-    "box_warp": 1,
-    "avg_camera_radius": 2.7,
-    "avg_camera_pivot": [0, 0, 0.2],
-}
+from preim3d.testing import (  # noqa: F401  (fill_random is used through this module)
+    FFHQ512_GENERATOR_KWARGS,
+    FFHQ512_NEURAL_RESOLUTION,
+    TINY_GENERATOR_KWARGS,
+    TINY_NEURAL_RESOLUTION,
+    fill_random,
+)
 
 # The ffhq512-128 generator: constructor kwargs and the neural rendering resolution.
-FFHQ512 = (
-    {
-        "z_dim": 512, "c_dim": 25, "w_dim": 512, "img_resolution": 512, "img_channels": 3,
-        "sr_num_fp16_res": 4, "mapping_kwargs": {"num_layers": 2},
-        "rendering_kwargs": FFHQ_RENDERING_KWARGS,
-        "sr_kwargs": {"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
-        "channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only",
-        "num_fp16_res": 0, "conv_clamp": None,
-    },
-    128,
-)
+FFHQ512 = (FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION)
 
 # A small generator of the same classes (the one preim3d.testing builds its tiny bundles from).
 TINY = (TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION)
