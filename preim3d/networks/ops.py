@@ -21,15 +21,27 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 
 
 def bias_lrelu(x: torch.Tensor, bias: torch.Tensor, gain: float = SQRT2, clamp: float | None = None) -> torch.Tensor:
-    """clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias broadcast over dim 1 (channels)."""
-    x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * gain
-    return x.clamp(-clamp, clamp) if clamp is not None else x
+    """clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias broadcast over dim 1 (channels).
+
+    Without gradients x is updated in place (callers pass fresh activations): on a CPU, allocating
+    a new image-sized tensor for each step costs as much as the arithmetic.
+    """
+    b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
+    if torch.is_grad_enabled():
+        x = F.leaky_relu(x + b, 0.2) * gain
+        return x.clamp(-clamp, clamp) if clamp is not None else x
+    x = F.leaky_relu_(x.add_(b), 0.2).mul_(gain)
+    return x.clamp_(-clamp, clamp) if clamp is not None else x
 
 
 def bias_linear(x: torch.Tensor, bias: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
-    """clamp(x + b, ±clamp), the bias broadcast over dim 1 (channels)."""
-    x = x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
-    return x.clamp(-clamp, clamp) if clamp is not None else x
+    """clamp(x + b, ±clamp), the bias broadcast over dim 1 (channels); in place without gradients."""
+    b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
+    if torch.is_grad_enabled():
+        x = x + b
+        return x.clamp(-clamp, clamp) if clamp is not None else x
+    x = x.add_(b)
+    return x.clamp_(-clamp, clamp) if clamp is not None else x
 
 
 def fir_filter_2d(taps=(1.0, 3.0, 3.0, 1.0)) -> torch.Tensor:

@@ -79,9 +79,10 @@ class OSGDecoder(nn.Module):
         x = features.transpose(2, 3).reshape(n, n_planes * c, m)
         first, last = self.net[0], self.net[2]
         w1 = (first.weight * (first.weight_gain / n_planes)).repeat(1, n_planes).to(x.dtype)
-        hidden = F.softplus(torch.matmul(w1, x) + (first.bias * first.bias_gain).to(x.dtype)[:, None])
+        b1 = (first.bias * first.bias_gain).to(x.dtype)[:, None]
+        hidden = F.softplus(torch.baddbmm(b1, w1.expand(n, -1, -1), x))  # the bias added inside the product
         w2 = (last.weight * last.weight_gain).to(x.dtype)
-        out = torch.matmul(w2, hidden) + (last.bias * last.bias_gain).to(x.dtype)[:, None]
+        out = torch.baddbmm((last.bias * last.bias_gain).to(x.dtype)[:, None], w2.expand(n, -1, -1), hidden)
         rgb = out[:, 1:].sigmoid() * (1 + 2 * 0.001) - 0.001
         return rgb.transpose(1, 2), out[:, :1].transpose(1, 2)
 
