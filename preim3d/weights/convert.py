@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..editing import DirectionBank
 from ..errors import WeightsError
+from .checksum import file_sha256
 from .encoder import convert_encoder
-from .generator import file_sha256, load_generator, save_generator
+from .generator import load_generator, save_generator
 
 
 def convert_official(out, *, generator=None, encoder=None, directions=None, device=None,

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import DownloadError, Preim3DError
+from .checksum import file_sha256
 from .resolve import default_downloads_dir, default_weights_dir
 from .sources import DIRECTIONS_FOLDER, LICENCES, OfficialFile, licence_notice, official_files
 
@@ -160,20 +160,12 @@ def _verify(file: OfficialFile, path: Path) -> None:
         kind = "an HTML page" if head.lstrip().lower().startswith(_HTML_STARTS) else f"bytes {head[:8]!r}"
         raise DownloadError(f"{file.filename} starts with {kind}, not like the official file: it was rejected.")
     if file.sha256 is not None:
-        digest = sha256_of(path)
+        digest = file_sha256(path)
         if digest != file.sha256:
             raise DownloadError(
                 f"{file.filename} has SHA-256 {digest}, the official file {file.sha256}: it is damaged or altered "
                 f"and was rejected."
             )
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _content_range(value: str | None) -> tuple[int, int | None]:

@@ -18,7 +18,6 @@ Two sources are read:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import zipfile
@@ -29,6 +28,7 @@ import torch
 from ..errors import WeightsError
 from ..networks.encoder import WPlusEncoder
 from .bundle import is_bundle, read_bundle_component, write_bundle_component
+from .checksum import file_sha256
 
 ENCODER_COMPONENT = "encoder"
 LATENT_AVG_COMPONENT = "latent_avg"
@@ -135,7 +135,7 @@ def convert_encoder(checkpoint, folder, generator, tolerance: float = 1e-3, devi
                 "(PREIM3D's eg3d_G_ema.pkl)."
             )
         latent_provenance["checkpoint_latent_avg_max_abs_diff"] = diff
-    provenance = dict(source=path.name, sha256=_sha256(path), format="PREIM3D training checkpoint")
+    provenance = dict(source=path.name, sha256=file_sha256(path), format="PREIM3D training checkpoint")
     save_encoder(encoder, folder, provenance=provenance, licence=OFFICIAL_LICENCE)
     save_latent_avg(latent_avg, folder, provenance=latent_provenance)
     return Path(folder)
@@ -315,9 +315,3 @@ def _preview(items, limit: int = 5) -> str:
     return ", ".join(str(i) for i in items[:limit]) + more
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

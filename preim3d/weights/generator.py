@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -71,14 +70,6 @@ def save_generator(G: TriPlaneGenerator, folder, provenance: dict | None = None)
         "licence": EG3D_LICENCE,
     }
     return write_bundle_component(folder, "generator", G.state_dict(), config)
-
-
-def file_sha256(path, chunk=1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _generator_record(obj, path) -> PickledModule:

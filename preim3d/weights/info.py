@@ -106,9 +106,9 @@ def _flat(value) -> str:
 def _describe_file(path: Path) -> str:
     import torch
 
-    from .download import sha256_of
+    from .checksum import file_sha256
 
-    header = f"{path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_of(path)})"
+    header = f"{path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)})"
     try:  # encoder checkpoints and direction tensors load with weights_only; generators do not
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # whatever the reason, it is not a plain tensor file: try the generator reader
@@ -161,9 +161,9 @@ def _describe_encoder(path: Path, header: str) -> str:
 
 
 def _describe_direction(path: Path, tensor, header: str) -> str:
-    from .download import sha256_of
+    from .checksum import file_sha256
 
-    official = _OFFICIAL_DIGESTS.get(sha256_of(path))
+    official = _OFFICIAL_DIGESTS.get(file_sha256(path))
     origin = f"the official PREIM3D {official}" if official else "not one of the official PREIM3D files"
     return "\n".join([
         f"editing direction {header}",
@@ -174,10 +174,10 @@ def _describe_direction(path: Path, tensor, header: str) -> str:
 
 
 def _describe_direction_folder(folder: Path) -> str:
-    from .download import sha256_of
+    from .checksum import file_sha256
 
     files = sorted(folder.glob("*.pt"))
-    official = [f for f in files if sha256_of(f) in _OFFICIAL_DIGESTS]
+    official = [f for f in files if file_sha256(f) in _OFFICIAL_DIGESTS]
     return "\n".join([
         f"folder of {len(files)} editing directions {folder}: {', '.join(f.stem for f in files)}",
         f"    {len(official)} of them are official PREIM3D files (by SHA-256)"
