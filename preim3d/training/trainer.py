@@ -43,7 +43,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -62,6 +61,7 @@ from ..cameras import (
 from ..errors import Preim3DError
 from ..inversion import compute_latent_avg
 from ..networks.encoder import WPlusEncoder
+from ..rendering import to_uint8
 from ..weights.encoder import load_encoder
 from ..weights.generator import load_generator
 from .config import TrainConfig
@@ -105,11 +105,6 @@ def camera_angles(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _uniform(n: int, half_range: float) -> torch.Tensor:
     return (torch.rand(n) * 2 - 1) * half_range
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N,3,H,W] in [-1,1] -> [N,H,W,3] uint8 by x*127.5 + 128, clamped (EG3D's grid convention)."""
-    return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class Trainer:
