@@ -104,18 +104,9 @@ def _read_latents_file(path: Path, name: str | None):
     import numpy as np
     import torch
 
-    if not path.is_file():
-        raise Preim3DError(f"Latents file {path} does not exist.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from .pipeline import read_arrays
 
-            arrays = load_file(str(path))
-        else:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-    except Exception as exc:  # damaged, pickled or foreign file
-        raise WeightsError(f"{path} is not a readable .npz or .safetensors file ({exc}).") from exc
+    arrays, _ = read_arrays(path)
     if "latents" not in arrays:
         raise Preim3DError(f"{path} has no array 'latents' (it has: {', '.join(arrays)}).")
     latents = torch.as_tensor(np.asarray(arrays.pop("latents")))

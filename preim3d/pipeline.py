@@ -298,12 +298,8 @@ def save_latent(ws, path, metadata: Mapping[str, str] | None = None) -> Path:
     return path
 
 
-def load_latent(path, with_metadata: bool = False):
-    """W+ codes [N, 14, 512] float32 from an .npz or .safetensors file (never unpickled).
-
-    The array is 'latents' (as `save_latent` and fit-direction write), 'ws', or the file's only
-    array; [N, 7168] rows are reshaped. with_metadata=True returns (codes, metadata dict).
-    """
+def read_arrays(path) -> tuple[dict[str, np.ndarray], dict]:
+    """The named arrays and the string metadata of an .npz or .safetensors file, never unpickled."""
     path = Path(path)
     if not path.is_file():
         raise LatentFileError(f"Latent file {path} does not exist.")
@@ -312,14 +308,25 @@ def load_latent(path, with_metadata: bool = False):
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                arrays = {k: f.get_tensor(k) for k in f.keys()}
+                arrays = {k: f.get_tensor(k).numpy() for k in f.keys()}
                 metadata = dict(f.metadata() or {})
         else:
             with np.load(path, allow_pickle=False) as data:
-                arrays = {k: torch.from_numpy(data[k]) for k in data.files if data[k].dtype.kind in "fiu"}
+                arrays = {k: data[k] for k in data.files if k != "metadata"}
                 metadata = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
     except Exception as exc:  # a damaged, pickled or foreign file
         raise LatentFileError(f"{path} is not a readable .npz or .safetensors file ({exc}).") from exc
+    return arrays, metadata
+
+
+def load_latent(path, with_metadata: bool = False):
+    """W+ codes [N, 14, 512] float32 from an .npz or .safetensors file (never unpickled).
+
+    The array is 'latents' (as `save_latent` and fit-direction write), 'ws', or the file's only
+    array; [N, 7168] rows are reshaped. with_metadata=True returns (codes, metadata dict).
+    """
+    found, metadata = read_arrays(path)
+    arrays = {k: torch.from_numpy(v) for k, v in found.items() if v.dtype.kind in "fiu"}
     key = next((k for k in (LATENT_KEY, "ws") if k in arrays), None)
     if key is None and len(arrays) == 1:
         key = next(iter(arrays))
