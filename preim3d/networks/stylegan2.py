@@ -117,11 +117,9 @@ class SynthesisBlock(nn.Module):
     image is always accumulated in float32.
     """
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, is_last,
-                 conv_clamp=None, up=True):
+    def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None, up=True):
         super().__init__()
-        self.in_channels, self.resolution, self.img_channels = in_channels, resolution, img_channels
-        self.is_last, self.up = is_last, up
+        self.in_channels, self.up = in_channels, up
         self.register_buffer("resample_filter", fir_filter_2d())
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
@@ -161,7 +159,7 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = 0
         for res in self.block_resolutions:
             block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, res, img_channels,
-                                   is_last=res == img_resolution, conv_clamp=conv_clamp)
+                                   conv_clamp=conv_clamp)
             self.num_ws += block.num_conv
             setattr(self, f"b{res}", block)
         self.num_ws += 1  # the last ToRGB

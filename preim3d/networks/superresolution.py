@@ -48,8 +48,8 @@ class SuperResolution(nn.Module):
         self.variant, self.sr_antialias = variant, sr_antialias
         clamp = 256 if sr_num_fp16_res > 0 else None
         res0 = self.input_resolution * (2 if up0 else 1)
-        self.block0 = SynthesisBlock(channels, ch0, 512, res0, 3, is_last=False, conv_clamp=clamp, up=up0)
-        self.block1 = SynthesisBlock(ch0, ch1, 512, res0 * 2, 3, is_last=True, conv_clamp=clamp)
+        self.block0 = SynthesisBlock(channels, ch0, 512, res0, 3, conv_clamp=clamp, up=up0)
+        self.block1 = SynthesisBlock(ch0, ch1, 512, res0 * 2, 3, conv_clamp=clamp)
         if has_filter:
             self.register_buffer("resample_filter", fir_filter_2d())
 
