@@ -15,7 +15,7 @@ from official_format import write_network_pickle, write_torch_save
 from safetensors.torch import load_file
 
 from preim3d import TriPlaneGenerator, WeightsError, load_generator, save_generator
-from preim3d.networks.ops import fir_blur, fir_filter_2d, fir_upsample_2x, modulated_conv2d, up_conv_kernel
+from preim3d.networks.ops import fir_blur, fir_filter_2d, modulated_conv2d, up_conv_kernel, upsample_2x
 
 DATA = Path(__file__).parent / "data"
 
@@ -171,7 +171,7 @@ def test_damaged_bundle_gives_clear_error(tiny, tmp_path):
         load_generator(bundle)
 
 
-def test_fir_upsample_equals_zero_insertion_then_filter():
+def test_upsample_equals_zero_insertion_then_filter():
     x = torch.randn(2, 5, 7, 6)
     f = fir_filter_2d()
     # upfirdn2d(up=2, pad=(2,1,2,1), gain=4) written out literally.
@@ -180,7 +180,7 @@ def test_fir_upsample_equals_zero_insertion_then_filter():
     up = F.pad(up, [2, 1, 2, 1])
     kernel = (f * 4).flip([0, 1])[None, None].repeat(5, 1, 1, 1)
     expected = F.conv2d(up, kernel, groups=5)
-    assert torch.allclose(fir_upsample_2x(x, f), expected, atol=1e-6)
+    assert torch.allclose(upsample_2x(x), expected, atol=1e-6)
 
 
 def test_cached_planes_render_the_same_images(tiny):

@@ -24,12 +24,19 @@ def bias_lrelu(x: torch.Tensor, bias: torch.Tensor, gain: float = SQRT2, clamp: 
     """clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias broadcast over dim 1 (channels).
 
     Without gradients x is updated in place (callers pass fresh activations): on a CPU, allocating
-    a new image-sized tensor for each step costs as much as the arithmetic.
+    a new image-sized tensor for each step costs as much as the arithmetic; float16 images on a GPU
+    take one fused pass (fast_kernels.bias_lrelu_).
     """
-    b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
     if torch.is_grad_enabled():
-        x = F.leaky_relu(x + b, 0.2) * gain
+        x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * gain
         return x.clamp(-clamp, clamp) if clamp is not None else x
+    dense = x.ndim == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+    if x.is_cuda and x.dtype == torch.float16 and dense:
+        from . import fast_kernels  # imports Triton: only the fast mode needs it
+
+        if fast_kernels.triton is not None:
+            return fast_kernels.bias_lrelu_(x, bias, gain, clamp)
+    b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
     x = F.leaky_relu_(x.add_(b), 0.2).mul_(gain)
     return x.clamp_(-clamp, clamp) if clamp is not None else x
 
@@ -61,16 +68,18 @@ def fir_blur(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0) -> t
     return F.conv2d(x, _depthwise(f, x.shape[1], gain, x.dtype), padding=pad, groups=x.shape[1])
 
 
-def fir_upsample_2x(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """upfirdn2d(x, f, up=2, pad=(2,1,2,1), gain=4): insert a zero after each sample, pad, filter.
+def upsample_2x(x: torch.Tensor) -> torch.Tensor:
+    """upfirdn2d(x, f, up=2, pad=(2,1,2,1), gain=4) with EG3D's filter f = outer(t, t) / 64,
+    t = (1, 3, 3, 1) (the only resample filter the released models use).
 
-    For a 4-tap filter this equals a stride-2 transposed depthwise convolution with padding 1
-    (the zero-insertion and padding line up exactly), which avoids building the zero-filled image.
+    The filter is separable, and after zero insertion each output phase meets two taps: along each
+    axis out[2i] = x[i−1]/4 + 3·x[i]/4 and out[2i+1] = 3·x[i]/4 + x[i+1]/4, zero outside. A few
+    element-wise steps instead of a depthwise transposed convolution, which GPU libraries run slowly.
     """
-    assert f.shape == (4, 4), "fir_upsample_2x expects a 4x4 filter"
-    # conv_transpose2d correlates with the flipped kernel, so pass the unflipped one.
-    k = (f * 4).to(x.dtype)[None, None].expand(x.shape[1], 1, 4, 4)
-    return F.conv_transpose2d(x, k, stride=2, padding=1, groups=x.shape[1])
+    before, after = F.pad(x[..., :-1], (1, 0)), F.pad(x[..., 1:], (0, 1))
+    x = torch.stack((torch.lerp(before, x, 0.75), torch.lerp(after, x, 0.75)), -1).flatten(-2)  # columns
+    before, after = F.pad(x[..., :-1, :], (0, 0, 1, 0)), F.pad(x[..., 1:, :], (0, 0, 0, 1))
+    return torch.stack((torch.lerp(before, x, 0.75), torch.lerp(after, x, 0.75)), -2).flatten(-3, -2)  # rows
 
 
 class FullyConnectedLayer(nn.Module):

@@ -87,32 +87,40 @@ class OSGDecoder(nn.Module):
         return rgb.transpose(1, 2), out[:, :1].transpose(1, 2)
 
 
-def composite(colors, densities, depths, white_back=False):
-    """Alpha compositing of samples sorted by depth (MipRayMarcher2), channels-first.
+def ray_weights(densities, depths):
+    """Interval weights [N,M,S−1] of samples sorted by depth (MipRayMarcher2); densities, depths [N,M,S].
 
-    colors [N,F,M,S], densities and depths [N,M,S]. Each interval k uses the midpoint colour,
-    density and depth; σ = softplus(σ_mid − 1); α = 1 − exp(−σ Δ); weight
-    w_k = α_k Π_{j<k}(1 − α_j + 1e-10). Colour = 2 Σ w c − 1 (with 1 − Σw added first on a white
-    background); depth = Σ w d / Σ w, NaN → +inf, clamped to the range of all sample depths.
-    Returns (rgb [N,F,M], depth [N,M], weights [N,M,S−1]).
+    Interval k uses the midpoint density: σ = softplus(σ_mid − 1), α = 1 − exp(−σ Δ), and
+    w_k = α_k Π_{j<k}(1 − α_j + 1e-10).
     """
     densities = densities.float()
     deltas = depths[..., 1:] - depths[..., :-1]
-    densities_mid = F.softplus((densities[..., :-1] + densities[..., 1:]) / 2 - 1)
-    depths_mid = (depths[..., :-1] + depths[..., 1:]) / 2
-    alpha = 1 - torch.exp(-densities_mid * deltas)
-    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha + 1e-10], -1), -1)
-    weights = alpha * transmittance[..., :-1]
-    # Σ_k w_k (c_k + c_{k+1})/2 = Σ_j v_j c_j with v_j = (w_j + w_{j−1})/2: no midpoint colours needed.
-    zero = torch.zeros_like(weights[..., :1])
-    v = (torch.cat([weights, zero], -1) + torch.cat([zero, weights], -1)) / 2
-    rgb = (colors * v.to(colors.dtype).unsqueeze(1)).sum(-1)
-    weight_total = weights.sum(-1)
-    depth = torch.nan_to_num(torch.sum(weights * depths_mid, -1) / weight_total, float("inf"))
-    depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
-    if white_back:
-        rgb = rgb + (1 - weight_total).to(rgb.dtype).unsqueeze(1)
-    return rgb * 2 - 1, depth, weights
+    alpha = 1 - torch.exp(-F.softplus((densities[..., :-1] + densities[..., 1:]) / 2 - 1) * deltas)
+    # The running product as exp of a running sum of logs.
+    return alpha * torch.exp(running_sum(torch.log(1 - alpha + 1e-10), exclusive=True))
+
+
+def running_sum(x, exclusive=False):
+    """Cumulative sum over the last dimension (Σ_{j≤k}, or Σ_{j<k} when exclusive) as a product with
+    a triangular matrix: GPUs run one matrix product far faster than a sequential scan per ray."""
+    k = x.shape[-1]
+    return x @ torch.ones(k, k, device=x.device, dtype=x.dtype).triu_(1 if exclusive else 0)  # [j, k] = 1: j ≤ k
+
+
+def sample_weights(weights):
+    """Per-sample colour weights [N,M,S] from interval weights [N,M,S−1]: interval k's midpoint colour
+    (c_k + c_{k+1})/2 gives Σ_k w_k (c_k + c_{k+1})/2 = Σ_j v_j c_j with v_j = (w_j + w_{j−1})/2."""
+    return (F.pad(weights, (0, 1)) + F.pad(weights, (1, 0))) / 2
+
+
+def weighted_colors(colors, v):
+    """Σ_s v[n,m,s] colors[n,:,m,s] → [N,F,M] float32 (colors [N,F,M,S], v [N,M,S])."""
+    if colors.dtype == torch.float16 and colors.is_cuda:
+        from . import fast_kernels  # imports Triton: only the fast mode needs it
+
+        if fast_kernels.triton is not None:
+            return fast_kernels.weighted_sum(colors, v)
+    return (colors * v.to(colors.dtype).unsqueeze(1)).sum(-1).float()
 
 
 def stratified_depths(n, m, ray_start, ray_end, count, device, deterministic=False):
@@ -138,7 +146,7 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, count: int, d
     bins = 0.5 * (z[:, :-1] + z[:, 1:])
     pdf = w[:, 1:-1] + eps
     pdf = pdf / pdf.sum(-1, keepdim=True)
-    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), running_sum(pdf)], -1)
     if deterministic:
         u = torch.linspace(0, 1, count, device=depths.device).expand(n * m, count).contiguous()
     else:
@@ -160,8 +168,9 @@ class ImportanceRenderer(nn.Module):
 
     `rendering_kwargs` keys used: ray_start, ray_end, depth_resolution, depth_resolution_importance,
     box_warp, white_back (default False), density_noise (default 0; training only). Returns
-    features [N,F,M] (channels-first, ready to reshape into an image), depth [N,M] and the
-    accumulated opacity [N,M].
+    features [N,F,M] (channels-first, ready to reshape into an image; 2 Σ v c − 1, with 1 − Σw
+    added before on a white background), depth [N,M] (Σ w d_mid / Σ w, NaN → +inf, clamped to the
+    range of all sample depths) and the accumulated opacity Σw [N,M].
     """
 
     def forward(self, planes, decoder, origins, directions, rendering_kwargs, deterministic=False):
@@ -173,24 +182,35 @@ class ImportanceRenderer(nn.Module):
                                    origins.device, deterministic)
         colors, densities = self.run_model(planes, decoder, origins, directions, coarse, opts)
         depths = coarse.squeeze(-1)
-        white_back = opts.get("white_back", False)
         fine_count = opts["depth_resolution_importance"]
         if fine_count > 0:
-            _, _, weights = composite(colors, densities, depths, white_back)
             with torch.no_grad():
-                fine = importance_depths(coarse, weights, fine_count, deterministic)
+                fine = importance_depths(coarse, ray_weights(densities, depths), fine_count, deterministic)
             colors_f, densities_f = self.run_model(planes, decoder, origins, directions, fine, opts)
             depths, order = torch.sort(torch.cat([depths, fine.squeeze(-1)], -1), dim=-1)
-            densities = torch.gather(torch.cat([densities, densities_f], -1), -1, order)
-            colors = torch.cat([colors, colors_f], -1)
-            colors = torch.gather(colors, -1, order.unsqueeze(1).expand(-1, colors.shape[1], -1, -1))
-        rgb, depth, weights = composite(colors, densities, depths, white_back)
-        return rgb, depth, weights.sum(-1)
+            weights = ray_weights(torch.gather(torch.cat([densities, densities_f], -1), -1, order), depths)
+            # The colour weights go back to the samples' unsorted places, so the colours need no sorting.
+            v = torch.zeros_like(depths).scatter(-1, order, sample_weights(weights))
+            rgb = weighted_colors(colors, v[..., :coarse.shape[2]]) + weighted_colors(colors_f, v[..., coarse.shape[2]:])
+        else:
+            weights = ray_weights(densities, depths)
+            rgb = weighted_colors(colors, sample_weights(weights))
+        opacity = weights.sum(-1)
+        if opts.get("white_back", False):
+            rgb = rgb + (1 - opacity).unsqueeze(1)
+        depth = torch.nan_to_num((weights * (depths[..., :-1] + depths[..., 1:]) / 2).sum(-1) / opacity, float("inf"))
+        depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
+        return rgb * 2 - 1, depth, opacity
 
     @staticmethod
     def run_model(planes, decoder, origins, directions, depths, opts):
         """Colours [N,F,M,S] and densities [N,M,S] at origin + depth·direction (depths [N,M,S,1])."""
         n, m, s, _ = depths.shape
+        if planes.dtype == torch.float16 and not opts.get("density_noise", 0):
+            from . import fast_kernels  # imports Triton: only the fast mode needs it
+
+            if fast_kernels.available(planes):
+                return fast_kernels.sample_and_decode(planes, decoder, origins, directions, depths, opts["box_warp"])
         points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
         colors, densities = decoder(sample_triplanes(planes, points, opts["box_warp"]))
         if opts.get("density_noise", 0) > 0:

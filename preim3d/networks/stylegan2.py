@@ -16,9 +16,9 @@ from .ops import (
     bias_linear,
     bias_lrelu,
     fir_filter_2d,
-    fir_upsample_2x,
     modulated_conv2d,
     normalize_2nd_moment,
+    upsample_2x,
 )
 
 NOISE_MODES = ("const", "random", "none")
@@ -120,7 +120,7 @@ class SynthesisBlock(nn.Module):
     def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None, up=True):
         super().__init__()
         self.in_channels, self.up = in_channels, up
-        self.register_buffer("resample_filter", fir_filter_2d())
+        self.register_buffer("resample_filter", fir_filter_2d())  # of the official state dict; upsample_2x has it built in
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
@@ -139,7 +139,7 @@ class SynthesisBlock(nn.Module):
             x = self.conv0(x.to(dtype, memory_format=layout), next(w_iter), noise_mode)
         x = self.conv1(x, next(w_iter), noise_mode)
         if img is not None and self.up:
-            img = fir_upsample_2x(img, self.resample_filter)
+            img = upsample_2x(img)
         y = self.torgb(x, next(w_iter)).to(torch.float32)
         img = y if img is None else img + y
         return x, img

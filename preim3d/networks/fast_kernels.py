@@ -1,0 +1,225 @@
+"""One GPU kernel for the fast mode's hot loop: tri-plane sampling and the MLP decoder, fused.
+
+For every sample point (origin + depth · direction) the kernel reads the three planes bilinearly
+(as `grid_sample` with zero padding and align_corners=False), averages them, runs the decoder
+(FC → softplus → FC) on tensor cores and writes the sample's colour features and raw density.
+Unfused, PyTorch writes and re-reads the 3 × 32 plane features and the 64 hidden values of every
+sample (about 0.3 KB for each of the ~1.6 M samples of a 512² frame); here they stay in registers.
+
+Arithmetic: plane coordinates, interpolation weights, the plane mean and the activations are
+float32; the planes, the decoder's matrix inputs and the colour output are float16 (the fast mode's
+precision); the density is float32. It is written in Triton, which ships with PyTorch's CUDA
+builds and compiles the kernel on first use: nothing is built at install time. `available()` says
+whether it can run; the renderer falls back to PyTorch otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only PyTorch builds come without Triton
+    triton = None
+
+# Sample points per program. 64 is the fastest on an H100, and Triton 3.6 miscompiles the second
+# matrix product for 128 and more there (wrong colours), which the self-check below would catch.
+BLOCK = 64
+_checked: dict[str, bool] = {}  # device → whether the kernel agreed with PyTorch there
+
+
+def available(planes: torch.Tensor) -> bool:
+    """Whether the fused kernel can render these planes [N, 3, C, H, W] (float16, no gradients)."""
+    c = planes.shape[2]
+    return (
+        triton is not None
+        and planes.dtype == torch.float16
+        and (planes.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        and not (torch.is_grad_enabled() and planes.requires_grad)
+        and c >= 16 and c & (c - 1) == 0
+        and _agrees_with_pytorch(planes.device)
+    )
+
+
+def _agrees_with_pytorch(device: torch.device) -> bool:
+    """Once per device: the kernel against `sample_triplanes` + `OSGDecoder` on a small random
+    problem, so that a Triton or driver that miscompiles it costs speed, never correct images."""
+    key = str(device)
+    if key not in _checked:
+        from .renderer import OSGDecoder, sample_triplanes
+
+        gen = torch.Generator().manual_seed(0)
+        decoder = OSGDecoder(32).to(device)
+        with torch.no_grad():
+            for param in decoder.parameters():
+                param.copy_(torch.randn(param.shape, generator=gen))
+            planes = torch.randn(1, 3, 32, 16, 16, generator=gen).to(device, torch.float16)
+            origins = (torch.randn(2, 40, 3, generator=gen) * 0.1).to(device)
+            directions = torch.nn.functional.normalize(torch.randn(2, 40, 3, generator=gen), dim=-1).to(device)
+            depths = (torch.rand(2, 40, 5, 1, generator=gen) * 1.2).to(device)
+            points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(2, -1, 3)
+            ref_colors, ref_densities = decoder(sample_triplanes(planes.float().expand(2, -1, -1, -1, -1), points, 1.0))
+            colors, densities = sample_and_decode(planes, decoder, origins, directions, depths, 1.0)
+        error = max((colors.float().flatten(2) - ref_colors.transpose(1, 2)).abs().max().item(),
+                    (densities.flatten(1) - ref_densities.flatten(1)).abs().max().item())
+        _checked[key] = error < 1e-2
+        if not _checked[key]:
+            warnings.warn(f"the fused tri-plane kernel disagrees with PyTorch on {key} (error {error:.3g}); "
+                          "rendering without it", stacklevel=2)
+    return _checked[key]
+
+
+def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
+    """colors [N, F, M, S] float16 and densities [N, M, S] float32 of the points
+    origins + depths · directions (origins, directions [N, M, 3]; depths [N, M, S, 1]).
+
+    planes [N or 1, 3, C, H, W] float16; a batch of one serves every view. `decoder` is the
+    OSGDecoder whose two layers the kernel runs (its widths must be powers of two, at least 16).
+    """
+    n, m, s, _ = depths.shape
+    if planes.stride(0) == 0:  # planes of one latent expanded over the views
+        planes = planes[:1]
+    n_planes, _, c, h, w = planes.shape
+    # Channels-last planes: the C features of one texel are one contiguous 2·C-byte read.
+    texels = planes.permute(0, 1, 3, 4, 2).contiguous()
+    first, last = decoder.net[0], decoder.net[2]
+    w1 = (first.weight * first.weight_gain).t().to(torch.float16).contiguous()  # [C, hidden]
+    b1 = (first.bias * first.bias_gain).float().contiguous()
+    w2 = last.weight * last.weight_gain
+    b2 = (last.bias * last.bias_gain).float()
+    w_sigma, b_sigma = w2[0].float().contiguous(), b2[0:1].contiguous()
+    w_rgb, b_rgb = w2[1:].t().to(torch.float16).contiguous(), b2[1:].contiguous()  # [hidden, F], [F]
+    hidden, features = w1.shape[1], w_rgb.shape[1]
+    colors = torch.empty((n, features, m, s), dtype=torch.float16, device=planes.device)
+    densities = torch.empty((n, m, s), dtype=torch.float32, device=planes.device)
+    count = m * s
+    grid = ((count + BLOCK - 1) // BLOCK, n)
+    _sample_decode[grid](
+        texels, 0 if n_planes == 1 else texels.stride(0),
+        origins.float().contiguous(), directions.float().contiguous(), depths.float().contiguous(),
+        w1, b1, w_rgb, b_rgb, w_sigma, b_sigma,
+        colors, densities,
+        count, s, h, w, 2.0 / box_warp,
+        C=c, HIDDEN=hidden, FEATURES=features, BLOCK=BLOCK,
+    )
+    return colors, densities
+
+
+def weighted_sum(colors: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Σ_s v[n,m,s] colors[n,:,m,s] → [N,F,M] float32, for colors [N,F,M,S] float16 and v [N,M,S]:
+    one pass over the colours, without the [N,F,M,S] product PyTorch would write first."""
+    n, f, m, s = colors.shape
+    colors, v = colors.contiguous(), v.float().contiguous()
+    out = torch.empty((n, f, m), dtype=torch.float32, device=colors.device)
+    rays = 32
+    _weighted_sum[((m + rays - 1) // rays, n)](colors, v, out, m, s, F=f, RAYS=rays,
+                                               SAMPLES=triton.next_power_of_2(s))
+    return out
+
+
+def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float | None) -> torch.Tensor:
+    """In place and in one pass: x ← clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias over dim 1;
+    x float16 [N,C,H,W], contiguous or channels-last. PyTorch needs four passes (add, leaky_relu,
+    mul, clamp) over what is, in the super-resolution, a gigabyte of activations per batch."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    count = x.numel()
+    _bias_lrelu[(triton.cdiv(count, 1024),)](
+        x, bias.float().contiguous(), count, x.shape[1], x.shape[2] * x.shape[3], gain,
+        float("inf") if clamp is None else clamp, CHANNELS_LAST=channels_last, BLOCK=1024)
+    return x
+
+
+if triton is not None:
+
+    @triton.jit
+    def _bias_lrelu(x_ptr, bias_ptr, count, channels, pixels, gain, clamp,
+                    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < count
+        channel = i % channels if CHANNELS_LAST else (i // pixels) % channels
+        y = tl.load(x_ptr + i, mask=ok, other=0.0).to(tl.float32) + tl.load(bias_ptr + channel, mask=ok, other=0.0)
+        y = tl.where(y >= 0, y, y * 0.2) * gain
+        tl.store(x_ptr + i, tl.minimum(tl.maximum(y, -clamp), clamp).to(tl.float16), mask=ok)
+
+    @triton.jit
+    def _weighted_sum(colors_ptr, v_ptr, out_ptr, m, s, F: tl.constexpr, RAYS: tl.constexpr, SAMPLES: tl.constexpr):
+        view = tl.program_id(1).to(tl.int64)
+        ray = tl.program_id(0) * RAYS + tl.arange(0, RAYS)
+        sample = tl.arange(0, SAMPLES)
+        ok = (ray < m)[:, None] & (sample < s)[None, :]
+        tile = ray[:, None] * s + sample[None, :]  # the same [RAYS, SAMPLES] tile of every channel
+        v = tl.load(v_ptr + view * m * s + tile, mask=ok, other=0.0)
+        for channel in tl.static_range(F):
+            c = tl.load(colors_ptr + (view * F + channel) * m * s + tile, mask=ok, other=0.0)
+            tl.store(out_ptr + (view * F + channel) * m + ray, tl.sum(c.to(tl.float32) * v, axis=1), mask=ray < m)
+
+    @triton.jit
+    def _bilinear(plane_ptr, u, v, h, w, inside, channels, C: tl.constexpr, BLOCK: tl.constexpr):
+        """[BLOCK, C] float32: grid_sample(bilinear, zeros, align_corners=False) at (u, v) in [-1, 1]."""
+        # Clamping keeps far-outside points outside (all four texels stay out of range) while
+        # bounding the conversion to integers.
+        ix = tl.minimum(tl.maximum(((u + 1) * w - 1) * 0.5, -2.0), w + 1.0)
+        iy = tl.minimum(tl.maximum(((v + 1) * h - 1) * 0.5, -2.0), h + 1.0)
+        x0f = tl.floor(ix)
+        y0f = tl.floor(iy)
+        wx1 = ix - x0f
+        wy1 = iy - y0f
+        x0 = x0f.to(tl.int32)
+        y0 = y0f.to(tl.int32)
+        acc = tl.zeros((BLOCK, C), dtype=tl.float32)
+        for dy in tl.static_range(2):
+            for dx in tl.static_range(2):
+                xx = x0 + dx
+                yy = y0 + dy
+                weight = (wx1 * dx + (1 - wx1) * (1 - dx)) * (wy1 * dy + (1 - wy1) * (1 - dy))
+                ok = inside & (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+                offset = (yy * w + xx).to(tl.int64) * C
+                texel = tl.load(plane_ptr + offset[:, None] + channels[None, :], mask=ok[:, None], other=0.0)
+                acc += texel.to(tl.float32) * weight[:, None]
+        return acc
+
+    @triton.jit
+    def _sample_decode(planes_ptr, plane_batch_stride, origins_ptr, directions_ptr, depths_ptr,
+                       w1_ptr, b1_ptr, w_rgb_ptr, b_rgb_ptr, w_sigma_ptr, b_sigma_ptr,
+                       colors_ptr, densities_ptr,
+                       count, samples_per_ray, h, w, scale,
+                       C: tl.constexpr, HIDDEN: tl.constexpr, FEATURES: tl.constexpr, BLOCK: tl.constexpr):
+        view = tl.program_id(1).to(tl.int64)
+        idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = idx < count
+        ray = view * (count // samples_per_ray) + idx // samples_per_ray
+        t = tl.load(depths_ptr + view * count + idx, mask=inside, other=0.0)
+        x = (tl.load(origins_ptr + ray * 3, mask=inside, other=0.0)
+             + t * tl.load(directions_ptr + ray * 3, mask=inside, other=0.0)) * scale
+        y = (tl.load(origins_ptr + ray * 3 + 1, mask=inside, other=0.0)
+             + t * tl.load(directions_ptr + ray * 3 + 1, mask=inside, other=0.0)) * scale
+        z = (tl.load(origins_ptr + ray * 3 + 2, mask=inside, other=0.0)
+             + t * tl.load(directions_ptr + ray * 3 + 2, mask=inside, other=0.0)) * scale
+
+        channels = tl.arange(0, C)
+        plane_size = h * w * C
+        base = planes_ptr + view * plane_batch_stride
+        # EG3D's planes are indexed by (x, y), (x, z) and (z, x).
+        feat = _bilinear(base, x, y, h, w, inside, channels, C, BLOCK)
+        feat += _bilinear(base + plane_size, x, z, h, w, inside, channels, C, BLOCK)
+        feat += _bilinear(base + 2 * plane_size, z, x, h, w, inside, channels, C, BLOCK)
+        feat = (feat * (1.0 / 3.0)).to(tl.float16)
+
+        hid = tl.arange(0, HIDDEN)
+        w1 = tl.load(w1_ptr + channels[:, None] * HIDDEN + hid[None, :])
+        hidden = tl.dot(feat, w1) + tl.load(b1_ptr + hid)[None, :]
+        hidden = tl.maximum(hidden, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(hidden)))  # softplus
+
+        sigma = tl.sum(hidden * tl.load(w_sigma_ptr + hid)[None, :], axis=1) + tl.load(b_sigma_ptr)
+        tl.store(densities_ptr + view * count + idx, sigma, mask=inside)
+
+        out = tl.arange(0, FEATURES)
+        w_rgb = tl.load(w_rgb_ptr + hid[:, None] * FEATURES + out[None, :])
+        rgb = tl.dot(hidden.to(tl.float16), w_rgb) + tl.load(b_rgb_ptr + out)[None, :]
+        rgb = tl.sigmoid(rgb) * (1 + 2 * 0.001) - 0.001
+        target = colors_ptr + view * FEATURES * count + out[None, :].to(tl.int64) * count + idx[:, None]
+        tl.store(target, rgb.to(tl.float16), mask=inside[:, None])
