@@ -113,8 +113,9 @@ class SynthesisBlock(nn.Module):
     """One resolution of the "skip" generator: [const |] conv0 (2× up unless `up=False`), conv1, ToRGB.
 
     img_out = upsample2x(img_in) + toRGB(x) (without the upsampling when `up=False`). A block takes
-    num_conv + 1 consecutive ws. `fast=True` runs the block in float16, channels-last; the skip
-    image is always accumulated in float32.
+    num_conv + 1 consecutive ws. Activations are channels-last on a CPU (oneDNN's convolutions, the
+    transposed one above all, run 1.3–2.5x faster so) and in the fast mode, which runs the block in
+    float16; the skip image is always accumulated in float32.
     """
 
     def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None, up=True):
@@ -132,7 +133,7 @@ class SynthesisBlock(nn.Module):
     def forward(self, x, img, ws, noise_mode="const", fast=False):
         w_iter = iter(ws.unbind(dim=1))
         dtype = torch.float16 if fast else torch.float32
-        layout = torch.channels_last if fast else torch.contiguous_format
+        layout = torch.channels_last if fast or ws.device.type == "cpu" else torch.contiguous_format
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).to(memory_format=layout)
         else:
