@@ -29,9 +29,12 @@ except ImportError:  # CPU-only PyTorch builds come without Triton
 # Sample points per program. 64 is the fastest on an H100, and Triton 3.6 miscompiles the second
 # matrix product for 128 and more there (wrong colours), which the self-check below would catch.
 BLOCK = 64
+# torch.compile (G.compile()) calls these as they are: Inductor cannot yet wrap these launches.
+_not_compiled = torch.compiler.disable
 _checked: dict[str, bool] = {}  # device → whether the kernel agreed with PyTorch there
 
 
+@_not_compiled
 def available(planes: torch.Tensor) -> bool:
     """Whether the fused kernel can render these planes [N, 3, C, H, W] (float16, no gradients)."""
     c = planes.shape[2]
@@ -73,6 +76,7 @@ def _agrees_with_pytorch(device: torch.device) -> bool:
     return _checked[key]
 
 
+@_not_compiled
 def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
     """colors [N, F, M, S] float16 and densities [N, M, S] float32 of the points
     origins + depths · directions (origins, directions [N, M, 3]; depths [N, M, S, 1]).
@@ -109,6 +113,7 @@ def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
     return colors, densities
 
 
+@_not_compiled
 def weighted_sum(colors: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Σ_s v[n,m,s] colors[n,:,m,s] → [N,F,M] float32, for colors [N,F,M,S] float16 and v [N,M,S]:
     one pass over the colours, without the [N,F,M,S] product PyTorch would write first."""
@@ -121,6 +126,7 @@ def weighted_sum(colors: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@_not_compiled
 def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float | None) -> torch.Tensor:
     """In place and in one pass: x ← clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias over dim 1;
     x float16 [N,C,H,W], contiguous or channels-last. PyTorch needs four passes (add, leaky_relu,
