@@ -33,7 +33,7 @@ def test_kernels_in_the_triton_interpreter():
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "7 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
+    assert "8 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
 
 
 def random_decoder(seed=0):
@@ -127,4 +127,17 @@ def test_a_kernel_that_disagrees_with_pytorch_is_not_used(monkeypatch):
     real = fast_kernels.sample_and_decode
     monkeypatch.setattr(fast_kernels, "sample_and_decode", lambda *a: tuple(t + 1 for t in real(*a)))
     with pytest.warns(UserWarning, match="disagrees"):
+        assert not fast_kernels.available(torch.zeros(1, 3, 32, 8, 8, device=DEVICE).half())
+
+
+@kernels_here
+def test_a_kernel_that_cannot_run_is_not_used(monkeypatch):
+    from preim3d.networks import fast_kernels
+
+    def fail(*args):
+        raise RuntimeError("no compiler for this GPU")
+
+    monkeypatch.setattr(fast_kernels, "_checked", {})
+    monkeypatch.setattr(fast_kernels, "sample_and_decode", fail)
+    with pytest.warns(UserWarning, match="does not run"):
         assert not fast_kernels.available(torch.zeros(1, 3, 32, 8, 8, device=DEVICE).half())
