@@ -1,16 +1,19 @@
-"""One GPU kernel for the fast mode's hot loop: tri-plane sampling and the MLP decoder, fused.
+"""The fast mode's GPU kernels, in Triton: the renderer's hot loop and two one-pass element-wise steps.
 
-For every sample point (origin + depth · direction) the kernel reads the three planes bilinearly
-(as `grid_sample` with zero padding and align_corners=False), averages them, runs the decoder
-(FC → softplus → FC) on tensor cores and writes the sample's colour features and raw density.
-Unfused, PyTorch writes and re-reads the 3 × 32 plane features and the 64 hidden values of every
-sample (about 0.3 KB for each of the ~1.6 M samples of a 512² frame); here they stay in registers.
+* `sample_and_decode`: for every sample point (origin + depth · direction) one kernel reads the three
+  planes bilinearly (as `grid_sample` with zero padding and align_corners=False), averages them, runs
+  the decoder (FC → softplus → FC) on tensor cores and writes the sample's colour features and raw
+  density. Unfused, PyTorch writes and re-reads the 3 × 32 plane features and the 64 hidden values
+  of every sample (about 0.3 KB for each of the ~1.6 M samples of a 512² frame); here they stay in
+  registers. Plane coordinates, interpolation weights, the plane mean and the activations are
+  float32; the planes, the decoder's matrix inputs and the colour output are float16; the density
+  is float32. `available()` says whether it can run (and checks it once per device against
+  PyTorch); the renderer falls back to PyTorch otherwise.
+* `weighted_sum`: the composited colour Σ v·c of every ray in one pass over the colours.
+* `bias_lrelu_`: bias + leaky ReLU + gain + clamp of the float16 networks in one pass, in place.
 
-Arithmetic: plane coordinates, interpolation weights, the plane mean and the activations are
-float32; the planes, the decoder's matrix inputs and the colour output are float16 (the fast mode's
-precision); the density is float32. It is written in Triton, which ships with PyTorch's CUDA
-builds and compiles the kernel on first use: nothing is built at install time. `available()` says
-whether it can run; the renderer falls back to PyTorch otherwise.
+Triton ships with PyTorch's CUDA builds and compiles the kernels on first use: nothing is built at
+install time.
 """
 
 from __future__ import annotations
