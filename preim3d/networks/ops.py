@@ -27,16 +27,17 @@ def bias_lrelu(x: torch.Tensor, bias: torch.Tensor, gain: float = SQRT2, clamp: 
     a new image-sized tensor for each step costs as much as the arithmetic; float16 images on a GPU
     take one fused pass (fast_kernels.bias_lrelu_).
     """
-    if torch.is_grad_enabled():
-        x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * gain
-        return x.clamp(-clamp, clamp) if clamp is not None else x
+    grad = torch.is_grad_enabled()
     dense = x.ndim == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-    if x.is_cuda and x.dtype == torch.float16 and dense:
+    if not grad and x.is_cuda and x.dtype == torch.float16 and dense:
         from . import fast_kernels  # imports Triton: only the fast mode needs it
 
         if fast_kernels.triton is not None:
             return fast_kernels.bias_lrelu_(x, bias, gain, clamp)
     b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
+    if grad:
+        x = F.leaky_relu(x + b, 0.2) * gain
+        return x.clamp(-clamp, clamp) if clamp is not None else x
     x = F.leaky_relu_(x.add_(b), 0.2).mul_(gain)
     return x.clamp_(-clamp, clamp) if clamp is not None else x
 
