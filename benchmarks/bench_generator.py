@@ -65,6 +65,10 @@ def turntable(generators, batches, device, json_path, frames=120):
     from preim3d.cameras import camera_vector
 
     cams = camera_vector(yaw, pitch).to(device)
+
+    def rate(seconds):
+        return {f"seconds for {frames} frames": round(seconds, 4), "frames/s": round(frames / seconds, 1)}
+
     z, c = inputs(1, 512, 16)
     results, frames_by_run = {}, {}
     for name, G in generators.items():
@@ -74,9 +78,7 @@ def turntable(generators, batches, device, json_path, frames=120):
             def loop(G=G, ws=ws):
                 with torch.no_grad():
                     return torch.cat([synth(G, ws, cv[None])["image"] for cv in cams])
-            seconds = timed(loop, device, 2)
-            results["official per-frame loop"] = {"seconds for 120 frames": round(seconds, 4),
-                                                  "frames/s": round(frames / seconds, 1)}
+            results["official per-frame loop"] = rate(timed(loop, device, 2))
             print(name, results["official per-frame loop"], flush=True)
             continue
         for batch in batches:
@@ -92,8 +94,7 @@ def turntable(generators, batches, device, json_path, frames=120):
                 results[f"{name}, batch {batch}"] = "out of memory"
                 continue
             frames_by_run[name] = run()
-            results[f"{name}, batch {batch}"] = {"seconds for 120 frames": round(seconds, 4),
-                                                 "frames/s": round(frames / seconds, 1)}
+            results[f"{name}, batch {batch}"] = rate(seconds)
             print(name, batch, results[f"{name}, batch {batch}"], flush=True)
             if device == "cuda":
                 torch.cuda.empty_cache()
