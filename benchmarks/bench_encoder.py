@@ -35,6 +35,7 @@ OPTS = dict(encoder_type="WPlusEncoder", stylegan_size=256, start_from_latent_av
 
 def official_encoder_class(folder):
     """BackboneEncoderUsingLastLayerIntoWPlus from an official checkout, without compiling its CUDA ops."""
+
     def unavailable(*args, **kwargs):
         raise RuntimeError("stand-in for a CUDA extension")
 
@@ -83,6 +84,7 @@ def randomize_(encoder, images, seed=0):
 
 def with_tf32(fn):
     """`fn` run with PyTorch's default of TF32 convolutions (how the official inference runs on Ampere+)."""
+
     def run(x):
         torch.backends.cudnn.allow_tf32 = True
         try:
@@ -121,9 +123,14 @@ def time_cpu(fn, x, iters):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", default=os.environ.get("PREIM3D_OFFICIAL_PREIM3D"),
-                        help="official PREIM3D checkout (default: $PREIM3D_OFFICIAL_PREIM3D)")
-    parser.add_argument("--checkpoint", help="PREIM3D's preim3d_ffhq.pt (default: random well-scaled weights)")
+    parser.add_argument(
+        "--official",
+        default=os.environ.get("PREIM3D_OFFICIAL_PREIM3D"),
+        help="official PREIM3D checkout (default: $PREIM3D_OFFICIAL_PREIM3D)",
+    )
+    parser.add_argument(
+        "--checkpoint", help="PREIM3D's preim3d_ffhq.pt (default: random well-scaled weights)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, help="throughput batch (default 32 on GPU, 8 on CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
@@ -143,7 +150,9 @@ def main():
             torch.manual_seed(0)
             ours = randomize_(preim3d.WPlusEncoder().to(device), images.to(device)).cpu()
             path = Path(tmp) / "random_preim3d.pt"
-            torch.save({"state_dict": {f"encoder.{k}": v for k, v in ours.state_dict().items()}, "opts": OPTS}, path)
+            torch.save(
+                {"state_dict": {f"encoder.{k}": v for k, v in ours.state_dict().items()}, "opts": OPTS}, path
+            )
             ours = preim3d.load_encoder(path)  # through the official-layout loader
     ours = ours.to(device)
     on_gpu = device.type == "cuda"
@@ -153,7 +162,9 @@ def main():
         try:
             official = official_encoder_class(args.official)(50, "ir_se", types.SimpleNamespace(**OPTS))
         except Exception as exc:  # keep benchmarking ours when the checkout is unusable
-            print(f"official encoder unavailable from {args.official}: {type(exc).__name__}: {exc}", flush=True)
+            print(
+                f"official encoder unavailable from {args.official}: {type(exc).__name__}: {exc}", flush=True
+            )
         else:
             official.load_state_dict(ours.state_dict())
             plain["official fp32"] = official.to(device).eval()
@@ -186,7 +197,9 @@ def main():
             row = dict(variant=name, max_abs_diff_vs_fp32=diff)
             if on_gpu:
                 row["batch1_ms"] = statistics.median(time_cuda(run1, x1, iters=50, warmup=10))
-                row["batch_img_per_s"] = batch * 1000 / statistics.median(time_cuda(runb, xb, iters=20, warmup=3))
+                row["batch_img_per_s"] = (
+                    batch * 1000 / statistics.median(time_cuda(runb, xb, iters=20, warmup=3))
+                )
             else:
                 row["cpu_s_per_image_batch1"] = time_cpu(run1, x1, iters=5)
                 row[f"cpu_s_per_image_batch{batch}"] = time_cpu(runb, xb, iters=2) / batch
@@ -195,19 +208,27 @@ def main():
             print(row, flush=True)
 
     device_name = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{device_name}, torch {torch.__version__}, weights: {args.checkpoint or 'random (calibrated BN)'}; "
-          f"max |W+ offset| {reference.abs().max():.3f}; max|dW+| = max abs diff from our fp32 W+ on {batch} images")
+    print(
+        f"\n{device_name}, torch {torch.__version__}, weights: {args.checkpoint or 'random (calibrated BN)'}; "
+        f"max |W+ offset| {reference.abs().max():.3f}; max|dW+| = max abs diff from our fp32 W+ on {batch} images"
+    )
     if on_gpu:
         print(f"{'variant':36s} {'batch-1 ms':>10s} {f'batch-{batch} img/s':>15s} {'max|dW+|':>9s}")
         for r in rows:
-            print(f"{r['variant']:36s} {r['batch1_ms']:10.2f} {r['batch_img_per_s']:15.0f} "
-                  f"{r['max_abs_diff_vs_fp32']:9.2e}")
+            print(
+                f"{r['variant']:36s} {r['batch1_ms']:10.2f} {r['batch_img_per_s']:15.0f} "
+                f"{r['max_abs_diff_vs_fp32']:9.2e}"
+            )
         accurate = [r for r in rows if r["max_abs_diff_vs_fp32"] <= 1e-2]
         if accurate:
-            print(f"goals (W+ within 1e-2): batch-1 <= 3 ms -> best {min(r['batch1_ms'] for r in accurate):.2f} ms; "
-                  f"batch-{batch} >= 2000 img/s -> best {max(r['batch_img_per_s'] for r in accurate):.0f} img/s")
+            print(
+                f"goals (W+ within 1e-2): batch-1 <= 3 ms -> best {min(r['batch1_ms'] for r in accurate):.2f} ms; "
+                f"batch-{batch} >= 2000 img/s -> best {max(r['batch_img_per_s'] for r in accurate):.0f} img/s"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(device=device_name, torch=torch.__version__, rows=rows), indent=2))
+        Path(args.json).write_text(
+            json.dumps(dict(device=device_name, torch=torch.__version__, rows=rows), indent=2)
+        )
 
 
 if __name__ == "__main__":

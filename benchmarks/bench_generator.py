@@ -75,19 +75,27 @@ def turntable(generators, batches, device, json_path, frames=120):
         with torch.no_grad():
             ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
         if name == "official":  # its demo's loop: the whole generator for every frame
+
             def loop(G=G, ws=ws):
                 with torch.no_grad():
                     return torch.cat([synth(G, ws, cv[None])["image"] for cv in cams])
+
             results["official per-frame loop"] = rate(timed(loop, device, 2))
             print(name, results["official per-frame loop"], flush=True)
             continue
         for batch in batches:
+
             def run(G=G, ws=ws, batch=batch):
                 torch.manual_seed(0)
                 with torch.no_grad():
                     planes = G.synthesize_planes(ws)
-                    return torch.cat([G.render_planes(planes, ws, cv, deterministic=True)["image"]
-                                      for cv in cams.split(batch)])
+                    return torch.cat(
+                        [
+                            G.render_planes(planes, ws, cv, deterministic=True)["image"]
+                            for cv in cams.split(batch)
+                        ]
+                    )
+
             try:
                 seconds = timed(run, device, 3)
             except torch.OutOfMemoryError:
@@ -99,7 +107,9 @@ def turntable(generators, batches, device, json_path, frames=120):
             if device == "cuda":
                 torch.cuda.empty_cache()
     if "ours fp32" in frames_by_run and "ours fast" in frames_by_run:
-        results["psnr fast vs fp32 (dB)"] = round(psnr(frames_by_run["ours fast"], frames_by_run["ours fp32"]), 1)
+        results["psnr fast vs fp32 (dB)"] = round(
+            psnr(frames_by_run["ours fast"], frames_by_run["ours fp32"]), 1
+        )
     text = json.dumps(results, indent=2)
     print(text)
     if json_path:
@@ -109,7 +119,8 @@ def turntable(generators, batches, device, json_path, frames=120):
 def profile(generators, batch, device):
     """Top operators by device time, per stage, for each of our precisions."""
     activities = [torch.profiler.ProfilerActivity.CPU] + (
-        [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+        [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else []
+    )
     sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
     z, c = inputs(batch, 512, 15)
     z, c = z.to(device), c.to(device)
@@ -117,8 +128,10 @@ def profile(generators, batch, device):
         with torch.no_grad():
             ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)
             planes = G.synthesize_planes(ws)
-            stages = {"backbone": lambda G=G, ws=ws: G.synthesize_planes(ws),
-                      "render+SR": lambda G=G, p=planes, ws=ws: G.render_planes(p, ws, c)}
+            stages = {
+                "backbone": lambda G=G, ws=ws: G.synthesize_planes(ws),
+                "render+SR": lambda G=G, p=planes, ws=ws: G.render_planes(p, ws, c),
+            }
             for stage, fn in stages.items():
                 fn()
                 with torch.profiler.profile(activities=activities) as prof:
@@ -130,20 +143,37 @@ def profile(generators, batch, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--official-plugins", action="store_true", help="let the official code build its CUDA ops")
+    parser.add_argument(
+        "--official-plugins", action="store_true", help="let the official code build its CUDA ops"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--profile", type=int, metavar="BATCH", help="only print the top kernels of our generator")
-    parser.add_argument("--compile", action="store_true", help="with --turntable: also time a compiled fast generator")
-    parser.add_argument("--turntable", type=int, nargs="*", metavar="BATCH",
-                        help="only time a 120-frame turntable of one latent from cached planes, in these batches")
+    parser.add_argument(
+        "--profile", type=int, metavar="BATCH", help="only print the top kernels of our generator"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="with --turntable: also time a compiled fast generator"
+    )
+    parser.add_argument(
+        "--turntable",
+        type=int,
+        nargs="*",
+        metavar="BATCH",
+        help="only time a 120-frame turntable of one latent from cached planes, in these batches",
+    )
     args = parser.parse_args()
     device = args.device
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-               "torch": torch.__version__}
+    results = {
+        "device": torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+    }
 
     generators = {"ours fp32": ours(device), "ours fast": ours(device).set_precision("fast")}
     if args.profile:
@@ -152,7 +182,10 @@ def main():
         if args.compile:
             generators["ours fast compiled"] = ours(device).set_precision("fast").compile(dynamic=False)
         if official_path() is not None:
-            generators = {"official": build_official(FFHQ512, 11, device, plugins=args.official_plugins), **generators}
+            generators = {
+                "official": build_official(FFHQ512, 11, device, plugins=args.official_plugins),
+                **generators,
+            }
         return turntable(generators, args.turntable or [8, 20, 40, 60], device, args.json)
     if official_path() is not None:
         official = build_official(FFHQ512, 11, device, plugins=args.official_plugins)
@@ -168,8 +201,11 @@ def main():
         torch.manual_seed(12)
         outputs[name] = synth(G, ws, c)
     reference = outputs.get("official", outputs["ours fp32"])
-    results["psnr_db"] = {name: {k: round(psnr(out[k], reference[k]), 1) for k in ("image", "image_raw", "image_depth")}
-                          for name, out in outputs.items() if out is not reference}
+    results["psnr_db"] = {
+        name: {k: round(psnr(out[k], reference[k]), 1) for k in ("image", "image_raw", "image_depth")}
+        for name, out in outputs.items()
+        if out is not reference
+    }
 
     # Speed: latency at batch 1, throughput at args.batch.
     results["speed"] = {}
@@ -181,7 +217,9 @@ def main():
             with torch.no_grad():
                 ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)
             try:
-                seconds = timed(lambda G=G, ws=ws, c=c: synth(G, ws, c), device, args.repeats if batch == 1 else 3)
+                seconds = timed(
+                    lambda G=G, ws=ws, c=c: synth(G, ws, c), device, args.repeats if batch == 1 else 3
+                )
             except torch.OutOfMemoryError:
                 row[f"batch {batch}"] = "out of memory"
                 continue
@@ -189,7 +227,8 @@ def main():
                 if device == "cuda":
                     torch.cuda.empty_cache()
             row["ms per frame (batch 1)" if batch == 1 else f"frames/s (batch {batch})"] = (
-                round(seconds * 1000, 2) if batch == 1 else round(batch / seconds, 1))
+                round(seconds * 1000, 2) if batch == 1 else round(batch / seconds, 1)
+            )
         results["speed"][name] = row
         print(name, row, flush=True)
 
@@ -205,7 +244,10 @@ def main():
                 planes = G.synthesize_planes(ws)
                 stage = {
                     "backbone ms": timed(lambda G=G, ws=ws: G.synthesize_planes(ws), device, 5) * 1000,
-                    "render+SR ms": timed(lambda G=G, p=planes, ws=ws, c=c: G.render_planes(p, ws, c), device, 5) * 1000,
+                    "render+SR ms": timed(
+                        lambda G=G, p=planes, ws=ws, c=c: G.render_planes(p, ws, c), device, 5
+                    )
+                    * 1000,
                 }
             results["stages"][f"{name}, batch {batch}"] = {k: round(v, 2) for k, v in stage.items()}
             if device == "cuda":

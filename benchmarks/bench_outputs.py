@@ -47,10 +47,15 @@ def measure(precision, args, device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         render_turntable(renderer, ws, Path(tmp) / "warm.mp4", frames=args.batch, deterministic=True)
         renderer.clear()
-        video_s, _ = seconds(lambda: render_turntable(renderer, ws, Path(tmp) / "t.mp4", frames=args.frames,
-                                                      deterministic=True), device)
-        mesh_s, mesh = seconds(lambda: renderer.mesh(ws, resolution=args.mesh_resolution,
-                                                     threshold=args.threshold), device)
+        video_s, _ = seconds(
+            lambda: render_turntable(
+                renderer, ws, Path(tmp) / "t.mp4", frames=args.frames, deterministic=True
+            ),
+            device,
+        )
+        mesh_s, mesh = seconds(
+            lambda: renderer.mesh(ws, resolution=args.mesh_resolution, threshold=args.threshold), device
+        )
         export_s, _ = seconds(lambda: export_mesh(mesh, Path(tmp) / "m.glb"), "cpu")
         size_mb = (Path(tmp) / "m.glb").stat().st_size / 1e6
     return {
@@ -63,20 +68,30 @@ def measure(precision, args, device) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--mesh-resolution", type=int, default=256)
-    parser.add_argument("--threshold", type=float, default=-1.5,
-                        help="density level of the surface (random weights have none at the official 10)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=-1.5,
+        help="density level of the surface (random weights have none at the official 10)",
+    )
     args = parser.parse_args()
     device = args.device
     results = {}
     for precision in ("fp32", "fast"):
         results[precision] = measure(precision, args, device)
         print(precision, results[precision], flush=True)
-    print(json.dumps({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", **results}, indent=2))
+    print(
+        json.dumps(
+            {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", **results}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

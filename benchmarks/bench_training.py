@@ -70,8 +70,16 @@ def measure(nets, data, batch, bf16, multi_view, steps, lpips, out):
     """(steps/s, peak GiB allocated, peak GiB reserved) over `steps` steps after two warm-up steps."""
     G, encoder, arcface, initial = nets
     encoder.load_state_dict(initial)  # every row starts from the same weights
-    config = make_config(out=out, batch_size=batch, bf16=bf16, device="cuda", workers=4, progress=False,
-                         lpips_lambda=0.8 if lpips else 0.0, multi_view_start_step=0 if multi_view else 10**9)
+    config = make_config(
+        out=out,
+        batch_size=batch,
+        bf16=bf16,
+        device="cuda",
+        workers=4,
+        progress=False,
+        lpips_lambda=0.8 if lpips else 0.0,
+        multi_view_start_step=0 if multi_view else 10**9,
+    )
     trainer = Trainer(config, generator=G, encoder=encoder, arcface=arcface, dataset=data)
     try:
         for _ in range(2):  # a generated and a real step: cuDNN picks its algorithms, memory settles
@@ -127,8 +135,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row (default 10)")
     parser.add_argument("--max-batch", type=int, default=64, help="stop the batch search here (default 64)")
-    parser.add_argument("--budget", type=float, default=200, help="seconds for the batch searches (default 200)")
-    parser.add_argument("--lpips", action="store_true", help="include LPIPS (needs `lpips` and its AlexNet weights)")
+    parser.add_argument(
+        "--budget", type=float, default=200, help="seconds for the batch searches (default 200)"
+    )
+    parser.add_argument(
+        "--lpips", action="store_true", help="include LPIPS (needs `lpips` and its AlexNet weights)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -143,25 +155,52 @@ def main():
         precision = "bf16 autocast" if bf16 else "fp32"
         for multi_view in (False, True):
             rate, alloc, reserved = measure(nets, data, 2, bf16, multi_view, args.steps, args.lpips, out)
-            rows.append(dict(precision=precision, batch=2, multi_view=multi_view, steps_per_s=rate,
-                             images_per_s=2 * rate, peak_alloc_gib=alloc, peak_reserved_gib=reserved))
+            rows.append(
+                dict(
+                    precision=precision,
+                    batch=2,
+                    multi_view=multi_view,
+                    steps_per_s=rate,
+                    images_per_s=2 * rate,
+                    peak_alloc_gib=alloc,
+                    peak_reserved_gib=reserved,
+                )
+            )
             print(rows[-1], flush=True)
         deadline = time.time() + args.budget / 2
         batch = largest_batch(nets, data, bf16, args.lpips, out, args.max_batch, deadline)
-        rate, alloc, reserved = measure(nets, data, batch, bf16, True, max(2, args.steps // 2), args.lpips, out)
-        rows.append(dict(precision=precision, batch=batch, multi_view=True, largest=True, steps_per_s=rate,
-                         images_per_s=batch * rate, peak_alloc_gib=alloc, peak_reserved_gib=reserved))
+        rate, alloc, reserved = measure(
+            nets, data, batch, bf16, True, max(2, args.steps // 2), args.lpips, out
+        )
+        rows.append(
+            dict(
+                precision=precision,
+                batch=batch,
+                multi_view=True,
+                largest=True,
+                steps_per_s=rate,
+                images_per_s=batch * rate,
+                peak_alloc_gib=alloc,
+                peak_reserved_gib=reserved,
+            )
+        )
         print(rows[-1], flush=True)
 
     gpu = torch.cuda.get_device_name(device)
-    print(f"\n{datetime.date.today()}, {gpu}, torch {torch.__version__}, `python benchmarks/bench_training.py "
-          f"{' '.join(sys.argv[1:])}`, {time.time() - started:.0f} s")
-    print("\n| precision | batch | multi-view ID | steps/s | images/s | peak allocated GiB | peak reserved GiB |")
+    print(
+        f"\n{datetime.date.today()}, {gpu}, torch {torch.__version__}, `python benchmarks/bench_training.py "
+        f"{' '.join(sys.argv[1:])}`, {time.time() - started:.0f} s"
+    )
+    print(
+        "\n| precision | batch | multi-view ID | steps/s | images/s | peak allocated GiB | peak reserved GiB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         batch = f"{r['batch']} (largest)" if r.get("largest") else str(r["batch"])
-        print(f"| {r['precision']} | {batch} | {'on' if r['multi_view'] else 'off'} | {r['steps_per_s']:.2f} | "
-              f"{r['images_per_s']:.1f} | {r['peak_alloc_gib']:.1f} | {r['peak_reserved_gib']:.1f} |")
+        print(
+            f"| {r['precision']} | {batch} | {'on' if r['multi_view'] else 'off'} | {r['steps_per_s']:.2f} | "
+            f"{r['images_per_s']:.1f} | {r['peak_alloc_gib']:.1f} | {r['peak_reserved_gib']:.1f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=2))
 

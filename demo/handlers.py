@@ -60,8 +60,10 @@ MAX_FRAMES = 480
 MESH_RESOLUTIONS = (64, 128, 256, 512)
 OUTPUT_MAX_AGE = 3600  # seconds a written video, mesh or latent file is kept (gradio serves its own copy)
 PROGRESS = gr.Progress()  # as a default it marks the progress argument; updates reach the calling event
-NO_FACE = ("No face was found in this photo. Use a photo where one face looks roughly toward the camera, "
-           "is not hidden, and is at least 64 pixels wide.")
+NO_FACE = (
+    "No face was found in this photo. Use a photo where one face looks roughly toward the camera, "
+    "is not hidden, and is at least 64 pixels wide."
+)
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: gradio may hash state values
@@ -119,7 +121,10 @@ def digest(path) -> str:
 def degrees(pose: tuple[float, float]) -> tuple[float, float]:
     """A pose in radians -> the (yaw, pitch) slider values, rounded and kept within the sliders' range."""
     yaw, pitch = (math.degrees(v) for v in pose)
-    return (round(min(max(yaw, -YAW_LIMIT), YAW_LIMIT), 1), round(min(max(pitch, -PITCH_LIMIT), PITCH_LIMIT), 1))
+    return (
+        round(min(max(yaw, -YAW_LIMIT), YAW_LIMIT), 1),
+        round(min(max(pitch, -PITCH_LIMIT), PITCH_LIMIT), 1),
+    )
 
 
 def slider_attributes(editor: Editor | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -198,7 +203,17 @@ class Handlers:
     @staticmethod
     def cleared():
         """The outputs of `load_photo` for no photo, and an empty edited view."""
-        return None, None, None, gr.update(value=None, visible=False), gr.update(visible=False), 0, 0, "", None
+        return (
+            None,
+            None,
+            None,
+            gr.update(value=None, visible=False),
+            gr.update(visible=False),
+            0,
+            0,
+            "",
+            None,
+        )
 
     @user_errors
     def load_photo(self, path, face=0):
@@ -207,18 +222,33 @@ class Handlers:
             return self.cleared()[:-1]
         face = int(face or 0)
         prepared = self._prepare(path, face)
-        session = Session(name=Path(path).stem, ws=prepared.ws, edited=prepared.ws, pose=prepared.pose,
-                          photo=prepared.photo, face=prepared.face)
+        session = Session(
+            name=Path(path).stem,
+            ws=prepared.ws,
+            edited=prepared.ws,
+            pose=prepared.pose,
+            photo=prepared.photo,
+            face=prepared.face,
+        )
         several = len(prepared.faces) > 1
         choices = [(f"Face {i + 1}", i) for i in range(len(prepared.faces))]
         yaw, pitch = degrees(prepared.pose)
         status = f"Estimated view of the photo: yaw {yaw:.0f}°, pitch {pitch:.0f}°."
         if several:
-            status = (f"**{len(prepared.faces)} faces found; editing face {face + 1}** (choose another below the "
-                      f"photo). {status}")
-        return (session, prepared.face.image, prepared.reconstruction,
-                gr.update(value=mark_faces(session.photo, prepared.faces) if several else None, visible=several),
-                gr.update(choices=choices, value=face, visible=several), yaw, pitch, status)
+            status = (
+                f"**{len(prepared.faces)} faces found; editing face {face + 1}** (choose another below the "
+                f"photo). {status}"
+            )
+        return (
+            session,
+            prepared.face.image,
+            prepared.reconstruction,
+            gr.update(value=mark_faces(session.photo, prepared.faces) if several else None, visible=several),
+            gr.update(choices=choices, value=face, visible=several),
+            yaw,
+            pitch,
+            status,
+        )
 
     @user_errors
     def load_latent_file(self, path):
@@ -231,8 +261,16 @@ class Handlers:
         if len(codes) > 1:
             status += f" The file holds {len(codes)} codes; this is the first."
         session = Session(name=Path(path).stem, ws=ws, edited=ws)
-        return (session, None, self._editor().render(ws), gr.update(value=None, visible=False),
-                gr.update(visible=False), 0, 0, status)
+        return (
+            session,
+            None,
+            self._editor().render(ws),
+            gr.update(value=None, visible=False),
+            gr.update(visible=False),
+            0,
+            0,
+            status,
+        )
 
     # ------------------------------------------------------------------ page: edits and camera
 
@@ -243,8 +281,13 @@ class Handlers:
             return None, None
         edits = {name: float(s) for name, s in zip(self.attributes, strengths) if s}
         hold = tuple(hold or ())
-        session = replace(session, edited=self._edit(session.ws, edits, bool(precise), hold), edits=edits,
-                          precise=bool(precise), hold=hold)
+        session = replace(
+            session,
+            edited=self._edit(session.ws, edits, bool(precise), hold),
+            edits=edits,
+            precise=bool(precise),
+            hold=hold,
+        )
         return session, self.render_view(session, yaw, pitch)
 
     @user_errors
@@ -269,7 +312,9 @@ class Handlers:
         if session is None:
             raise problem("Upload a photo (or a latent file) first.")
         if photo and session.photo is None:
-            raise problem("This needs the photo the code came from: upload a photo rather than a latent file.")
+            raise problem(
+                "This needs the photo the code came from: upload a photo rather than a latent file."
+            )
         return session
 
     @user_errors
@@ -281,36 +326,54 @@ class Handlers:
         session = self._need(session)
         depth = self._editor().depth(session.edited, math.radians(yaw), math.radians(pitch))
         size = self._editor().generator.img_resolution
-        return depth.resize((size, size), Image.Resampling.BICUBIC)  # the neural rendering resolution is small
+        return depth.resize(
+            (size, size), Image.Resampling.BICUBIC
+        )  # the neural rendering resolution is small
 
     @user_errors
     def pasted(self, session):
         session = self._need(session, photo=True)
-        render = self._editor().render(session.edited, *session.pose)  # from the photo's camera, so it lines up
+        render = self._editor().render(
+            session.edited, *session.pose
+        )  # from the photo's camera, so it lines up
         return paste_back(session.photo, render, session.face)
 
     @user_errors
     def turntable(self, session, frames, side_by_side, depth, progress=PROGRESS):
         session = self._need(session)
         path = self._output(f"{session.name}-turntable.mp4")
-        self._editor().turntable(session.edited, path, frames=int(frames), fps=VIDEO_FPS, depth=bool(depth),
-                                 side_by_side=[session.ws] if side_by_side else None,
-                                 progress=lambda done, total: progress((done, total), desc="Rendering frames"))
+        self._editor().turntable(
+            session.edited,
+            path,
+            frames=int(frames),
+            fps=VIDEO_FPS,
+            depth=bool(depth),
+            side_by_side=[session.ws] if side_by_side else None,
+            progress=lambda done, total: progress((done, total), desc="Rendering frames"),
+        )
         return str(path)
 
     @user_errors
     def mesh(self, session, resolution, progress=PROGRESS):
         session = self._need(session)
         path = self._output(f"{session.name}.glb")
-        self._editor().mesh(session.edited, path, resolution=int(resolution),
-                            progress=lambda done, total: progress((done, total), desc="Sampling the density"))
+        self._editor().mesh(
+            session.edited,
+            path,
+            resolution=int(resolution),
+            progress=lambda done, total: progress((done, total), desc="Sampling the density"),
+        )
         return str(path), str(path)
 
     @user_errors
     def save_latent(self, session):
         session = self._need(session)
-        metadata = {"source": session.name, "edits": json.dumps(session.edits), "precise": str(session.precise),
-                    "hold": json.dumps(list(session.hold))}
+        metadata = {
+            "source": session.name,
+            "edits": json.dumps(session.edits),
+            "precise": str(session.precise),
+            "hold": json.dumps(list(session.hold)),
+        }
         return str(save_latent(session.edited, self._output(f"{session.name}-edited.npz"), metadata))
 
     # ------------------------------------------------------------------ API endpoints (stateless)
@@ -331,8 +394,13 @@ class Handlers:
             raise problem("Give a photo.")
         prepared = self._prepare(photo, int(face or 0))
         yaw, pitch = (math.degrees(v) for v in prepared.pose)
-        info = {"faces": len(prepared.faces), "face": prepared.index,
-                "boxes": [[round(v, 1) for v in f.box] for f in prepared.faces], "yaw": yaw, "pitch": pitch}
+        info = {
+            "faces": len(prepared.faces),
+            "face": prepared.index,
+            "boxes": [[round(v, 1) for v in f.box] for f in prepared.faces],
+            "yaw": yaw,
+            "pitch": pitch,
+        }
         return prepared.face.image, info
 
     @user_errors
@@ -345,20 +413,29 @@ class Handlers:
     def api_edit(self, photo=None, latent=None, edits=None, yaw=None, pitch=None, precise=False, face=0):
         """Photo or latent + edits -> edited image from (yaw, pitch) degrees; None = the photo's own view."""
         ws, pose = self._code(photo, latent, face)
-        pose = (pose[0] if yaw is None else math.radians(yaw), pose[1] if pitch is None else math.radians(pitch))
+        pose = (
+            pose[0] if yaw is None else math.radians(yaw),
+            pose[1] if pitch is None else math.radians(pitch),
+        )
         return self._editor().render(self._edit(ws, parse_edits(edits), bool(precise)), *pose)
 
     @user_errors
-    def api_turntable(self, photo=None, latent=None, edits=None, precise=False, frames=120, face=0,
-                      progress=PROGRESS):
+    def api_turntable(
+        self, photo=None, latent=None, edits=None, precise=False, frames=120, face=0, progress=PROGRESS
+    ):
         """Photo or latent + edits -> H.264 turntable video of `frames` frames at 30 fps."""
         frames = int(frames or 120)
         if not 1 <= frames <= MAX_FRAMES:
             raise problem(f"frames must be between 1 and {MAX_FRAMES}, not {frames}.")
         ws, _ = self._code(photo, latent, face)
         path = self._output("turntable.mp4")
-        self._editor().turntable(self._edit(ws, parse_edits(edits), bool(precise)), path, frames=frames,
-                                 fps=VIDEO_FPS, progress=lambda done, total: progress((done, total)))
+        self._editor().turntable(
+            self._edit(ws, parse_edits(edits), bool(precise)),
+            path,
+            frames=frames,
+            fps=VIDEO_FPS,
+            progress=lambda done, total: progress((done, total)),
+        )
         return str(path)
 
     @user_errors
@@ -366,7 +443,9 @@ class Handlers:
         """Photo or latent + edits -> binary glTF (.glb) mesh of the head at `resolution`^3 samples."""
         resolution = int(resolution or 128)
         if resolution not in MESH_RESOLUTIONS:
-            raise problem(f"resolution must be one of {', '.join(map(str, MESH_RESOLUTIONS))}, not {resolution}.")
+            raise problem(
+                f"resolution must be one of {', '.join(map(str, MESH_RESOLUTIONS))}, not {resolution}."
+            )
         ws, _ = self._code(photo, latent, face)
         path = self._output("head.glb")
         self._editor().mesh(self._edit(ws, parse_edits(edits), bool(precise)), path, resolution=resolution)
@@ -392,7 +471,9 @@ def parse_edits(edits) -> dict[str, float]:
         except json.JSONDecodeError as exc:
             raise problem(f'edits must be a JSON object such as {{"smile": 2, "age": -1}}: {exc}') from exc
     if not isinstance(edits, dict):
-        raise problem(f'edits must be an object such as {{"smile": 2, "age": -1}}, not {type(edits).__name__}.')
+        raise problem(
+            f'edits must be an object such as {{"smile": 2, "age": -1}}, not {type(edits).__name__}.'
+        )
     try:
         return {str(name): float(strength) for name, strength in edits.items()}
     except (TypeError, ValueError) as exc:
@@ -402,11 +483,15 @@ def parse_edits(edits) -> dict[str, float]:
 def mark_faces(photo: Image.Image, faces: list[FaceDetection], side: int = 768) -> Image.Image:
     """A copy of the photo, at most `side` px, with each face boxed and numbered as in the face choice."""
     scale = min(1.0, side / max(photo.size))
-    image = photo.resize((round(photo.width * scale), round(photo.height * scale))) if scale < 1 else photo.copy()
+    image = (
+        photo.resize((round(photo.width * scale), round(photo.height * scale))) if scale < 1 else photo.copy()
+    )
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 200))
     for i, face in enumerate(faces):
         box = [v * scale for v in face.box]
         draw.rectangle(box, outline=(255, 200, 0), width=width)
-        draw.text((box[0] + width, box[1] + width), str(i + 1), fill=(255, 200, 0), font_size=max(12, 6 * width))
+        draw.text(
+            (box[0] + width, box[1] + width), str(i + 1), fill=(255, 200, 0), font_size=max(12, 6 * width)
+        )
     return image

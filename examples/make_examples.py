@@ -1,6 +1,6 @@
 """Write the demo's example photos from images that ship inside scikit-image (see LICENSES.md).
 
-    python examples/make_examples.py
+python examples/make_examples.py
 """
 
 from pathlib import Path
@@ -18,8 +18,10 @@ def main() -> None:
     # Two faces of different sizes, to show the face choice: the astronaut and a smaller mirrored copy.
     two = Image.new("RGB", (896, 512), (255, 255, 255))
     two.paste(astronaut, (0, 0))
-    two.paste(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((384, 384), Image.Resampling.LANCZOS),
-              (512, 128))
+    two.paste(
+        astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((384, 384), Image.Resampling.LANCZOS),
+        (512, 128),
+    )
     two.save(HERE / "two_faces.jpg", quality=92)
 
 

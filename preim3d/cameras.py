@@ -37,7 +37,9 @@ def look_at_cam2world(forward: torch.Tensor, origin: torch.Tensor) -> torch.Tens
     return pose
 
 
-def orbit_cam2world(horizontal, vertical, radius=DEFAULT_RADIUS, pivot=DEFAULT_PIVOT, device="cpu") -> torch.Tensor:
+def orbit_cam2world(
+    horizontal, vertical, radius=DEFAULT_RADIUS, pivot=DEFAULT_PIVOT, device="cpu"
+) -> torch.Tensor:
     """Cam2world for absolute LookAt angles (h, v), each a float or a 1-D sequence of the same length.
 
     origin = r (sin(phi) cos(pi - h), cos(phi), sin(phi) sin(pi - h)) with phi = arccos(1 - 2 v / pi),
@@ -49,10 +51,18 @@ def orbit_cam2world(horizontal, vertical, radius=DEFAULT_RADIUS, pivot=DEFAULT_P
     v = v.clamp(1e-5, math.pi - 1e-5)
     phi = torch.arccos(1 - 2 * (v / math.pi))
     origin = torch.cat(
-        [radius * torch.sin(phi) * torch.cos(math.pi - h), radius * torch.cos(phi), radius * torch.sin(phi) * torch.sin(math.pi - h)],
+        [
+            radius * torch.sin(phi) * torch.cos(math.pi - h),
+            radius * torch.cos(phi),
+            radius * torch.sin(phi) * torch.sin(math.pi - h),
+        ],
         dim=1,
     )
-    target = torch.zeros(3, device=device) if pivot is None else torch.tensor(pivot, dtype=torch.float32, device=device)
+    target = (
+        torch.zeros(3, device=device)
+        if pivot is None
+        else torch.tensor(pivot, dtype=torch.float32, device=device)
+    )
     return look_at_cam2world(target - origin, origin)
 
 
@@ -68,7 +78,9 @@ def conditioning(cam2world: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return torch.cat([cam2world.reshape(n, 16), K], dim=1)
 
 
-def camera_vector(yaw=0.0, pitch=0.0, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL, device="cpu") -> torch.Tensor:
+def camera_vector(
+    yaw=0.0, pitch=0.0, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL, device="cpu"
+) -> torch.Tensor:
     """c [N,25] for yaw/pitch offsets (radians, floats or 1-D sequences) from PREIM3D's frontal view.
 
     Positive yaw moves the camera toward +x (the subject's left), positive pitch moves it down.
@@ -86,7 +98,9 @@ TURNTABLE_PITCH = 0.25
 TURNTABLE_PITCH_OFFSET = -0.05
 
 
-def turntable_path(frames: int = 120, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL, device="cpu") -> torch.Tensor:
+def turntable_path(
+    frames: int = 120, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL, device="cpu"
+) -> torch.Tensor:
     """The official EG3D / PREIM3D turntable: c [frames,25] on a closed loop around the frontal view.
 
     Frame f of F: yaw = 0.35 sin(2·3.14·f/F), pitch = −0.05 + 0.25 cos(2·3.14·f/F) (offsets from
@@ -102,8 +116,9 @@ def turntable_path(frames: int = 120, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL
     return camera_vector(yaw, pitch, radius=radius, focal=focal, device=device)
 
 
-def yaw_sweep(frames: int, yaw_range=(-0.6, 0.6), pitch=0.0, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL,
-              device="cpu") -> torch.Tensor:
+def yaw_sweep(
+    frames: int, yaw_range=(-0.6, 0.6), pitch=0.0, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL, device="cpu"
+) -> torch.Tensor:
     """c [frames,25] for yaws evenly spaced from yaw_range[0] to yaw_range[1] (both included), fixed pitch."""
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
@@ -111,8 +126,9 @@ def yaw_sweep(frames: int, yaw_range=(-0.6, 0.6), pitch=0.0, radius=DEFAULT_RADI
     return camera_vector(yaw, torch.full_like(yaw, pitch), radius=radius, focal=focal, device=device)
 
 
-def keyframe_path(keyframes, frames: int, loop: bool = False, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL,
-                  device="cpu") -> torch.Tensor:
+def keyframe_path(
+    keyframes, frames: int, loop: bool = False, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL, device="cpu"
+) -> torch.Tensor:
     """c [frames,25] along a smooth curve through key (yaw, pitch) offsets, in radians.
 
     The keys are joined by a uniform Catmull-Rom spline, which passes through every key with a
@@ -137,6 +153,7 @@ def keyframe_path(keyframes, frames: int, loop: bool = False, radius=DEFAULT_RAD
     neighbours = segment.unsqueeze(1) + torch.arange(-1, 3)
     neighbours = neighbours % k if loop else neighbours.clamp(0, k - 1)
     p0, p1, p2, p3 = keys[neighbours].unbind(1)
-    points = 0.5 * (2 * p1 + (p2 - p0) * s + (2 * p0 - 5 * p1 + 4 * p2 - p3) * s**2
-                    + (3 * p1 - p0 - 3 * p2 + p3) * s**3)
+    points = 0.5 * (
+        2 * p1 + (p2 - p0) * s + (2 * p0 - 5 * p1 + 4 * p2 - p3) * s**2 + (3 * p1 - p0 - 3 * p2 + p3) * s**3
+    )
     return camera_vector(points[:, 0], points[:, 1], radius=radius, focal=focal, device=device)

@@ -20,28 +20,58 @@ from .errors import Preim3DError, WeightsError
 
 def _add_fit_direction(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("training codes (one of)")
-    source.add_argument("--latents", type=Path, metavar="FILE",
-                        help=".npz or .safetensors with 'latents' [N,14,512] or [N,7168] and one 1-D array "
-                             "of N labels (0/1 or -1/1, NaN = unknown) per attribute, named after it "
-                             "(an array called 'labels' takes its name from --name)")
-    source.add_argument("--photos", type=Path, metavar="FOLDER",
-                        help="folder of photos, labelled by --labels and encoded with --encoder")
-    parser.add_argument("--labels", type=Path, metavar="CSV",
-                        help="with --photos: CSV with a file-name column and one 0/1 or -1/1 column per attribute")
-    parser.add_argument("--encoder", metavar="BUNDLE", help="with --photos: a preim3d bundle holding the encoder")
+    source.add_argument(
+        "--latents",
+        type=Path,
+        metavar="FILE",
+        help=".npz or .safetensors with 'latents' [N,14,512] or [N,7168] and one 1-D array "
+        "of N labels (0/1 or -1/1, NaN = unknown) per attribute, named after it "
+        "(an array called 'labels' takes its name from --name)",
+    )
+    source.add_argument(
+        "--photos",
+        type=Path,
+        metavar="FOLDER",
+        help="folder of photos, labelled by --labels and encoded with --encoder",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        metavar="CSV",
+        help="with --photos: CSV with a file-name column and one 0/1 or -1/1 column per attribute",
+    )
+    parser.add_argument(
+        "--encoder", metavar="BUNDLE", help="with --photos: a preim3d bundle holding the encoder"
+    )
     parser.add_argument("--device", default="cpu", help="with --photos: device for the encoder (default cpu)")
-    parser.add_argument("--save-latents", type=Path, metavar="FILE.npz",
-                        help="with --photos: also save the codes and labels, to refit later with --latents")
+    parser.add_argument(
+        "--save-latents",
+        type=Path,
+        metavar="FILE.npz",
+        help="with --photos: also save the codes and labels, to refit later with --latents",
+    )
     parser.add_argument("--name", help="attribute name for an array called 'labels'")
     parser.add_argument("--attributes", help="comma-separated attributes to fit (default: all in the file)")
-    parser.add_argument("--out", type=Path, required=True, metavar="FOLDER",
-                        help="bundle folder to write the directions to (existing directions are kept, "
-                             "same names replaced)")
-    parser.add_argument("--method", choices=("logistic", "svm"), default="logistic",
-                        help="logistic regression or linear L2-SVM (default logistic)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FOLDER",
+        help="bundle folder to write the directions to (existing directions are kept, same names replaced)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("logistic", "svm"),
+        default="logistic",
+        help="logistic regression or linear L2-SVM (default logistic)",
+    )
     parser.add_argument("--l2", type=float, default=1e-2, help="ridge penalty (default 0.01)")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
-                        help="share of codes held out to measure accuracy (default 0.2)")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of codes held out to measure accuracy (default 0.2)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
 
 
@@ -58,13 +88,17 @@ def _run_fit_direction(args) -> int:
             for name in wanted or ():
                 if name not in table:
                     raise Preim3DError(f"{args.latents} has no labels {name!r}; it has: {', '.join(table)}.")
-            results = {name: fit_direction(latents, table[name], name=name, **fit_kwargs)
-                       for name in (wanted or table)}
+            results = {
+                name: fit_direction(latents, table[name], name=name, **fit_kwargs)
+                for name in (wanted or table)
+            }
         else:
             if args.labels is None or args.encoder is None:
                 raise Preim3DError("--photos needs --labels CSV and --encoder BUNDLE.")
             encode_fn = _bundle_encode_fn(args.encoder, args.device)
-            fit = fit_directions_from_photos(args.photos, args.labels, encode_fn, attributes=wanted, **fit_kwargs)
+            fit = fit_directions_from_photos(
+                args.photos, args.labels, encode_fn, attributes=wanted, **fit_kwargs
+            )
             for file, reason in fit.skipped.items():
                 print(f"skipped {file}: {reason}", file=sys.stderr)
             if args.save_latents:
@@ -74,21 +108,31 @@ def _run_fit_direction(args) -> int:
         raise Preim3DError(str(exc)) from exc
 
     bank = DirectionBank.from_bundle(args.out) if _has_directions(args.out) else None
-    fitted = {**(bank.provenance.get("fitted", {}) if bank else {}), **{n: r.summary() for n, r in results.items()}}
+    fitted = {
+        **(bank.provenance.get("fitted", {}) if bank else {}),
+        **{n: r.summary() for n, r in results.items()},
+    }
     new = {name: r.direction for name, r in results.items()}
     bank = bank.with_directions(new, {"fitted": fitted}) if bank else DirectionBank(new, {"fitted": fitted})
     bank.save(args.out)
 
-    print(f"{'attribute':<24} {'held-out acc':>12} {'balanced':>9} {'train acc':>9} {'n train':>8} "
-          f"{'n test':>7} {'pos/neg':>11}")
+    print(
+        f"{'attribute':<24} {'held-out acc':>12} {'balanced':>9} {'train acc':>9} {'n train':>8} "
+        f"{'n test':>7} {'pos/neg':>11}"
+    )
     for name, r in results.items():
         acc = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
         bal = "-" if r.balanced_accuracy is None else f"{r.balanced_accuracy:.3f}"
-        print(f"{name:<24} {acc:>12} {bal:>9} {r.train_accuracy:>9.3f} {r.n_train:>8} {r.n_test:>7} "
-              f"{f'{r.n_positive}/{r.n_negative}':>11}")
+        print(
+            f"{name:<24} {acc:>12} {bal:>9} {r.train_accuracy:>9.3f} {r.n_train:>8} {r.n_test:>7} "
+            f"{f'{r.n_positive}/{r.n_negative}':>11}"
+        )
         if r.balanced_accuracy is not None and r.balanced_accuracy < 0.6:
-            print(f"warning: {name} is barely better than chance on held-out codes; its direction "
-                  f"is unlikely to edit anything.", file=sys.stderr)
+            print(
+                f"warning: {name} is barely better than chance on held-out codes; its direction "
+                f"is unlikely to edit anything.",
+                file=sys.stderr,
+            )
     print(f"wrote {len(results)} direction(s) to {args.out} ({len(bank)} in the bank)")
     return 0
 
@@ -120,7 +164,9 @@ def _read_latents_file(path: Path, name: str | None):
             raise Preim3DError(f"{path} has an array called 'labels': give the attribute's name with --name.")
         table[name] = table.pop("labels")
     if not table:
-        raise Preim3DError(f"{path} has no label arrays: add one 1-D array of {len(latents)} labels per attribute.")
+        raise Preim3DError(
+            f"{path} has no label arrays: add one 1-D array of {len(latents)} labels per attribute."
+        )
     return latents, table
 
 
@@ -144,8 +190,10 @@ def _bundle_encode_fn(bundle, device: str):
     missing = [name for name in ("encoder", "latent_avg") if name not in config]
     if missing:
         present = sorted(k for k, v in config.items() if isinstance(v, dict))
-        raise WeightsError(f"--photos needs an encoder bundle, and {bundle} has no {' or '.join(missing)} "
-                           f"(it holds: {', '.join(present) or 'nothing'}).")
+        raise WeightsError(
+            f"--photos needs an encoder bundle, and {bundle} has no {' or '.join(missing)} "
+            f"(it holds: {', '.join(present) or 'nothing'})."
+        )
     from .align import align_face
     from .inversion import invert
     from .weights.encoder import load_encoder, load_latent_avg
@@ -163,8 +211,9 @@ def _bundle_encode_fn(bundle, device: str):
 
 
 def _add_directions_heatmap(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path,
-                        help="folder of official <Attribute>.pt direction files, or a preim3d bundle")
+    parser.add_argument(
+        "source", type=Path, help="folder of official <Attribute>.pt direction files, or a preim3d bundle"
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="PNG", help="where to write the picture")
     parser.add_argument("--names", help="comma-separated directions or aliases to show (default: all)")
 
@@ -178,8 +227,14 @@ def _run_directions_heatmap(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     sim = bank.similarity(names)
-    pairs = sorted(((abs(float(sim[i, j])), names[i], names[j], float(sim[i, j]))
-                    for i in range(len(names)) for j in range(i + 1, len(names))), reverse=True)
+    pairs = sorted(
+        (
+            (abs(float(sim[i, j])), names[i], names[j], float(sim[i, j]))
+            for i in range(len(names))
+            for j in range(i + 1, len(names))
+        ),
+        reverse=True,
+    )
     print(f"wrote {args.out} ({len(names)} directions)")
     if pairs:
         print("most entangled pairs (cosine):")
@@ -192,20 +247,38 @@ def _run_directions_heatmap(args) -> int:
 
 
 def _add_download(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--generator", choices=("preim3d", "ngc", "ngc-rebalanced"), default="preim3d",
-                        help="which copy of the EG3D generator: PREIM3D's (Google Drive; the one its encoder was "
-                             "trained with, default), or NVIDIA NGC's ffhq512-128 / ffhqrebalanced512-128")
-    parser.add_argument("--out", type=Path, metavar="FOLDER",
-                        help="bundle folder to write (default: $PREIM3D_HOME/weights, where preim3d looks for "
-                             "weights by default; PREIM3D_HOME defaults to ~/.cache/preim3d)")
-    parser.add_argument("--downloads", type=Path, metavar="FOLDER",
-                        help="where the official files go (default: $PREIM3D_HOME/downloads); an interrupted "
-                             "download resumes from there")
-    parser.add_argument("--accept-licences", action="store_true",
-                        help="accept the licences shown without being asked (needed when not run in a terminal)")
-    parser.add_argument("--remove-downloads", action="store_true",
-                        help="delete the official files once they are converted")
-    parser.add_argument("--device", default="cpu", help="device for the latent average computed once (default cpu)")
+    parser.add_argument(
+        "--generator",
+        choices=("preim3d", "ngc", "ngc-rebalanced"),
+        default="preim3d",
+        help="which copy of the EG3D generator: PREIM3D's (Google Drive; the one its encoder was "
+        "trained with, default), or NVIDIA NGC's ffhq512-128 / ffhqrebalanced512-128",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FOLDER",
+        help="bundle folder to write (default: $PREIM3D_HOME/weights, where preim3d looks for "
+        "weights by default; PREIM3D_HOME defaults to ~/.cache/preim3d)",
+    )
+    parser.add_argument(
+        "--downloads",
+        type=Path,
+        metavar="FOLDER",
+        help="where the official files go (default: $PREIM3D_HOME/downloads); an interrupted "
+        "download resumes from there",
+    )
+    parser.add_argument(
+        "--accept-licences",
+        action="store_true",
+        help="accept the licences shown without being asked (needed when not run in a terminal)",
+    )
+    parser.add_argument(
+        "--remove-downloads", action="store_true", help="delete the official files once they are converted"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="device for the latent average computed once (default cpu)"
+    )
 
 
 def _run_download(args) -> int:
@@ -218,22 +291,34 @@ def _run_download(args) -> int:
     directions = [f for f in files if f.role == "direction"]
     print(f"preim3d download: {len(files)} official files into {downloads}, converted into the bundle {out}:")
     total = sum(f.size for f in directions) / 1e6
-    print(f"  {'directions':<10} {f'{len(directions)} files, {total:.1f} MB':<34} "
-          f"{directions[0].url().rsplit('/', 1)[0]}/")
+    print(
+        f"  {'directions':<10} {f'{len(directions)} files, {total:.1f} MB':<34} "
+        f"{directions[0].url().rsplit('/', 1)[0]}/"
+    )
     for file in files:
         if file.role != "direction":  # NGC and Google Drive publish no sizes: show the lower bound
             print(f"  {file.role:<10} {f'{file.filename}, > {file.min_size / 1e6:.0f} MB':<34} {file.url()}")
     print("Licences:\n" + licence_notice(files))
     if not args.accept_licences and not _confirm("Do you accept these licences? [y/N] "):
-        raise Preim3DError("The licences were not accepted, so nothing was downloaded. To accept them, answer yes "
-                           "in a terminal or pass --accept-licences.")
+        raise Preim3DError(
+            "The licences were not accepted, so nothing was downloaded. To accept them, answer yes "
+            "in a terminal or pass --accept-licences."
+        )
     from .weights.download import download_official
 
-    download_official(generator=args.generator, out=out, downloads=downloads, accept_licences=True,
-                      device=args.device, keep_downloads=not args.remove_downloads)
+    download_official(
+        generator=args.generator,
+        out=out,
+        downloads=downloads,
+        accept_licences=True,
+        device=args.device,
+        keep_downloads=not args.remove_downloads,
+    )
     print(f"done: the bundle is in {out}.")
     if args.out is not None:
-        print(f"preim3d looks in {default_weights_dir()} by default: set {WEIGHTS_ENV}={out} or pass --weights {out}.")
+        print(
+            f"preim3d looks in {default_weights_dir()} by default: set {WEIGHTS_ENV}={out} or pass --weights {out}."
+        )
     return 0
 
 
@@ -248,13 +333,28 @@ def _confirm(question: str) -> bool:
 
 
 def _add_convert(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--generator", type=Path, metavar="FILE",
-                        help="EG3D generator: PREIM3D's eg3d_G_ema.pkl or NGC's ffhq512-128.pkl")
-    parser.add_argument("--encoder", type=Path, metavar="FILE",
-                        help="PREIM3D's preim3d_ffhq.pt (needs --generator, for the latent average)")
-    parser.add_argument("--directions", type=Path, metavar="FOLDER", help="folder of official <Attribute>.pt files")
-    parser.add_argument("--out", type=Path, required=True, metavar="FOLDER",
-                        help="bundle folder to write (components already there and not given are kept)")
+    parser.add_argument(
+        "--generator",
+        type=Path,
+        metavar="FILE",
+        help="EG3D generator: PREIM3D's eg3d_G_ema.pkl or NGC's ffhq512-128.pkl",
+    )
+    parser.add_argument(
+        "--encoder",
+        type=Path,
+        metavar="FILE",
+        help="PREIM3D's preim3d_ffhq.pt (needs --generator, for the latent average)",
+    )
+    parser.add_argument(
+        "--directions", type=Path, metavar="FOLDER", help="folder of official <Attribute>.pt files"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FOLDER",
+        help="bundle folder to write (components already there and not given are kept)",
+    )
     parser.add_argument("--device", default="cpu", help="device for the latent average (default cpu)")
 
 
@@ -266,8 +366,13 @@ def _run_convert(args) -> int:
     from .weights.convert import convert_official
     from .weights.info import describe
 
-    convert_official(args.out, generator=args.generator, encoder=args.encoder, directions=args.directions,
-                     device=args.device)
+    convert_official(
+        args.out,
+        generator=args.generator,
+        encoder=args.encoder,
+        directions=args.directions,
+        device=args.device,
+    )
     print(describe(args.out))
     return 0
 
@@ -276,9 +381,12 @@ def _run_convert(args) -> int:
 
 
 def _add_info(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", nargs="?",
-                        help="bundle folder, Hugging Face Hub repo id, official file, or folder of official files "
-                             "(default: the weights preim3d would use)")
+    parser.add_argument(
+        "source",
+        nargs="?",
+        help="bundle folder, Hugging Face Hub repo id, official file, or folder of official files "
+        "(default: the weights preim3d would use)",
+    )
 
 
 def _run_info(args) -> int:
@@ -297,33 +405,72 @@ _ROW_YAWS = (-0.6, -0.3, 0.0, 0.3, 0.6)
 
 def _add_edit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, metavar="PHOTO_OR_FOLDER", help="a photo, or a folder of photos")
-    parser.add_argument("--out", type=Path, required=True, metavar="FOLDER",
-                        help="output folder (one sub-folder per photo when the input is a folder)")
-    parser.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
-                        help="an attribute edit, repeatable: smile=2, age=-1, glasses=3, or any of the 39 CelebA "
-                             "attributes (Wavy_Hair=2); + means more of what the name says")
-    parser.add_argument("--precise", action="store_true",
-                        help="precise edit: each attribute's score moves by exactly its strength, the edited "
-                             "attributes do not move each other")
-    parser.add_argument("--hold", action="append", default=[], metavar="NAME",
-                        help="an attribute to keep as it is (implies --precise), repeatable")
-    parser.add_argument("--views", choices=("grid", "row"),
-                        help="also write views.png: 'grid' PREIM3D's 2x2 yaw/pitch grid of the edit, 'row' five "
-                             "yaws with the reconstruction above the edit")
-    parser.add_argument("--video", metavar="NAME.mp4",
-                        help="also write a turntable video: aligned photo | reconstruction | edit")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FOLDER",
+        help="output folder (one sub-folder per photo when the input is a folder)",
+    )
+    parser.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        metavar="NAME=STRENGTH",
+        help="an attribute edit, repeatable: smile=2, age=-1, glasses=3, or any of the 39 CelebA "
+        "attributes (Wavy_Hair=2); + means more of what the name says",
+    )
+    parser.add_argument(
+        "--precise",
+        action="store_true",
+        help="precise edit: each attribute's score moves by exactly its strength, the edited "
+        "attributes do not move each other",
+    )
+    parser.add_argument(
+        "--hold",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an attribute to keep as it is (implies --precise), repeatable",
+    )
+    parser.add_argument(
+        "--views",
+        choices=("grid", "row"),
+        help="also write views.png: 'grid' PREIM3D's 2x2 yaw/pitch grid of the edit, 'row' five "
+        "yaws with the reconstruction above the edit",
+    )
+    parser.add_argument(
+        "--video",
+        metavar="NAME.mp4",
+        help="also write a turntable video: aligned photo | reconstruction | edit",
+    )
     parser.add_argument("--frames", type=int, default=120, help="video frames (default 120)")
     parser.add_argument("--fps", type=float, default=60, help="video frame rate (default 60)")
-    parser.add_argument("--mesh", metavar="NAME.glb", help="also write the edited head's mesh (.glb, .ply or .obj)")
+    parser.add_argument(
+        "--mesh", metavar="NAME.glb", help="also write the edited head's mesh (.glb, .ply or .obj)"
+    )
     parser.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid (default 256)")
-    parser.add_argument("--paste", action="store_true", help="also write pasted.png: the edit blended into the photo")
-    parser.add_argument("--pose", choices=("photo", "frontal"), default="photo",
-                        help="render from the camera estimated from the photo (default) or from the front")
-    parser.add_argument("--face", type=int, metavar="INDEX",
-                        help="which face of a photo with several (0 = the largest, the default)")
-    parser.add_argument("--weights", metavar="SOURCE",
-                        help="bundle folder, Hugging Face Hub repo id or folder of official files (default: "
-                             "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)")
+    parser.add_argument(
+        "--paste", action="store_true", help="also write pasted.png: the edit blended into the photo"
+    )
+    parser.add_argument(
+        "--pose",
+        choices=("photo", "frontal"),
+        default="photo",
+        help="render from the camera estimated from the photo (default) or from the front",
+    )
+    parser.add_argument(
+        "--face",
+        type=int,
+        metavar="INDEX",
+        help="which face of a photo with several (0 = the largest, the default)",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="SOURCE",
+        help="bundle folder, Hugging Face Hub repo id or folder of official files (default: "
+        "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)",
+    )
     parser.add_argument("--device", help="cuda, mps or cpu (default: the first available, in that order)")
 
 
@@ -345,8 +492,10 @@ def _run_edit(args) -> int:
     editor = Editor.from_pretrained(location, device=args.device)
     if edits or args.hold:
         if editor.directions is None:
-            raise Preim3DError(f"The weights {location.path} hold no editing directions, so --edit and --hold "
-                               "cannot be used; add directions with `preim3d convert --directions`.")
+            raise Preim3DError(
+                f"The weights {location.path} hold no editing directions, so --edit and --hold "
+                "cannot be used; add directions with `preim3d convert --directions`."
+            )
         for name in (*edits, *args.hold):
             editor.directions.resolve(name)  # unknown names fail now, with the valid ones listed
     failed = 0
@@ -361,10 +510,15 @@ def _run_edit(args) -> int:
             continue
         pose_text = f"yaw {math.degrees(pose[0]):+.0f}°, pitch {math.degrees(pose[1]):+.0f}°"
         edit_text = ", ".join(f"{name} {value:+g}" for name, value in edits.items()) or "no edit"
-        print(f"{photo.name}: ok ({pose_text}; {edit_text}{'; precise' if args.precise or args.hold else ''}) "
-              f"-> {folder}: {', '.join(written)} [{time.perf_counter() - start:.1f} s]")
+        print(
+            f"{photo.name}: ok ({pose_text}; {edit_text}{'; precise' if args.precise or args.hold else ''}) "
+            f"-> {folder}: {', '.join(written)} [{time.perf_counter() - start:.1f} s]"
+        )
     if len(photos) > 1:
-        print(f"{len(photos) - failed} of {len(photos)} photos edited" + (f", {failed} failed" if failed else ""))
+        print(
+            f"{len(photos) - failed} of {len(photos)} photos edited"
+            + (f", {failed} failed" if failed else "")
+        )
     return 1 if failed else 0
 
 
@@ -399,8 +553,9 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
     """Edit one photo and write its outputs into `folder`; returns (file names written, render pose)."""
     from PIL import Image
 
-    result = editor.edit_photo(photo, edits, precise=args.precise, hold=args.hold, face_index=args.face,
-                               pose=args.pose)
+    result = editor.edit_photo(
+        photo, edits, precise=args.precise, hold=args.hold, face_index=args.face, pose=args.pose
+    )
     folder.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -427,8 +582,16 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
     # a folder of photos gets one video and mesh per photo folder, under the given file name
     if args.video:
         name = Path(args.video).name if args.input.is_dir() else args.video
-        write(name, lambda path: editor.turntable(result.edited_ws, path, frames=args.frames, fps=args.fps,
-                                                  side_by_side=[result.face.image, result.ws]))
+        write(
+            name,
+            lambda path: editor.turntable(
+                result.edited_ws,
+                path,
+                frames=args.frames,
+                fps=args.fps,
+                side_by_side=[result.face.image, result.ws],
+            ),
+        )
     if args.mesh:
         name = Path(args.mesh).name if args.input.is_dir() else args.mesh
         write(name, lambda path: editor.mesh(result.edited_ws, path, resolution=args.mesh_resolution))
@@ -441,8 +604,12 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
 def _add_train(parser: argparse.ArgumentParser) -> None:
     from .training.config import add_config_arguments
 
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="JSON or TOML file of training settings; the options below override it")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON or TOML file of training settings; the options below override it",
+    )
     add_config_arguments(parser)
 
 
@@ -465,10 +632,17 @@ def _run_train(args) -> int:
 
 def _add_export_encoder(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="training checkpoint (checkpoints/step_*.pt of a run)")
-    parser.add_argument("--bundle", type=Path, metavar="FOLDER", help="write the encoder and latent average here")
-    parser.add_argument("--generator", metavar="SOURCE",
-                        help="with --bundle: add this generator (bundle or official file) to make it complete")
-    parser.add_argument("--official", type=Path, metavar="FILE.pt", help="write PREIM3D's checkpoint layout here")
+    parser.add_argument(
+        "--bundle", type=Path, metavar="FOLDER", help="write the encoder and latent average here"
+    )
+    parser.add_argument(
+        "--generator",
+        metavar="SOURCE",
+        help="with --bundle: add this generator (bundle or official file) to make it complete",
+    )
+    parser.add_argument(
+        "--official", type=Path, metavar="FILE.pt", help="write PREIM3D's checkpoint layout here"
+    )
 
 
 def _run_export_encoder(args) -> int:
@@ -494,30 +668,71 @@ def _run_export_encoder(args) -> int:
 
 
 def _add_evaluate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--photos", type=Path, required=True, metavar="FOLDER",
-                        help="folder of photos (or one photo) to measure the chain on")
-    parser.add_argument("--labels", type=Path, metavar="CSV",
-                        help="CSV with a file-name column and 0/1 or -1/1 attribute columns: edits then move each "
-                             "photo away from its labels, and the inverted codes' scores are checked against them")
-    parser.add_argument("--out", type=Path, default=Path("evaluation"), metavar="FOLDER",
-                        help="where the report goes: report.md, CSV tables, PNG plots (default ./evaluation)")
-    parser.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
-                        help="an edit to measure, repeatable (default: smile, age, glasses, beard and female at 3, "
-                             "those the directions have)")
-    parser.add_argument("--hold", action="append", default=None, metavar="NAME",
-                        help="an attribute the precise edits keep fixed, repeatable (default: every other one)")
-    parser.add_argument("--yaws", default="-45,-23,0,23,45", metavar="DEGREES",
-                        help="comma-separated yaws of the novel views; write --yaws=-30,0,30 when the first is "
-                             "negative (default -45,-23,0,23,45)")
-    parser.add_argument("--pitches", default="-14,0,14", metavar="DEGREES",
-                        help="comma-separated pitches of the novel views, negative = camera above (default -14,0,14)")
-    parser.add_argument("--arcface", type=Path, metavar="FILE",
-                        help="ArcFace IR-SE50 weights (model_ir_se50.pth) for the identity metric; default: dlib's "
-                             "face-recognition model, which needs no download")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per stage for the speed table (default 3)")
-    parser.add_argument("--weights", metavar="SOURCE",
-                        help="bundle folder, Hugging Face Hub repo id or folder of official files (default: "
-                             "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)")
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        required=True,
+        metavar="FOLDER",
+        help="folder of photos (or one photo) to measure the chain on",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        metavar="CSV",
+        help="CSV with a file-name column and 0/1 or -1/1 attribute columns: edits then move each "
+        "photo away from its labels, and the inverted codes' scores are checked against them",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("evaluation"),
+        metavar="FOLDER",
+        help="where the report goes: report.md, CSV tables, PNG plots (default ./evaluation)",
+    )
+    parser.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        metavar="NAME=STRENGTH",
+        help="an edit to measure, repeatable (default: smile, age, glasses, beard and female at 3, "
+        "those the directions have)",
+    )
+    parser.add_argument(
+        "--hold",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="an attribute the precise edits keep fixed, repeatable (default: every other one)",
+    )
+    parser.add_argument(
+        "--yaws",
+        default="-45,-23,0,23,45",
+        metavar="DEGREES",
+        help="comma-separated yaws of the novel views; write --yaws=-30,0,30 when the first is "
+        "negative (default -45,-23,0,23,45)",
+    )
+    parser.add_argument(
+        "--pitches",
+        default="-14,0,14",
+        metavar="DEGREES",
+        help="comma-separated pitches of the novel views, negative = camera above (default -14,0,14)",
+    )
+    parser.add_argument(
+        "--arcface",
+        type=Path,
+        metavar="FILE",
+        help="ArcFace IR-SE50 weights (model_ir_se50.pth) for the identity metric; default: dlib's "
+        "face-recognition model, which needs no download",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed calls per stage for the speed table (default 3)"
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="SOURCE",
+        help="bundle folder, Hugging Face Hub repo id or folder of official files (default: "
+        "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)",
+    )
     parser.add_argument("--device", help="cuda, mps or cpu (default: the first available, in that order)")
 
 
@@ -550,9 +765,20 @@ def _run_evaluate(args) -> int:
     from .pipeline import Editor
 
     editor = Editor.from_pretrained(location, device=args.device)
-    report = evaluate(editor, args.photos, args.labels, args.out, yaws=yaws, pitches=pitches, edits=edits,
-                      hold=args.hold, arcface=args.arcface, weights=location.path, repeats=args.repeats,
-                      log=print)
+    report = evaluate(
+        editor,
+        args.photos,
+        args.labels,
+        args.out,
+        yaws=yaws,
+        pitches=pitches,
+        edits=edits,
+        hold=args.hold,
+        arcface=args.arcface,
+        weights=location.path,
+        repeats=args.repeats,
+        log=print,
+    )
     if not report.photos:
         raise Preim3DError(f"No face could be aligned in any photo of {args.photos}; nothing was measured.")
     width = max(len(row["metric"]) for row in report.summary())
@@ -568,19 +794,31 @@ def _run_evaluate(args) -> int:
 
 # name -> (help, add arguments, run)
 _COMMANDS = {
-    "fit-direction": ("fit editing directions from labelled codes or photos", _add_fit_direction,
-                      _run_fit_direction),
-    "directions-heatmap": ("picture of how entangled the editing directions are", _add_directions_heatmap,
-                           _run_directions_heatmap),
+    "fit-direction": (
+        "fit editing directions from labelled codes or photos",
+        _add_fit_direction,
+        _run_fit_direction,
+    ),
+    "directions-heatmap": (
+        "picture of how entangled the editing directions are",
+        _add_directions_heatmap,
+        _run_directions_heatmap,
+    ),
     "download": ("fetch the official weights and convert them into a bundle", _add_download, _run_download),
     "convert": ("convert official weight files into a bundle", _add_convert, _run_convert),
     "info": ("what a bundle or an official weights file holds", _add_info, _run_info),
     "edit": ("edit the faces of photos: align, invert, edit, render", _add_edit, _run_edit),
     "train": ("train the encoder against a frozen generator (PREIM3D's recipe)", _add_train, _run_train),
-    "export-encoder": ("export a trained encoder to a bundle or PREIM3D's checkpoint layout", _add_export_encoder,
-                       _run_export_encoder),
-    "evaluate": ("measure inversion, 3D consistency, editing precision and speed on photos", _add_evaluate,
-                 _run_evaluate),
+    "export-encoder": (
+        "export a trained encoder to a bundle or PREIM3D's checkpoint layout",
+        _add_export_encoder,
+        _run_export_encoder,
+    ),
+    "evaluate": (
+        "measure inversion, 3D consistency, editing precision and speed on photos",
+        _add_evaluate,
+        _run_evaluate,
+    ),
 }
 
 

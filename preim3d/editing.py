@@ -53,13 +53,46 @@ CODE_DIM = NUM_WS * W_DIM  # 7168
 
 # The 40 CelebA attributes in the dataset's column order.
 CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
-    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones",
-    "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin",
-    "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
-    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
-    "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 
 # Friendly name -> (attribute, sign). +strength always moves towards the friendly name's meaning.
@@ -222,7 +255,9 @@ class DirectionBank:
         names = config.get("names", sorted(tensors))
         missing = [n for n in names if n not in tensors]
         if missing:
-            raise WeightsError(f"The bundle {folder} lists directions it does not hold: {', '.join(missing)}.")
+            raise WeightsError(
+                f"The bundle {folder} lists directions it does not hold: {', '.join(missing)}."
+            )
         try:
             return cls({name: tensors[name] for name in names}, provenance=config.get("provenance"))
         except ValueError as exc:
@@ -300,7 +335,9 @@ class DirectionBank:
         if close:
             head += f" Did you mean {' or '.join(repr(choices[c]) for c in close)}?"
         alias_text = ", ".join(f"{a} (= {'-' if s < 0 else ''}{t})" for a, (t, s) in aliases.items())
-        return f"{head} Valid names: {', '.join(self.names)}." + (f" Aliases: {alias_text}." if aliases else "")
+        return f"{head} Valid names: {', '.join(self.names)}." + (
+            f" Aliases: {alias_text}." if aliases else ""
+        )
 
     # ---------------------------------------------------------------- directions and scores
 
@@ -330,7 +367,9 @@ class DirectionBank:
     def _coefficients(self, edits: Mapping[str, float]) -> dict[str, float]:
         """Stored name -> signed strength; names meaning the same direction add up."""
         if not isinstance(edits, Mapping):
-            raise TypeError("edits must be a mapping {attribute: strength}, e.g. {'smile': 2.0, 'age': -1.0}.")
+            raise TypeError(
+                "edits must be a mapping {attribute: strength}, e.g. {'smile': 2.0, 'age': -1.0}."
+            )
         coefficients: dict[str, float] = {}
         for name, strength in edits.items():
             stored, sign = self.resolve(name)
@@ -354,8 +393,9 @@ class DirectionBank:
         alpha = torch.tensor(list(coefficients.values()), dtype=torch.float64)
         if held:
             # Orthonormal basis of span{d_h} by SVD: exact for several held directions, even redundant ones.
-            u, s, _ = torch.linalg.svd(torch.stack([self._directions[n].reshape(-1) for n in held]).double().T,
-                                       full_matrices=False)
+            u, s, _ = torch.linalg.svd(
+                torch.stack([self._directions[n].reshape(-1) for n in held]).double().T, full_matrices=False
+            )
             basis = u[:, s > 1e-10 * s[0]]
             targets = targets - (targets @ basis) @ basis.T
         kept = dict(zip(coefficients, targets.norm(dim=1).tolist()))
@@ -382,8 +422,9 @@ class DirectionBank:
             return self._precise_delta(coefficients, held)[0].reshape(NUM_WS, W_DIM)
         return sum(a * self._directions[n].double() for n, a in coefficients.items())
 
-    def apply(self, ws: torch.Tensor, edits: Mapping[str, float], hold: Iterable[str] = (),
-              precise: bool = False) -> torch.Tensor:
+    def apply(
+        self, ws: torch.Tensor, edits: Mapping[str, float], hold: Iterable[str] = (), precise: bool = False
+    ) -> torch.Tensor:
         """Edit W+ codes `ws` ([14, 512] or [N, 14, 512]); returns a new tensor of the same shape and dtype.
 
         Plain (default, the official edit): ws + sum strength * direction(name), added one by one in
@@ -417,16 +458,22 @@ class DirectionBank:
         precise, kept = self._precise_delta(coefficients, held)
         shift = {n: float(plain @ self._directions[n].reshape(-1).double()) for n in (*coefficients, *held)}
         return EditReport(
-            targets=coefficients, hold=held, plain_shift=shift, kept=kept,
-            plain_norm=float(plain.norm()), precise_norm=float(precise.norm()),
+            targets=coefficients,
+            hold=held,
+            plain_shift=shift,
+            kept=kept,
+            plain_norm=float(plain.norm()),
+            precise_norm=float(precise.norm()),
         )
 
 
 def _check_ws(ws) -> torch.Tensor:
     ws = torch.as_tensor(ws)
     if ws.ndim not in (2, 3) or tuple(ws.shape[-2:]) != (NUM_WS, W_DIM) or not ws.is_floating_point():
-        raise ValueError(f"ws must be a float tensor [{NUM_WS}, {W_DIM}] or [N, {NUM_WS}, {W_DIM}]; "
-                         f"got {ws.dtype} of shape {list(ws.shape)}.")
+        raise ValueError(
+            f"ws must be a float tensor [{NUM_WS}, {W_DIM}] or [N, {NUM_WS}, {W_DIM}]; "
+            f"got {ws.dtype} of shape {list(ws.shape)}."
+        )
     return ws
 
 
@@ -466,8 +513,10 @@ def _latent_matrix(latents) -> torch.Tensor:
     if x.ndim == 3 and tuple(x.shape[1:]) == (NUM_WS, W_DIM):
         x = x.reshape(len(x), CODE_DIM)
     if x.ndim != 2 or x.shape[1] != CODE_DIM or not x.is_floating_point():
-        raise ValueError(f"latents must be float [N, {NUM_WS}, {W_DIM}] or [N, {CODE_DIM}]; "
-                         f"got {x.dtype} of shape {list(x.shape)}.")
+        raise ValueError(
+            f"latents must be float [N, {NUM_WS}, {W_DIM}] or [N, {CODE_DIM}]; "
+            f"got {x.dtype} of shape {list(x.shape)}."
+        )
     return x.detach().to("cpu", torch.float32)
 
 
@@ -481,8 +530,10 @@ def _binary_labels(labels, n: int, name: str | None) -> torch.Tensor:
         return y
     if values <= {-1.0, 1.0}:
         return torch.where(y < 0, 0.0, y)
-    raise ValueError(f"Labels{f' for {name}' if name else ''} must be 0/1 or -1/1 (NaN = unknown); "
-                     f"found the values {sorted(values)}.")
+    raise ValueError(
+        f"Labels{f' for {name}' if name else ''} must be 0/1 or -1/1 (NaN = unknown); "
+        f"found the values {sorted(values)}."
+    )
 
 
 def _stratified_split(y: torch.Tensor, test_fraction: float, seed: int, what: str):
@@ -521,12 +572,21 @@ def _fit_linear(x, y, method: str, l2: float, balance: bool, max_iter: int):
     weights = torch.ones_like(signs)
     if balance:
         positive = (y == 1).float()
-        weights = positive * (len(y) / (2 * positive.sum())) + (1 - positive) * (len(y) / (2 * (1 - positive).sum()))
+        weights = positive * (len(y) / (2 * positive.sum())) + (1 - positive) * (
+            len(y) / (2 * (1 - positive).sum())
+        )
     w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros((), requires_grad=True)
-    offset = (mu / sigma)
-    optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                                  line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+    offset = mu / sigma
+    optimizer = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+    )
 
     def closure():
         optimizer.zero_grad()
@@ -541,9 +601,18 @@ def _fit_linear(x, y, method: str, l2: float, balance: bool, max_iter: int):
     return w.detach().double(), float(b.detach()), mu.double(), sigma
 
 
-def fit_direction(latents, labels, *, name: str | None = None, method: str = "logistic", l2: float = 1e-2,
-                  test_fraction: float = 0.2, balance: bool = True, seed: int = 0,
-                  max_iter: int = 500) -> FitResult:
+def fit_direction(
+    latents,
+    labels,
+    *,
+    name: str | None = None,
+    method: str = "logistic",
+    l2: float = 1e-2,
+    test_fraction: float = 0.2,
+    balance: bool = True,
+    seed: int = 0,
+    max_iter: int = 500,
+) -> FitResult:
     """Fit an attribute direction: a linear classifier on flattened codes, its unit normal in W+.
 
     latents: [N, 14, 512] or [N, 7168] codes (e.g. encoder outputs of real photos); labels: [N]
@@ -578,10 +647,19 @@ def fit_direction(latents, labels, *, name: str | None = None, method: str = "lo
 
     has_test = len(test) > 0
     return FitResult(
-        name=name, direction=direction.float().reshape(NUM_WS, W_DIM), threshold=threshold,
-        accuracy=accuracy(test) if has_test else None, balanced_accuracy=balanced(test) if has_test else None,
-        train_accuracy=accuracy(train), n_train=len(train), n_test=len(test),
-        n_positive=int((y == 1).sum()), n_negative=int((y == 0).sum()), method=method, l2=l2, seed=seed,
+        name=name,
+        direction=direction.float().reshape(NUM_WS, W_DIM),
+        threshold=threshold,
+        accuracy=accuracy(test) if has_test else None,
+        balanced_accuracy=balanced(test) if has_test else None,
+        train_accuracy=accuracy(train),
+        n_train=len(train),
+        n_test=len(test),
+        n_positive=int((y == 1).sum()),
+        n_negative=int((y == 0).sum()),
+        method=method,
+        l2=l2,
+        seed=seed,
     )
 
 
@@ -619,7 +697,9 @@ def read_label_table(path) -> tuple[list[str], dict[str, torch.Tensor]]:
             try:
                 values[h].append(float(cell) if cell else math.nan)
             except ValueError:
-                raise InputImageError(f"{path} line {line}, column {h!r}: {cell!r} is not 0/1 or -1/1.") from None
+                raise InputImageError(
+                    f"{path} line {line}, column {h!r}: {cell!r} is not 0/1 or -1/1."
+                ) from None
     duplicates = sorted({f for f in files if files.count(f) > 1})
     if duplicates:
         raise InputImageError(f"{path} lists some files twice: {', '.join(duplicates[:5])}.")
@@ -655,8 +735,9 @@ def encode_photos(paths: list[Path], encode_fn: Callable, batch_size: int = 16):
     def encode(batch):
         out = torch.as_tensor(encode_fn([image for _, image in batch])).detach().to("cpu", torch.float32)
         if out.numel() != len(batch) * CODE_DIM:
-            raise ValueError(f"encode_fn must return [{len(batch)}, {NUM_WS}, {W_DIM}] codes; "
-                             f"got shape {list(out.shape)}.")
+            raise ValueError(
+                f"encode_fn must return [{len(batch)}, {NUM_WS}, {W_DIM}] codes; got shape {list(out.shape)}."
+            )
         codes.append(out.reshape(len(batch), NUM_WS, W_DIM))
         kept.extend(i for i, _ in batch)
 
@@ -682,8 +763,15 @@ def encode_photos(paths: list[Path], encode_fn: Callable, batch_size: int = 16):
     return latents, kept, skipped
 
 
-def fit_directions_from_photos(folder, labels_csv, encode_fn: Callable, *, attributes: Iterable[str] | None = None,
-                               batch_size: int = 16, **fit_kwargs) -> PhotoFit:
+def fit_directions_from_photos(
+    folder,
+    labels_csv,
+    encode_fn: Callable,
+    *,
+    attributes: Iterable[str] | None = None,
+    batch_size: int = 16,
+    **fit_kwargs,
+) -> PhotoFit:
     """Encode the photos a labels CSV lists (files relative to `folder`) and fit one direction per attribute.
 
     `encode_fn` maps a list of PIL RGB photos to W+ codes [B, 14, 512] (alignment + encoder;
@@ -695,26 +783,37 @@ def fit_directions_from_photos(folder, labels_csv, encode_fn: Callable, *, attri
     names = list(table) if attributes is None else list(attributes)
     unknown = [a for a in names if a not in table]
     if unknown:
-        raise InputImageError(f"{labels_csv} has no column {', '.join(map(repr, unknown))}; "
-                              f"its attribute columns: {', '.join(table)}.")
+        raise InputImageError(
+            f"{labels_csv} has no column {', '.join(map(repr, unknown))}; "
+            f"its attribute columns: {', '.join(table)}."
+        )
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        raise InputImageError(f"{len(missing)} photos listed in {labels_csv} are not in {folder}: "
-                              f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}.")
+        raise InputImageError(
+            f"{len(missing)} photos listed in {labels_csv} are not in {folder}: "
+            f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}."
+        )
     for name in names:  # fail before the slow encoding when a column can never be fitted
         _binary_labels(table[name], len(files), name)
     latents, kept, skipped = encode_photos([folder / f for f in files], encode_fn, batch_size)
     index = torch.tensor(kept, dtype=torch.long)
     labels = {name: table[name][index] for name in names}
     results = {name: fit_direction(latents, labels[name], name=name, **fit_kwargs) for name in names}
-    return PhotoFit(results=results, files=[files[i] for i in kept], latents=latents, labels=labels,
-                    skipped=skipped)
+    return PhotoFit(
+        results=results, files=[files[i] for i in kept], latents=latents, labels=labels, skipped=skipped
+    )
 
 
 # ==================================================================== entanglement picture
 
-def similarity_heatmap(bank: DirectionBank, names: Iterable[str] | None = None, *, cell: int = 34,
-                       title: str | None = "Cosine similarity of the editing directions"):
+
+def similarity_heatmap(
+    bank: DirectionBank,
+    names: Iterable[str] | None = None,
+    *,
+    cell: int = 34,
+    title: str | None = "Cosine similarity of the editing directions",
+):
     """A PIL image of the cosine-similarity matrix of the bank's directions, labelled, values printed.
 
     Blue = opposite directions (-1), white = independent (0), red = the same direction (+1). Large

@@ -57,7 +57,9 @@ def _resized_rgb(image, index: int) -> np.ndarray:
             )
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
-        raise InputImageError(f"Image {index} is a {type(image).__name__}; give a PIL image (an aligned 512 crop).")
+        raise InputImageError(
+            f"Image {index} is a {type(image).__name__}; give a PIL image (an aligned 512 crop)."
+        )
     size = (ENCODER_RESOLUTION, ENCODER_RESOLUTION)
     return np.asarray(image.convert("RGB").resize(size, Image.BILINEAR))
 
@@ -77,7 +79,9 @@ def compute_latent_avg(G, device=None, batch_size: int = 2000) -> torch.Tensor:
     total = None
     for start in range(0, LATENT_AVG_SAMPLES, batch_size):
         z = torch.from_numpy(z_all[start : start + batch_size]).to(device=device, dtype=torch.float32)
-        ws = G.mapping(z, c.repeat(len(z), 1), truncation_psi=LATENT_AVG_PSI, truncation_cutoff=LATENT_AVG_CUTOFF)
+        ws = G.mapping(
+            z, c.repeat(len(z), 1), truncation_psi=LATENT_AVG_PSI, truncation_cutoff=LATENT_AVG_CUTOFF
+        )
         part = ws.to("cpu", torch.float64).sum(dim=0, keepdim=True)
         total = part if total is None else total + part
     return (total / LATENT_AVG_SAMPLES).float().to(device)
@@ -98,7 +102,9 @@ def invert(encoder, latent_avg: torch.Tensor, images, batch_size: int = 32) -> t
     device = reference.device
     as_tensor = isinstance(images, torch.Tensor)
     if as_tensor and (images.ndim != 4 or images.shape[1] != 3):
-        raise InputImageError(f"A tensor of images must be [N, 3, 256, 256] in [-1, 1], got {list(images.shape)}.")
+        raise InputImageError(
+            f"A tensor of images must be [N, 3, 256, 256] in [-1, 1], got {list(images.shape)}."
+        )
     if not as_tensor and (isinstance(images, (Image.Image, np.ndarray)) or hasattr(images, "image")):
         images = [images]
     latent_avg = latent_avg.to(device=device, dtype=torch.float32)

@@ -82,9 +82,20 @@ class Editor:
     the official random ones, so renders repeat without seeding.
     """
 
-    def __init__(self, generator, encoder, latent_avg: torch.Tensor, directions: DirectionBank | None = None, *,
-                 device=None, precision: str = "fp32", deterministic: bool = False, batch_size: int = 8,
-                 cache_size: int = 4, source: str | None = None):
+    def __init__(
+        self,
+        generator,
+        encoder,
+        latent_avg: torch.Tensor,
+        directions: DirectionBank | None = None,
+        *,
+        device=None,
+        precision: str = "fp32",
+        deterministic: bool = False,
+        batch_size: int = 8,
+        cache_size: int = 4,
+        source: str | None = None,
+    ):
         self.device = torch.device(device) if device is not None else default_device()
         self.generator = generator.to(self.device).eval().set_precision(precision)
         encoder = encoder.to(self.device).eval()
@@ -112,7 +123,9 @@ class Editor:
             location = resolve_weights(source, revision=revision)
         if location.kind == "official":
             return cls.from_official(**location.files, device=device, source=str(location.path), **kwargs)
-        return cls.from_bundle(location.path, device=device, source=f"{location.path} ({location.origin})", **kwargs)
+        return cls.from_bundle(
+            location.path, device=device, source=f"{location.path} ({location.origin})", **kwargs
+        )
 
     @classmethod
     def from_bundle(cls, folder, device=None, **kwargs) -> Editor:
@@ -120,8 +133,14 @@ class Editor:
         device = torch.device(device) if device is not None else default_device()
         has_directions = "directions" in read_bundle_config(folder)
         kwargs.setdefault("source", str(folder))
-        return cls(load_generator(folder, device), load_encoder(folder, device), load_latent_avg(folder, device),
-                   DirectionBank.from_bundle(folder) if has_directions else None, device=device, **kwargs)
+        return cls(
+            load_generator(folder, device),
+            load_encoder(folder, device),
+            load_latent_avg(folder, device),
+            DirectionBank.from_bundle(folder) if has_directions else None,
+            device=device,
+            **kwargs,
+        )
 
     @classmethod
     def from_official(cls, generator, encoder, directions=None, device=None, **kwargs) -> Editor:
@@ -137,8 +156,11 @@ class Editor:
         latent_avg = compute_latent_avg(G, device=device)
         stored = read_official_checkpoint(encoder)[2]
         if stored is not None:
-            diff = ((stored.to(latent_avg) - latent_avg).abs().max().item() if stored.shape == latent_avg.shape
-                    else math.inf)
+            diff = (
+                (stored.to(latent_avg) - latent_avg).abs().max().item()
+                if stored.shape == latent_avg.shape
+                else math.inf
+            )
             if diff > LATENT_AVG_TOLERANCE:
                 raise WeightsError(
                     f"The latent average of {Path(generator).name} differs from the one stored in {Path(encoder).name} "
@@ -146,13 +168,21 @@ class Editor:
                     f"eg3d_G_ema.pkl)."
                 )
         kwargs.setdefault("source", f"official files {Path(generator).name}, {Path(encoder).name}")
-        return cls(G, load_encoder(encoder, device), latent_avg,
-                   DirectionBank.from_dir(directions) if directions is not None else None, device=device, **kwargs)
+        return cls(
+            G,
+            load_encoder(encoder, device),
+            latent_avg,
+            DirectionBank.from_dir(directions) if directions is not None else None,
+            device=device,
+            **kwargs,
+        )
 
     def __repr__(self) -> str:
         n = len(self.directions) if self.directions is not None else 0
-        return (f"Editor(device={self.device}, image {self.generator.img_resolution}px, {n} directions, "
-                f"source={self.source!r})")
+        return (
+            f"Editor(device={self.device}, image {self.generator.img_resolution}px, {n} directions, "
+            f"source={self.source!r})"
+        )
 
     # ------------------------------------------------------------------ stages
 
@@ -166,15 +196,19 @@ class Editor:
             ws = invert(self.encoder, self.latent_avg, faces).cpu()
         return ws.clone()  # a normal tensor: inference-mode tensors refuse autograd later
 
-    def edit(self, ws, edits: Mapping[str, float], *, precise: bool = False, hold: Iterable[str] = ()) -> torch.Tensor:
+    def edit(
+        self, ws, edits: Mapping[str, float], *, precise: bool = False, hold: Iterable[str] = ()
+    ) -> torch.Tensor:
         """ws + attribute edits, e.g. {"smile": 2, "age": -1} (see `DirectionBank.apply`).
 
         precise=True, or attributes in `hold`, gives the precise edit: each target's score moves by
         exactly its strength and the held attributes' scores stay put.
         """
         if self.directions is None:
-            raise WeightsError(f"These weights ({self.source}) hold no editing directions: add some with "
-                               "`preim3d convert --directions FOLDER --out BUNDLE` or `preim3d fit-direction`.")
+            raise WeightsError(
+                f"These weights ({self.source}) hold no editing directions: add some with "
+                "`preim3d convert --directions FOLDER --out BUNDLE` or `preim3d fit-direction`."
+            )
         return self.directions.apply(torch.as_tensor(ws).cpu(), edits, hold=hold, precise=precise)
 
     def render(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
@@ -188,12 +222,16 @@ class Editor:
 
     def views(self, ws, yaws, pitches=0.0) -> list[Image.Image]:
         """One code from several cameras: yaws and pitches are sequences of equal length or numbers."""
-        yaw, pitch = torch.broadcast_tensors(torch.as_tensor(yaws, dtype=torch.float32).reshape(-1),
-                                             torch.as_tensor(pitches, dtype=torch.float32).reshape(-1))
+        yaw, pitch = torch.broadcast_tensors(
+            torch.as_tensor(yaws, dtype=torch.float32).reshape(-1),
+            torch.as_tensor(pitches, dtype=torch.float32).reshape(-1),
+        )
         images = to_uint8(self._render(ws, camera_vector(yaw, pitch))["image"])
         return [Image.fromarray(image) for image in images]
 
-    def grid(self, ws, yaws=(-math.pi / 9, math.pi / 9), pitches=(-math.pi / 36, math.pi / 36)) -> Image.Image:
+    def grid(
+        self, ws, yaws=(-math.pi / 9, math.pi / 9), pitches=(-math.pi / 36, math.pi / 36)
+    ) -> Image.Image:
         """One image of every (yaw, pitch) pair: a row per pitch, a column per yaw (default PREIM3D's 2x2)."""
         with torch.inference_mode():
             return multiview_grid(self.renderer, _one(ws), yaws, pitches, deterministic=self.deterministic)
@@ -228,8 +266,16 @@ class Editor:
 
     # ------------------------------------------------------------------ all at once
 
-    def edit_photo(self, image, edits: Mapping[str, float] | None = None, *, precise: bool = False,
-                   hold: Iterable[str] = (), face_index: int | None = None, pose="photo") -> EditResult:
+    def edit_photo(
+        self,
+        image,
+        edits: Mapping[str, float] | None = None,
+        *,
+        precise: bool = False,
+        hold: Iterable[str] = (),
+        face_index: int | None = None,
+        pose="photo",
+    ) -> EditResult:
         """Align, invert, edit and render one photo; returns an EditResult.
 
         pose: "photo" renders from the camera estimated from the face (so the render lines up with
@@ -246,8 +292,16 @@ class Editor:
                 raise ValueError(f"pose must be 'photo', 'frontal' or (yaw, pitch), not {pose!r}")
             pose = face.estimate_pose() if pose == "photo" else (0.0, 0.0)
         yaw, pitch = (float(v) for v in pose)
-        return EditResult(photo=photo, face=face, ws=ws, edited_ws=edited, edits=edits, pose=(yaw, pitch),
-                          reconstruction=self.render(ws, yaw, pitch), image=self.render(edited, yaw, pitch))
+        return EditResult(
+            photo=photo,
+            face=face,
+            ws=ws,
+            edited_ws=edited,
+            edits=edits,
+            pose=(yaw, pitch),
+            reconstruction=self.render(ws, yaw, pitch),
+            image=self.render(edited, yaw, pitch),
+        )
 
     # ------------------------------------------------------------------ latent files
 
@@ -293,8 +347,9 @@ def save_latent(ws, path, metadata: Mapping[str, str] | None = None) -> Path:
     elif path.suffix == ".npz":
         np.savez(path, **{LATENT_KEY: ws.numpy()}, metadata=np.array(json.dumps(metadata)))
     else:
-        raise LatentFileError(f"Save latents as .npz or .safetensors, not {path.suffix or 'without a suffix'} "
-                              f"({path.name}).")
+        raise LatentFileError(
+            f"Save latents as .npz or .safetensors, not {path.suffix or 'without a suffix'} ({path.name})."
+        )
     return path
 
 
@@ -331,14 +386,18 @@ def load_latent(path, with_metadata: bool = False):
     if key is None and len(arrays) == 1:
         key = next(iter(arrays))
     if key is None:
-        raise LatentFileError(f"{path} has no array 'latents' or 'ws' (it has: {', '.join(arrays) or 'none'}).")
+        raise LatentFileError(
+            f"{path} has no array 'latents' or 'ws' (it has: {', '.join(arrays) or 'none'})."
+        )
     ws = arrays[key].float()
     if ws.shape[-1] == CODE_DIM and ws.ndim in (1, 2):
         ws = ws.reshape(-1, NUM_WS, W_DIM)
     if ws.ndim == 2:
         ws = ws[None]
     if ws.ndim != 3 or tuple(ws.shape[1:]) != (NUM_WS, W_DIM):
-        raise LatentFileError(f"{path}: '{key}' has shape {list(ws.shape)}; W+ codes are [N, {NUM_WS}, {W_DIM}].")
+        raise LatentFileError(
+            f"{path}: '{key}' has shape {list(ws.shape)}; W+ codes are [N, {NUM_WS}, {W_DIM}]."
+        )
     if not torch.isfinite(ws).all():
         raise LatentFileError(f"{path}: '{key}' holds NaN or infinite values.")
     return (ws, metadata) if with_metadata else ws

@@ -9,11 +9,24 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-_PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127))
+_PALETTE = (
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+)
 # Diverging colour map anchors (value in [-1, 1], RGB): blue, white, red.
-_DIVERGING = ((-1.0, (33, 102, 172)), (-0.5, (146, 197, 222)), (0.0, (247, 247, 247)),
-              (0.5, (244, 165, 130)), (1.0, (178, 24, 43)))
+_DIVERGING = (
+    (-1.0, (33, 102, 172)),
+    (-0.5, (146, 197, 222)),
+    (0.0, (247, 247, 247)),
+    (0.5, (244, 165, 130)),
+    (1.0, (178, 24, 43)),
+)
 
 
 def _font(size: int):
@@ -41,8 +54,14 @@ def _tick_label(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
-def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, x_label: str, y_label: str,
-               size: tuple[int, int] = (720, 440), y_range: tuple[float, float] | None = None) -> Image.Image:
+def line_chart(
+    series: dict[str, Sequence[tuple[float, float]]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    size: tuple[int, int] = (720, 440),
+    y_range: tuple[float, float] | None = None,
+) -> Image.Image:
     """A line chart of named series of (x, y) points (NaN y left out), with axes, grid, ticks and a legend."""
     width, height = size
     font, title_font = _font(13), _font(16)
@@ -57,8 +76,10 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, x_l
     draw = ImageDraw.Draw(image)
 
     def to_pixel(x, y):
-        return (left + (x - x0) / (x1 - x0) * (width - left - right),
-                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
+        return (
+            left + (x - x0) / (x1 - x0) * (width - left - right),
+            height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom),
+        )
 
     x_step = x_ticks[1] - x_ticks[0]
     y_step = y_ticks[1] - y_ticks[0]
@@ -104,8 +125,14 @@ def diverging_colour(value: float) -> tuple[int, int, int]:
     return _DIVERGING[-1][1]
 
 
-def heatmap(values: Sequence[Sequence[float]], rows: Sequence[str], columns: Sequence[str], title: str,
-            limit: float | None = None, cell: int = 40) -> Image.Image:
+def heatmap(
+    values: Sequence[Sequence[float]],
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str,
+    limit: float | None = None,
+    cell: int = 40,
+) -> Image.Image:
     """A labelled matrix: blue for -limit, white for 0, red for +limit (default the largest |value|), values printed."""
     finite = [abs(v) for row in values for v in row if math.isfinite(v)]
     limit = limit or max(finite, default=1.0) or 1.0
@@ -132,15 +159,28 @@ def heatmap(values: Sequence[Sequence[float]], rows: Sequence[str], columns: Seq
             draw.rectangle(box, fill=rgb)
             dark = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 128
             shown = round(value, 2) or 0.0  # no "-0.00"
-            draw.text((box[0] + cell / 2, box[1] + cell / 2), f"{shown:+.2f}", font=font, anchor="mm",
-                      fill="white" if dark else "black")
-    draw.text((10, y0 + cell * len(rows) + 8), f"colour scale: blue -{limit:.2g} .. white 0 .. red +{limit:.2g}",
-              fill="black", font=font)
+            draw.text(
+                (box[0] + cell / 2, box[1] + cell / 2),
+                f"{shown:+.2f}",
+                font=font,
+                anchor="mm",
+                fill="white" if dark else "black",
+            )
+    draw.text(
+        (10, y0 + cell * len(rows) + 8),
+        f"colour scale: blue -{limit:.2g} .. white 0 .. red +{limit:.2g}",
+        fill="black",
+        font=font,
+    )
     return image
 
 
-def image_grid(rows: Sequence[Sequence[Image.Image | None]], row_labels: Sequence[str],
-               column_labels: Sequence[str], cell: int = 128) -> Image.Image:
+def image_grid(
+    rows: Sequence[Sequence[Image.Image | None]],
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    cell: int = 128,
+) -> Image.Image:
     """Images in a grid of cell x cell tiles, labelled above each column and left of each row (None = empty)."""
     font = _font(12)
     label_w = int(max((_text_width(r, font) for r in row_labels), default=0)) + 12
@@ -150,9 +190,13 @@ def image_grid(rows: Sequence[Sequence[Image.Image | None]], row_labels: Sequenc
     for j, text in enumerate(column_labels):
         draw.text((label_w + j * cell + cell / 2, 12), text, fill="black", font=font, anchor="mm")
     for i, row in enumerate(rows):
-        draw.text((label_w - 6, 24 + i * cell + cell / 2), row_labels[i], fill="black", font=font, anchor="rm")
+        draw.text(
+            (label_w - 6, 24 + i * cell + cell / 2), row_labels[i], fill="black", font=font, anchor="rm"
+        )
         for j, tile in enumerate(row):
             if tile is not None:
-                image.paste(tile.convert("RGB").resize((cell, cell), Image.Resampling.LANCZOS),
-                            (label_w + j * cell, 24 + i * cell))
+                image.paste(
+                    tile.convert("RGB").resize((cell, cell), Image.Resampling.LANCZOS),
+                    (label_w + j * cell, 24 + i * cell),
+                )
     return image

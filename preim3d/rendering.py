@@ -42,6 +42,7 @@ Progress = Callable[[int, int], None] | None
 
 # --- Image conversions ---------------------------------------------------------------------------------
 
+
 def to_uint8(images) -> np.ndarray:
     """Images [N,3,H,W] (or [3,H,W]) in [-1, 1] → uint8 [N,H,W,3] (or [H,W,3]).
 
@@ -70,6 +71,7 @@ def depth_to_uint8(depth, depth_range=None) -> np.ndarray:
 
 
 # --- Batched rendering with a tri-plane cache ---------------------------------------------------------
+
 
 class TriPlaneRenderer:
     """Renders latents from many cameras, running the tri-plane backbone once per latent.
@@ -135,7 +137,9 @@ class TriPlaneRenderer:
         for start in range(0, len(c), self.batch_size):
             with torch.no_grad():
                 # Batch-1 planes and ws: the generator broadcasts them over the views without copying.
-                out = self.G.render_planes(planes, ws, c[start:start + self.batch_size], deterministic=deterministic)
+                out = self.G.render_planes(
+                    planes, ws, c[start : start + self.batch_size], deterministic=deterministic
+                )
             yield {key: out[key].cpu() for key in ("image", "image_raw", "image_depth")}
 
     def render(self, ws, c, deterministic: bool = False, progress: Progress = None) -> dict:
@@ -162,8 +166,14 @@ class TriPlaneRenderer:
 
 # --- Grids and videos -----------------------------------------------------------------------------------
 
-def multiview_grid(renderer: TriPlaneRenderer, ws, yaws=(-math.pi / 9, math.pi / 9),
-                   pitches=(-math.pi / 36, math.pi / 36), deterministic: bool = False) -> Image.Image:
+
+def multiview_grid(
+    renderer: TriPlaneRenderer,
+    ws,
+    yaws=(-math.pi / 9, math.pi / 9),
+    pitches=(-math.pi / 36, math.pi / 36),
+    deterministic: bool = False,
+) -> Image.Image:
     """One image of ws seen from every (yaw, pitch) offset: one row per pitch, one column per yaw.
 
     The defaults give PREIM3D's 2×2 grid (±20° yaw, ±5° pitch): top row pitch −π/36 (camera above),
@@ -182,12 +192,25 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """[N,C,H,W] → [N,C,size,size], antialiased bilinear (identity when already that size)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
 
 
-def render_turntable(renderer: TriPlaneRenderer, ws, path, frames: int = 120, fps: float = 60, size=None,
-                     depth: bool = False, side_by_side=None, progress: Progress = None, cameras=None,
-                     deterministic: bool = False, bitrate: str = "10M") -> Path:
+def render_turntable(
+    renderer: TriPlaneRenderer,
+    ws,
+    path,
+    frames: int = 120,
+    fps: float = 60,
+    size=None,
+    depth: bool = False,
+    side_by_side=None,
+    progress: Progress = None,
+    cameras=None,
+    deterministic: bool = False,
+    bitrate: str = "10M",
+) -> Path:
     """Write an H.264 mp4 (yuv420p, plays in browsers) of ws seen along a camera path; returns its path.
 
     cameras: c [F,25] of any trajectory (see preim3d.cameras); default `turntable_path(frames)`, the
@@ -210,23 +233,39 @@ def render_turntable(renderer: TriPlaneRenderer, ws, path, frames: int = 120, fp
     panel = int(size or renderer.G.img_resolution)
     panel += panel % 2
     entries = [*(side_by_side or []), torch.as_tensor(ws)]
-    streams = [renderer.render_batches(e, cameras, deterministic) for e in entries if isinstance(e, torch.Tensor)]
-    stills = {i: np.asarray(ImageOps.pad(load_image(e), (panel, panel), Image.LANCZOS))
-              for i, e in enumerate(entries) if not isinstance(e, torch.Tensor)}
+    streams = [
+        renderer.render_batches(e, cameras, deterministic) for e in entries if isinstance(e, torch.Tensor)
+    ]
+    stills = {
+        i: np.asarray(ImageOps.pad(load_image(e), (panel, panel), Image.LANCZOS))
+        for i, e in enumerate(entries)
+        if not isinstance(e, torch.Tensor)
+    }
 
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = imageio_ffmpeg.write_frames(
-        str(path), (panel * (len(entries) + int(depth)), panel), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-        bitrate=bitrate, macro_block_size=2, ffmpeg_log_level="error",
-        output_params=["-movflags", "+faststart"])  # index first, so browsers start playing at once
+        str(path),
+        (panel * (len(entries) + int(depth)), panel),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        bitrate=bitrate,
+        macro_block_size=2,
+        ffmpeg_log_level="error",
+        output_params=["-movflags", "+faststart"],
+    )  # index first, so browsers start playing at once
     writer.send(None)
     try:
         done, depth_range = 0, None
         for outs in zip(*streams):
             n = len(outs[0]["image"])
             rendered = iter(outs)
-            panels = [np.broadcast_to(stills[i], (n, panel, panel, 3)) if i in stills
-                      else to_uint8(_resize(next(rendered)["image"], panel)) for i in range(len(entries))]
+            panels = [
+                np.broadcast_to(stills[i], (n, panel, panel, 3))
+                if i in stills
+                else to_uint8(_resize(next(rendered)["image"], panel))
+                for i in range(len(entries))
+            ]
             if depth:
                 d = outs[-1]["image_depth"]
                 depth_range = depth_range or (d.min().item(), d.max().item())
@@ -250,8 +289,16 @@ def render_turntable(renderer: TriPlaneRenderer, ws, path, frames: int = 120, fp
 TRIM = 30 / 256  # border of the box dropped before marching cubes, as the official shape extraction
 
 
-def extract_mesh(G, ws, resolution: int = 256, threshold: float = 10.0, batch_points: int = 2**18,
-                 trim: float = TRIM, planes=None, progress: Progress = None) -> trimesh.Trimesh:
+def extract_mesh(
+    G,
+    ws,
+    resolution: int = 256,
+    threshold: float = 10.0,
+    batch_points: int = 2**18,
+    trim: float = TRIM,
+    planes=None,
+    progress: Progress = None,
+) -> trimesh.Trimesh:
     """Surface of the density of ws, with vertex colours, in world coordinates.
 
     Grid: resolution³ points x_i = −b/2 + i·b/(resolution − 1), i = 0 … resolution − 1, per axis, over
@@ -275,7 +322,9 @@ def extract_mesh(G, ws, resolution: int = 256, threshold: float = 10.0, batch_po
     box = float(G.rendering_kwargs["box_warp"])
     if planes is None:
         with torch.no_grad():
-            planes = G.synthesize_planes(torch.as_tensor(ws).to(device, torch.float32).reshape(1, G.num_ws, -1))
+            planes = G.synthesize_planes(
+                torch.as_tensor(ws).to(device, torch.float32).reshape(1, G.num_ws, -1)
+            )
     n = int(resolution)
     step = box / (n - 1)
     total = n**3
@@ -284,7 +333,7 @@ def extract_mesh(G, ws, resolution: int = 256, threshold: float = 10.0, batch_po
         index = torch.arange(start, min(start + batch_points, total), device=device)
         ijk = torch.stack((index // (n * n), index // n % n, index % n), dim=-1)
         _, chunk = _decode(G, planes, ijk * step - box / 2)
-        sigma[start:start + len(index)] = chunk[:, 0].cpu().numpy()
+        sigma[start : start + len(index)] = chunk[:, 0].cpu().numpy()
         if progress is not None:
             progress(start + len(index), total)
     volume = sigma.reshape(n, n, n)  # volume[i, j, k] is the point (x_i, y_j, z_k)
@@ -292,13 +341,16 @@ def extract_mesh(G, ws, resolution: int = 256, threshold: float = 10.0, batch_po
     if pad:
         for axis in range(3):
             sl = [slice(None)] * 3
-            sl[axis] = np.r_[0:pad, n - pad:n]
+            sl[axis] = np.r_[0:pad, n - pad : n]
             volume[tuple(sl)] = threshold - 1
     if not volume.min() < threshold < volume.max():
-        raise ValueError(f"no surface at threshold {threshold}: the density σ inside the box ranges over "
-                         f"[{volume.min():.3g}, {volume.max():.3g}]; pick a threshold inside that range")
-    vertices, faces, _, _ = marching_cubes(volume, level=threshold, spacing=(step, step, step),
-                                           gradient_direction="ascent")
+        raise ValueError(
+            f"no surface at threshold {threshold}: the density σ inside the box ranges over "
+            f"[{volume.min():.3g}, {volume.max():.3g}]; pick a threshold inside that range"
+        )
+    vertices, faces, _, _ = marching_cubes(
+        volume, level=threshold, spacing=(step, step, step), gradient_direction="ascent"
+    )
     vertices = vertices - box / 2
     # "ascent": density is high inside, so this winds the faces with their normals pointing out.
     rgb, _ = _decode(G, planes, torch.as_tensor(vertices, dtype=torch.float32, device=device), batch_points)
@@ -349,8 +401,10 @@ def export_mesh(mesh: trimesh.Trimesh, path) -> Path:
 
 def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
     """A binary glTF 2.0 file of one triangle mesh: positions, normals, COLOR_0 (if any), uint32 indices."""
-    arrays = [("POSITION", np.asarray(mesh.vertices, dtype=np.float32), "VEC3"),
-              ("NORMAL", np.asarray(mesh.vertex_normals, dtype=np.float32), "VEC3")]
+    arrays = [
+        ("POSITION", np.asarray(mesh.vertices, dtype=np.float32), "VEC3"),
+        ("NORMAL", np.asarray(mesh.vertex_normals, dtype=np.float32), "VEC3"),
+    ]
     if mesh.visual.kind == "vertex":
         colors = np.asarray(mesh.visual.vertex_colors, dtype=np.float64) / 255
         colors[:, :3] = srgb_to_linear(colors[:, :3])
@@ -359,10 +413,20 @@ def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
 
     blob, views, accessors, attributes = bytearray(), [], [], {}
     for name, data, kind in [*arrays, ("indices", indices, "SCALAR")]:
-        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": data.nbytes,
-                      "target": 34963 if name == "indices" else 34962})  # element / vertex array
-        accessor = {"bufferView": len(views) - 1, "count": len(data), "type": kind,
-                    "componentType": 5125 if name == "indices" else 5126}  # uint32 / float32
+        views.append(
+            {
+                "buffer": 0,
+                "byteOffset": len(blob),
+                "byteLength": data.nbytes,
+                "target": 34963 if name == "indices" else 34962,
+            }
+        )  # element / vertex array
+        accessor = {
+            "bufferView": len(views) - 1,
+            "count": len(data),
+            "type": kind,
+            "componentType": 5125 if name == "indices" else 5126,
+        }  # uint32 / float32
         if name == "POSITION":
             accessor.update(min=data.min(0).tolist(), max=data.max(0).tolist())
         if name != "indices":
@@ -371,16 +435,34 @@ def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
         blob += data.tobytes()  # every array is a multiple of 4 bytes long, so all stay aligned
     gltf = {
         "asset": {"version": "2.0", "generator": "preim3d"},
-        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "face"}],
-        "meshes": [{"primitives": [{"attributes": attributes, "indices": len(accessors) - 1, "material": 0,
-                                    "mode": 4}]}],
-        "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0,
-                                                "roughnessFactor": 1.0},
-                       "extensions": {"KHR_materials_unlit": {}}}],
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0, "name": "face"}],
+        "meshes": [
+            {
+                "primitives": [
+                    {"attributes": attributes, "indices": len(accessors) - 1, "material": 0, "mode": 4}
+                ]
+            }
+        ],
+        "materials": [
+            {
+                "pbrMetallicRoughness": {
+                    "baseColorFactor": [1, 1, 1, 1],
+                    "metallicFactor": 0.0,
+                    "roughnessFactor": 1.0,
+                },
+                "extensions": {"KHR_materials_unlit": {}},
+            }
+        ],
         "extensionsUsed": ["KHR_materials_unlit"],
-        "buffers": [{"byteLength": len(blob)}], "bufferViews": views, "accessors": accessors,
+        "buffers": [{"byteLength": len(blob)}],
+        "bufferViews": views,
+        "accessors": accessors,
     }
     text = json.dumps(gltf, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 4)
-    chunks = struct.pack("<II", len(text), 0x4E4F534A) + text + struct.pack("<II", len(blob), 0x004E4942) + blob
+    chunks = (
+        struct.pack("<II", len(text), 0x4E4F534A) + text + struct.pack("<II", len(blob), 0x004E4942) + blob
+    )
     return struct.pack("<III", 0x46546C67, 2, 12 + len(chunks)) + chunks

@@ -48,12 +48,20 @@ FFHQ512_RENDERING_KWARGS = {
     "avg_camera_pivot": [0, 0, 0.2],
 }
 FFHQ512_GENERATOR_KWARGS = {
-    "z_dim": 512, "c_dim": 25, "w_dim": 512, "img_resolution": 512, "img_channels": 3,
-    "sr_num_fp16_res": 4, "mapping_kwargs": {"num_layers": 2},
+    "z_dim": 512,
+    "c_dim": 25,
+    "w_dim": 512,
+    "img_resolution": 512,
+    "img_channels": 3,
+    "sr_num_fp16_res": 4,
+    "mapping_kwargs": {"num_layers": 2},
     "rendering_kwargs": FFHQ512_RENDERING_KWARGS,
     "sr_kwargs": {"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
-    "channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only",
-    "num_fp16_res": 0, "conv_clamp": None,
+    "channel_base": 32768,
+    "channel_max": 512,
+    "fused_modconv_default": "inference_only",
+    "num_fp16_res": 0,
+    "conv_clamp": None,
 }
 FFHQ512_NEURAL_RESOLUTION = 128
 
@@ -67,15 +75,24 @@ TINY_RENDERING_KWARGS = {
 }
 TINY_GENERATOR_KWARGS = {
     **FFHQ512_GENERATOR_KWARGS,
-    "z_dim": 32, "img_resolution": 128,
+    "z_dim": 32,
+    "img_resolution": 128,
     "rendering_kwargs": TINY_RENDERING_KWARGS,
     "sr_kwargs": {"channel_base": 1024, "channel_max": 16, "fused_modconv_default": "inference_only"},
-    "channel_base": 1024, "channel_max": 16,
+    "channel_base": 1024,
+    "channel_max": 16,
 }
 TINY_NEURAL_RESOLUTION = 32
 
-TINY_ENCODER_KWARGS = dict(n_styles=14, w_dim=512, stage_units=[1, 1, 1, 1], stage_channels=[8, 16, 24, 32],
-                           stem_channels=8, pool_size=2, se_reduction=4)
+TINY_ENCODER_KWARGS = dict(
+    n_styles=14,
+    w_dim=512,
+    stage_units=[1, 1, 1, 1],
+    stage_channels=[8, 16, 24, 32],
+    stem_channels=8,
+    pool_size=2,
+    se_reduction=4,
+)
 
 TINY_DIRECTION_NAMES = ("Eyeglasses", "Male", "No_Beard", "Smiling", "Wearing_Lipstick", "Young")
 TINY_LICENCE = "Random weights made by preim3d.testing for tests; no licence restrictions (MIT)."

@@ -42,7 +42,9 @@ def tiny_official_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("official")
     G = tiny_generator(0)
     write_torch_save(G, folder / "eg3d_G_ema.pkl")
-    write_encoder_checkpoint(folder / "preim3d_ffhq.pt", tiny_encoder(1), compute_latent_avg(G, batch_size=5000))
+    write_encoder_checkpoint(
+        folder / "preim3d_ffhq.pt", tiny_encoder(1), compute_latent_avg(G, batch_size=5000)
+    )
     bank = tiny_directions(2)
     (folder / "directions").mkdir()
     for name in bank.names:

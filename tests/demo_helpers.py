@@ -46,8 +46,14 @@ def serving(editor_or_source, **launch_kwargs):
     from demo import build_demo, launch
 
     demo = build_demo(editor_or_source)
-    _, url, _ = launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                       **launch_kwargs)
+    _, url, _ = launch(
+        demo,
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_kwargs,
+    )
     try:
         yield url, demo
     finally:
@@ -63,6 +69,7 @@ def client_for(url):
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares width x height pixels and holds none: a huge image in a few bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -68,8 +68,10 @@ def save_official_formats(G, folder: Path):
     G = copy.deepcopy(G).cpu()
     ngc = folder / "network-snapshot.pkl"
     with open(ngc, "wb") as f:
-        pickle.dump({"training_set_kwargs": {"resolution": 512}, "G": G, "D": None, "G_ema": G,
-                     "augment_pipe": None}, f)
+        pickle.dump(
+            {"training_set_kwargs": {"resolution": 512}, "G": G, "D": None, "G_ema": G, "augment_pipe": None},
+            f,
+        )
     saved = folder / "eg3d_G_ema.pkl"
     torch.save(G, saved)
     return ngc, saved

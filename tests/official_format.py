@@ -32,9 +32,10 @@ OFFICIAL_CLASSES = {
     "Sequential": ("torch.nn.modules.container", "Sequential", False),
     "Softplus": ("torch.nn.modules.activation", "Softplus", False),
 }
-PLANE_AXES = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
-                           [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
-                           [[0, 0, 1], [1, 0, 0], [0, 1, 0]]], dtype=torch.float32)
+PLANE_AXES = torch.tensor(
+    [[[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[1, 0, 0], [0, 0, 1], [0, 1, 0]], [[0, 0, 1], [1, 0, 0], [0, 1, 0]]],
+    dtype=torch.float32,
+)
 
 
 def _reconstruct_persistent_obj(meta):  # only its name matters: pickle stores a reference to it
@@ -59,9 +60,16 @@ def _stand_in_class(module: str, name: str) -> type:
 @contextlib.contextmanager
 def _stand_in_modules():
     """Register empty modules under the official names (restored afterwards)."""
-    names = {"torch_utils", "torch_utils.persistence", "training", "training.triplane",
-             "training.networks_stylegan2", "training.superresolution", "training.volumetric_rendering",
-             "training.volumetric_rendering.renderer"}
+    names = {
+        "torch_utils",
+        "torch_utils.persistence",
+        "training",
+        "training.triplane",
+        "training.networks_stylegan2",
+        "training.superresolution",
+        "training.volumetric_rendering",
+        "training.volumetric_rendering.renderer",
+    }
     saved = {n: sys.modules.get(n) for n in names}
     for name in names:
         sys.modules[name] = types.ModuleType(name)
@@ -77,7 +85,9 @@ def _stand_in_modules():
                 sys.modules[name] = module
 
 
-def _as_official(module: torch.nn.Module, top_extra: dict | None = None, module_src: str = "# stand-in source\n"):
+def _as_official(
+    module: torch.nn.Module, top_extra: dict | None = None, module_src: str = "# stand-in source\n"
+):
     """The object tree the official pickles hold for `module` (call inside _stand_in_modules)."""
     ours = type(module).__name__
     official_module, official_name, persistent = OFFICIAL_CLASSES[ours]
@@ -88,7 +98,9 @@ def _as_official(module: torch.nn.Module, top_extra: dict | None = None, module_
         "_parameters": collections.OrderedDict(module._parameters),
         "_buffers": collections.OrderedDict(module._buffers),
         "_non_persistent_buffers_set": set(),
-        "_modules": collections.OrderedDict((k, _as_official(v, module_src=module_src)) for k, v in module._modules.items()),
+        "_modules": collections.OrderedDict(
+            (k, _as_official(v, module_src=module_src)) for k, v in module._modules.items()
+        ),
         "_forward_hooks": collections.OrderedDict(),
     }
     if ours == "ImportanceRenderer":
@@ -97,17 +109,30 @@ def _as_official(module: torch.nn.Module, top_extra: dict | None = None, module_
         state["weight_gain"] = module.weight_gain  # a Python float here; numpy in real files
     state.update(top_extra or {})
     if persistent:
-        return _Persistent({"type": "class", "version": 6, "module_src": module_src,
-                            "class_name": official_name, "state": state})
-    obj = _stand_in_class(official_module, official_name).__new__(_stand_in_class(official_module, official_name))
+        return _Persistent(
+            {
+                "type": "class",
+                "version": 6,
+                "module_src": module_src,
+                "class_name": official_name,
+                "state": state,
+            }
+        )
+    obj = _stand_in_class(official_module, official_name).__new__(
+        _stand_in_class(official_module, official_name)
+    )
     obj.__dict__.update(state)
     return obj
 
 
 def official_tree(G, init_kwargs: dict | None = None, module_src: str = "# stand-in source\n"):
     """`init_kwargs` overrides the recorded constructor arguments (to fake a mismatched file)."""
-    extra = {"_init_args": (), "_init_kwargs": init_kwargs or G.init_kwargs, "rendering_kwargs": G.rendering_kwargs,
-             "neural_rendering_resolution": G.neural_rendering_resolution}
+    extra = {
+        "_init_args": (),
+        "_init_kwargs": init_kwargs or G.init_kwargs,
+        "rendering_kwargs": G.rendering_kwargs,
+        "neural_rendering_resolution": G.neural_rendering_resolution,
+    }
     return _as_official(G, extra, module_src)
 
 
@@ -115,8 +140,14 @@ def write_network_pickle(G, path, extra_entries: dict | None = None, **tree_kwar
     """An NGC-style snapshot: {'training_set_kwargs', 'G', 'D', 'G_ema', 'augment_pipe'}."""
     with _stand_in_modules():
         tree = official_tree(G, **tree_kwargs)
-        data = {"training_set_kwargs": {"resolution": G.img_resolution}, "G": tree, "D": None, "G_ema": tree,
-                "augment_pipe": None, **(extra_entries or {})}
+        data = {
+            "training_set_kwargs": {"resolution": G.img_resolution},
+            "G": tree,
+            "D": None,
+            "G_ema": tree,
+            "augment_pipe": None,
+            **(extra_entries or {}),
+        }
         with open(path, "wb") as f:
             pickle.dump(data, f)
 

@@ -14,8 +14,9 @@ from preim3d.cameras import camera_vector, keyframe_path, turntable_path, yaw_sw
 def lookat_pose(h: float, v: float, radius=2.7, pivot=(0.0, 0.0, 0.2)) -> np.ndarray:
     """EG3D's LookAt pose, written out again in float64 from reference-spec §6.1."""
     phi = math.acos(1 - 2 * v / math.pi)
-    origin = radius * np.array([math.sin(phi) * math.cos(math.pi - h), math.cos(phi),
-                                math.sin(phi) * math.sin(math.pi - h)])
+    origin = radius * np.array(
+        [math.sin(phi) * math.cos(math.pi - h), math.cos(phi), math.sin(phi) * math.sin(math.pi - h)]
+    )
     forward = np.asarray(pivot) - origin
     forward /= np.linalg.norm(forward)
     right = -np.cross([0.0, 1.0, 0.0], forward)
@@ -30,9 +31,15 @@ def lookat_pose(h: float, v: float, radius=2.7, pivot=(0.0, 0.0, 0.2)) -> np.nda
 def test_frontal_camera_matches_the_reference_rows():
     c = camera_vector(0.0, 0.0)
     assert c.shape == (1, 25)
-    expected = [[1, 0, 0.000860, -0.002150], [0, -1, -0.000548, 0.001369],
-                [0.000860, 0.000548, -1, 2.699999], [0, 0, 0, 1]]
-    torch.testing.assert_close(c[0, :16].view(4, 4), torch.tensor(expected, dtype=torch.float32), atol=2e-6, rtol=0)
+    expected = [
+        [1, 0, 0.000860, -0.002150],
+        [0, -1, -0.000548, 0.001369],
+        [0.000860, 0.000548, -1, 2.699999],
+        [0, 0, 0, 1],
+    ]
+    torch.testing.assert_close(
+        c[0, :16].view(4, 4), torch.tensor(expected, dtype=torch.float32), atol=2e-6, rtol=0
+    )
     torch.testing.assert_close(c[0, 16:], torch.tensor([4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1.0]))
 
 

@@ -19,8 +19,10 @@ def codes_and_truth(n=400, rank=16, seed=0):
     """Codes in a `rank`-dimensional affine subspace of W+ and a known hyperplane normal `truth`."""
     g = torch.Generator().manual_seed(seed)
     basis = torch.linalg.qr(torch.randn(D, rank, generator=g, dtype=torch.float64))[0]
-    codes = 0.3 * torch.randn(D, generator=g, dtype=torch.float64) + torch.randn(n, rank, generator=g,
-                                                                                dtype=torch.float64) @ basis.T
+    codes = (
+        0.3 * torch.randn(D, generator=g, dtype=torch.float64)
+        + torch.randn(n, rank, generator=g, dtype=torch.float64) @ basis.T
+    )
     truth = basis @ torch.nn.functional.normalize(torch.randn(rank, generator=g, dtype=torch.float64), dim=0)
     return codes.float(), truth
 
@@ -46,11 +48,26 @@ def test_importing_the_cli_stays_light():
 def test_fit_direction_from_latent_files(tmp_path, capsys):
     codes, truth = codes_and_truth()
     centred = (codes.double() - codes.double().mean(0)) @ truth
-    np.savez(tmp_path / "codes.npz", latents=codes.reshape(-1, 14, 512).numpy(),
-             labels=(centred > 0).numpy().astype(np.int64))
+    np.savez(
+        tmp_path / "codes.npz",
+        latents=codes.reshape(-1, 14, 512).numpy(),
+        labels=(centred > 0).numpy().astype(np.int64),
+    )
     out = tmp_path / "bank"
-    assert cli.main(["fit-direction", "--latents", str(tmp_path / "codes.npz"), "--name", "Freckles",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "fit-direction",
+                "--latents",
+                str(tmp_path / "codes.npz"),
+                "--name",
+                "Freckles",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Freckles" in printed and "wrote 1 direction(s)" in printed
     bank = DirectionBank.from_bundle(out)
@@ -62,15 +79,34 @@ def test_fit_direction_from_latent_files(tmp_path, capsys):
 
     dimples = torch.where(centred < 0.2, -1.0, 1.0)
     dimples[:10] = float("nan")
-    save_file({"latents": codes, "Dimples": dimples, "Freckles": (centred > 0).double()},
-              str(tmp_path / "more.safetensors"))
-    assert cli.main(["fit-direction", "--latents", str(tmp_path / "more.safetensors"), "--attributes", "Dimples",
-                     "--method", "svm", "--out", str(out)]) == 0
+    save_file(
+        {"latents": codes, "Dimples": dimples, "Freckles": (centred > 0).double()},
+        str(tmp_path / "more.safetensors"),
+    )
+    assert (
+        cli.main(
+            [
+                "fit-direction",
+                "--latents",
+                str(tmp_path / "more.safetensors"),
+                "--attributes",
+                "Dimples",
+                "--method",
+                "svm",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     bank = DirectionBank.from_bundle(out)
     assert bank.names == ("Freckles", "Dimples")
     assert cosine(bank, "Dimples", truth) > 0.95
-    assert bank.provenance["fitted"]["Dimples"]["n_positive"] + bank.provenance["fitted"]["Dimples"][
-        "n_negative"] == 390
+    assert (
+        bank.provenance["fitted"]["Dimples"]["n_positive"]
+        + bank.provenance["fitted"]["Dimples"]["n_negative"]
+        == 390
+    )
 
 
 def test_fit_direction_errors_are_clear(tmp_path, capsys):
@@ -104,8 +140,22 @@ def _labelled_photos(folder, n=40):
 def test_fit_direction_from_photos_needs_an_encoder_bundle(tmp_path, capsys):
     _labelled_photos(tmp_path)
     DirectionBank({"A": torch.ones(D)}).save(tmp_path / "directions_only")
-    assert cli.main(["fit-direction", "--photos", str(tmp_path), "--labels", str(tmp_path / "labels.csv"),
-                     "--encoder", str(tmp_path / "directions_only"), "--out", str(tmp_path / "bank")]) == 1
+    assert (
+        cli.main(
+            [
+                "fit-direction",
+                "--photos",
+                str(tmp_path),
+                "--labels",
+                str(tmp_path / "labels.csv"),
+                "--encoder",
+                str(tmp_path / "directions_only"),
+                "--out",
+                str(tmp_path / "bank"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "needs an encoder bundle" in err and "no encoder or latent_avg (it holds: directions)" in err
 
@@ -117,8 +167,9 @@ def test_photo_encoding_aligns_then_inverts_with_the_bundle(tmp_path, monkeypatc
     from preim3d.networks.encoder import WPlusEncoder
 
     torch.manual_seed(0)
-    encoder = WPlusEncoder(stage_units=[1, 1], stage_channels=[8, 16], stem_channels=8, pool_size=2,
-                           se_reduction=4).eval()
+    encoder = WPlusEncoder(
+        stage_units=[1, 1], stage_channels=[8, 16], stem_channels=8, pool_size=2, se_reduction=4
+    ).eval()
     latent_avg = torch.randn(1, 14, 512)
     weights.save_encoder(encoder, tmp_path / "bundle", latent_avg=latent_avg)
     aligned = []
@@ -139,8 +190,24 @@ def test_fit_direction_from_photos_through_an_encoder(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(cli, "_bundle_encode_fn", lambda bundle, device: encode)
     saved = tmp_path / "codes.npz"
-    assert cli.main(["fit-direction", "--photos", str(tmp_path), "--labels", str(tmp_path / "labels.csv"),
-                     "--encoder", "unused", "--out", str(tmp_path / "bank"), "--save-latents", str(saved)]) == 0
+    assert (
+        cli.main(
+            [
+                "fit-direction",
+                "--photos",
+                str(tmp_path),
+                "--labels",
+                str(tmp_path / "labels.csv"),
+                "--encoder",
+                "unused",
+                "--out",
+                str(tmp_path / "bank"),
+                "--save-latents",
+                str(saved),
+            ]
+        )
+        == 0
+    )
     bank = DirectionBank.from_bundle(tmp_path / "bank")
     assert cosine(bank, "Reddish", axis.double()) > 0.99
     # the saved codes refit to the same direction without encoding again
@@ -157,8 +224,10 @@ def test_directions_heatmap(tmp_path, capsys):
     folder = tmp_path / "inversion"
     folder.mkdir()
     for name, sign in (("Young", 1), ("Male", -1), ("Smiling", 1)):
-        torch.save(torch.nn.functional.normalize(torch.randn(D, generator=g) + sign * common, dim=0)[None],
-                   folder / f"{name}.pt")
+        torch.save(
+            torch.nn.functional.normalize(torch.randn(D, generator=g) + sign * common, dim=0)[None],
+            folder / f"{name}.pt",
+        )
     png = tmp_path / "pictures" / "heat.png"
     assert cli.main(["directions-heatmap", str(folder), "--out", str(png)]) == 0
     printed = capsys.readouterr().out
@@ -169,7 +238,10 @@ def test_directions_heatmap(tmp_path, capsys):
     with Image.open(png) as image:
         height = image.height
     bank.save(tmp_path / "bundle")
-    assert cli.main(["directions-heatmap", str(tmp_path / "bundle"), "--names", "smile,age", "--out", str(png)]) == 0
+    assert (
+        cli.main(["directions-heatmap", str(tmp_path / "bundle"), "--names", "smile,age", "--out", str(png)])
+        == 0
+    )
     with Image.open(png) as image:
         assert image.height < height  # two rows of cells instead of three
     assert cli.main(["directions-heatmap", str(folder), "--names", "smile,Bald", "--out", str(png)]) == 1

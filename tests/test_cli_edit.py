@@ -16,15 +16,47 @@ from preim3d.pipeline import load_latent
 
 def test_edit_one_photo_writes_every_output(tiny_bundle, astronaut_png, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli.main(["edit", str(astronaut_png), "--edit", "smile=2", "--edit", "age=-1", "--views", "grid",
-                     "--video", "out.mp4", "--frames", "3", "--mesh", "out.glb", "--mesh-resolution", "24",
-                     "--weights", str(tiny_bundle), "--device", "cpu", "--out", str(out)])
+    code = cli.main(
+        [
+            "edit",
+            str(astronaut_png),
+            "--edit",
+            "smile=2",
+            "--edit",
+            "age=-1",
+            "--views",
+            "grid",
+            "--video",
+            "out.mp4",
+            "--frames",
+            "3",
+            "--mesh",
+            "out.glb",
+            "--mesh-resolution",
+            "24",
+            "--weights",
+            str(tiny_bundle),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert len(lines) == 1 and lines[0].startswith("astronaut.png: ok") and "smile +2, age -1" in lines[0]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["aligned.png", "reconstruction.png", "edited.png", "inverted.npz", "edited.npz", "views.png", "out.mp4",
-         "out.glb"])
+        [
+            "aligned.png",
+            "reconstruction.png",
+            "edited.png",
+            "inverted.npz",
+            "edited.npz",
+            "views.png",
+            "out.mp4",
+            "out.glb",
+        ]
+    )
     assert Image.open(out / "aligned.png").size == (512, 512)
     assert Image.open(out / "views.png").size == (256, 256)
     # the edited code is the inverted one moved along the directions, as asked
@@ -38,15 +70,30 @@ def test_edit_one_photo_writes_every_output(tiny_bundle, astronaut_png, tmp_path
     assert len(trimesh.load(out / "out.glb", force="mesh").faces) > 0
 
 
-def test_edit_a_folder_reports_each_photo_and_fails_on_a_bad_one(tiny_bundle, astronaut_png, tmp_path, capsys):
+def test_edit_a_folder_reports_each_photo_and_fails_on_a_bad_one(
+    tiny_bundle, astronaut_png, tmp_path, capsys
+):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.open(astronaut_png).save(photos / "astronaut.jpg")
     Image.new("RGB", (160, 120), (128, 128, 128)).save(photos / "wall.png")
     (photos / "notes.txt").write_text("not a photo")
     out = tmp_path / "out"
-    code = cli.main(["edit", str(photos), "--edit", "glasses=1", "--precise", "--weights", str(tiny_bundle),
-                     "--device", "cpu", "--out", str(out)])
+    code = cli.main(
+        [
+            "edit",
+            str(photos),
+            "--edit",
+            "glasses=1",
+            "--precise",
+            "--weights",
+            str(tiny_bundle),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert captured.out.splitlines()[0].startswith("astronaut.jpg: ok")
@@ -71,9 +118,22 @@ def test_edit_refuses_bad_requests_before_any_work(tiny_bundle, astronaut_png, t
 
 def test_convert_then_info(tiny_official_files, tiny_bundle, tmp_path, capsys):
     out = tmp_path / "bundle"
-    assert cli.main(["convert", "--generator", str(tiny_official_files / "eg3d_G_ema.pkl"),
-                     "--encoder", str(tiny_official_files / "preim3d_ffhq.pt"),
-                     "--directions", str(tiny_official_files / "directions"), "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "convert",
+                "--generator",
+                str(tiny_official_files / "eg3d_G_ema.pkl"),
+                "--encoder",
+                str(tiny_official_files / "preim3d_ffhq.pt"),
+                "--directions",
+                str(tiny_official_files / "directions"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "EG3D tri-plane generator: 128 px images from 32 px neural rendering" in printed
     assert "6 editing directions" in printed and "missing components" not in printed
@@ -82,7 +142,10 @@ def test_convert_then_info(tiny_official_files, tiny_bundle, tmp_path, capsys):
     ours, theirs = (DirectionBank.from_bundle(f) for f in (out, tiny_bundle))
     assert all(torch.equal(ours.direction(n), theirs.direction(n)) for n in ours.names)
 
-    assert cli.main(["convert", "--encoder", str(tiny_official_files / "preim3d_ffhq.pt"), "--out", str(out)]) == 1
+    assert (
+        cli.main(["convert", "--encoder", str(tiny_official_files / "preim3d_ffhq.pt"), "--out", str(out)])
+        == 1
+    )
     assert "needs its generator" in capsys.readouterr().err
 
 
@@ -109,8 +172,9 @@ def test_info_on_a_damaged_file(tmp_path, capsys):
 
 
 def test_python_dash_m_runs_the_command_line():
-    done = subprocess.run([sys.executable, "-m", "preim3d", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "preim3d", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     for command in ("download", "convert", "edit", "info"):
         assert command in done.stdout
-

@@ -67,7 +67,9 @@ def pixels(image) -> np.ndarray:
 
 def test_named_endpoints_and_their_parameters(client):
     api = client.view_api(return_format="dict", print_info=False)
-    params = {name: [p["parameter_name"] for p in e["parameters"]] for name, e in api["named_endpoints"].items()}
+    params = {
+        name: [p["parameter_name"] for p in e["parameters"]] for name, e in api["named_endpoints"].items()
+    }
     assert params == {
         "/align": ["photo", "face"],
         "/invert": ["photo", "face"],
@@ -108,11 +110,14 @@ def test_edit_from_a_photo_renders_the_edit_from_the_photos_view(client, editor,
     # no edits: the reconstruction; JSON text works as well as an object; precise is another edit
     same = client.predict(photo=handle_file(astronaut_png), edits="{}", api_name="/edit")
     assert np.array_equal(pixels(same), pixels(editor.render(ws, *pose)))
-    precise = client.predict(photo=handle_file(astronaut_png), edits={"smile": 3, "age": -2}, precise=True,
-                             api_name="/edit")
+    precise = client.predict(
+        photo=handle_file(astronaut_png), edits={"smile": 3, "age": -2}, precise=True, api_name="/edit"
+    )
     expected = editor.render(editor.edit(ws, {"smile": 3, "age": -2}, precise=True), *pose)
     assert np.array_equal(pixels(precise), pixels(expected))
-    assert not np.array_equal(pixels(precise), pixels(edited))  # the tiny bank's directions are near-orthogonal
+    assert not np.array_equal(
+        pixels(precise), pixels(edited)
+    )  # the tiny bank's directions are near-orthogonal
 
 
 def test_invert_then_edit_the_latent_from_another_camera(client, editor, astronaut, astronaut_png):
@@ -121,12 +126,16 @@ def test_invert_then_edit_the_latent_from_another_camera(client, editor, astrona
     assert Path(code).suffix == ".npz"
     torch.testing.assert_close(load_latent(code), ws)
     image = client.predict(latent=handle_file(code), edits={"glasses": 4}, yaw=20, api_name="/edit")
-    expected = editor.render(editor.edit(ws, {"glasses": 4}), math.radians(20), 0.0)  # a latent's view: frontal
+    expected = editor.render(
+        editor.edit(ws, {"glasses": 4}), math.radians(20), 0.0
+    )  # a latent's view: frontal
     assert np.array_equal(pixels(image), pixels(expected))
 
 
 def test_turntable_is_a_decodable_mp4(client, astronaut_png):
-    video = client.predict(photo=handle_file(astronaut_png), edits={"smile": 2}, frames=12, api_name="/turntable")
+    video = client.predict(
+        photo=handle_file(astronaut_png), edits={"smile": 2}, frames=12, api_name="/turntable"
+    )
     assert Path(video).suffix == ".mp4"
     reader = imageio_ffmpeg.read_frames(video)
     meta = next(reader)
@@ -137,7 +146,9 @@ def test_turntable_is_a_decodable_mp4(client, astronaut_png):
 
 
 def test_mesh_is_a_glb_that_loads(client, editor, astronaut, astronaut_png):
-    path = client.predict(photo=handle_file(astronaut_png), edits={"beard": 2}, resolution=64, api_name="/mesh")
+    path = client.predict(
+        photo=handle_file(astronaut_png), edits={"beard": 2}, resolution=64, api_name="/mesh"
+    )
     assert Path(path).suffix == ".glb"
     mesh = trimesh.load(path, force="mesh", process=False, skip_materials=True)  # COLOR_0 as vertex colours
     expected = editor.mesh(editor.edit(astronaut[1], {"beard": 2}), resolution=64)
@@ -231,7 +242,9 @@ def test_upload_shows_crop_reconstruction_and_the_photos_view(handlers, editor, 
 def test_camera_changes_reuse_the_tri_planes(handlers, editor, astronaut_png, monkeypatch):
     calls = []
     synthesize = editor.generator.synthesize_planes
-    monkeypatch.setattr(editor.generator, "synthesize_planes", lambda *a, **k: calls.append(1) or synthesize(*a, **k))
+    monkeypatch.setattr(
+        editor.generator, "synthesize_planes", lambda *a, **k: calls.append(1) or synthesize(*a, **k)
+    )
     editor.renderer.clear()
     _, state, front = load(handlers, astronaut_png, strengths={"smile": 4})
     after_upload = len(calls)  # reconstruction + edited code
@@ -263,10 +276,13 @@ def test_examples_are_prepared_once_then_reused(handlers, editor, tmp_path, monk
 def test_precise_hold_reset_and_paste(handlers, editor, astronaut, astronaut_png):
     _, ws, pose = astronaut
     _, plain, plain_view = load(handlers, astronaut_png, strengths={"Male": 4})
-    _, precise, precise_view = load(handlers, astronaut_png, strengths={"Male": 4}, precise=True,
-                                    hold=["Wearing_Lipstick"])
+    _, precise, precise_view = load(
+        handlers, astronaut_png, strengths={"Male": 4}, precise=True, hold=["Wearing_Lipstick"]
+    )
     bank = editor.directions
-    moved = bank.scores(precise.edited, ["Male", "Wearing_Lipstick"]) - bank.scores(ws, ["Male", "Wearing_Lipstick"])
+    moved = bank.scores(precise.edited, ["Male", "Wearing_Lipstick"]) - bank.scores(
+        ws, ["Male", "Wearing_Lipstick"]
+    )
     assert moved[0].tolist() == pytest.approx([4.0, 0.0], abs=1e-3)
     assert not np.array_equal(pixels(plain_view), pixels(precise_view))
     assert precise.edits == {"Male": 4.0} and precise.hold == ("Wearing_Lipstick",)
@@ -299,7 +315,7 @@ def test_grid_depth_video_mesh_and_latent_round_trip(handlers, editor, astronaut
     codes, metadata = load_latent(saved, with_metadata=True)
     torch.testing.assert_close(codes, state.edited)
     assert json.loads(metadata["edits"]) == {"glasses": 3.0} and metadata["source"] == "astronaut"
-    loaded, crop, reconstruction, *_ , status = handlers.load_latent_file(saved)
+    loaded, crop, reconstruction, *_, status = handlers.load_latent_file(saved)
     assert crop is None and loaded.photo is None and "astronaut-edited.npz" in status
     torch.testing.assert_close(loaded.ws, state.edited)
     assert np.array_equal(pixels(reconstruction), pixels(editor.render(state.edited)))
@@ -315,9 +331,13 @@ def test_every_direction_gets_one_slider(editor):
     assert [name for name, _ in quick] == ["smile", "age", "glasses", "beard", "Male", "lipstick"]
     assert more == []  # the tiny bank's six directions all have quick sliders
     bank = editor.directions
-    extra = {name: torch.randn(14, 512, generator=torch.Generator().manual_seed(i))
-             for i, name in enumerate(["Bangs", "Wavy_Hair", "Gray_Hair"])}
-    wide = Editor(editor.generator, editor.encoder, editor.latent_avg, bank.with_directions(extra), device="cpu")
+    extra = {
+        name: torch.randn(14, 512, generator=torch.Generator().manual_seed(i))
+        for i, name in enumerate(["Bangs", "Wavy_Hair", "Gray_Hair"])
+    }
+    wide = Editor(
+        editor.generator, editor.encoder, editor.latent_avg, bank.with_directions(extra), device="cpu"
+    )
     quick, more = slider_attributes(wide)
     assert more == [("Bangs", "Bangs"), ("Wavy_Hair", "Wavy Hair"), ("Gray_Hair", "Gray Hair")]
     covered = [wide.directions.resolve(name)[0] for name, _ in quick + more]
@@ -337,9 +357,22 @@ def test_all_network_work_is_wrapped_for_zerogpu(editor, monkeypatch):
 
     monkeypatch.setattr(demo.ui, "spaces", FakeSpaces)
     demo.ui.build_demo(editor)
-    assert set(wrapped) == {"load_photo", "load_latent_file", "apply_edits", "render_view", "grid", "turntable",
-                            "mesh", "depth", "pasted", "api_align", "api_invert", "api_edit", "api_turntable",
-                            "api_mesh"}
+    assert set(wrapped) == {
+        "load_photo",
+        "load_latent_file",
+        "apply_edits",
+        "render_view",
+        "grid",
+        "turntable",
+        "mesh",
+        "depth",
+        "pasted",
+        "api_align",
+        "api_invert",
+        "api_edit",
+        "api_turntable",
+        "api_mesh",
+    }
 
 
 # ---------------------------------------------------------------------------------- without weights
@@ -364,10 +397,22 @@ def start_app(tmp_path, **env_vars) -> tuple[subprocess.Popen, str]:
     """`python app.py` as a user starts it; returns the process and the page's config once it answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREIM3D_WEIGHTS"}
-    env.update(PREIM3D_HOME=str(tmp_path / "home"), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", **env_vars)
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    env.update(
+        PREIM3D_HOME=str(tmp_path / "home"),
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        PYTHONUNBUFFERED="1",
+        **env_vars,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -18,7 +18,9 @@ from PIL import Image
 
 from preim3d.pipeline import Editor
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
+)
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -55,10 +57,18 @@ def url(editor):
 def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-                 f"--window-size={WINDOW[0]},{WINDOW[1]}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+    ):
         options.add_argument(flag)
     # a driver path given to the Service: Selenium Manager (which downloads drivers) is skipped
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
@@ -86,18 +96,22 @@ def fetch_image(src) -> np.ndarray:
 
 
 def number(browser, elem_id) -> float:
-    return float(browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]").get_attribute("value"))
+    return float(
+        browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]").get_attribute("value")
+    )
 
 
 def click_slider(browser, elem_id, fraction):
     """Click a slider's track at `fraction` of its width, as a person would (pointer events: release fires)."""
     track = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=range]")
-    ActionChains(browser).move_to_element_with_offset(track, round((fraction - 0.5) * track.size["width"]), 0) \
-        .click().perform()
+    ActionChains(browser).move_to_element_with_offset(
+        track, round((fraction - 0.5) * track.size["width"]), 0
+    ).click().perform()
 
 
 def toast(browser, text):
     """Wait for a message box on the page that contains `text`; returns its text."""
+
     def found(b):
         texts = [t.text for t in b.find_elements(By.CSS_SELECTOR, ".toast-body")]
         return next((t for t in texts if text in t), None)
@@ -119,8 +133,11 @@ def test_upload_edit_and_render_a_video(browser, url, editor, astronaut_png, tmp
     assert strength > 5
     wait(browser, lambda b: image_src(b, "edited") != before)
     face = editor.align(astronaut_png)
-    expected = editor.render(editor.edit(editor.invert(face), {"smile": strength}),
-                             math.radians(number(browser, "yaw")), math.radians(number(browser, "pitch")))
+    expected = editor.render(
+        editor.edit(editor.invert(face), {"smile": strength}),
+        math.radians(number(browser, "yaw")),
+        math.radians(number(browser, "pitch")),
+    )
     assert np.array_equal(fetch_image(image_src(browser, "edited")), np.asarray(expected, dtype=np.int16))
 
     # the shortest turntable; the page's video element plays it
@@ -129,9 +146,13 @@ def test_upload_edit_and_render_a_video(browser, url, editor, astronaut_png, tmp
     click_slider(browser, "frames", 0.0)
     assert number(browser, "frames") == 12
     browser.find_element(By.ID, "video-button").click()
-    duration, width, height = wait(browser, lambda b: b.execute_script(
-        "const v = document.querySelector('#video video');"
-        "return v && v.readyState >= 1 ? [v.duration, v.videoWidth, v.videoHeight] : null;"))
+    duration, width, height = wait(
+        browser,
+        lambda b: b.execute_script(
+            "const v = document.querySelector('#video video');"
+            "return v && v.readyState >= 1 ? [v.duration, v.videoWidth, v.videoHeight] : null;"
+        ),
+    )
     assert duration == pytest.approx(12 / 30, abs=0.05) and (width, height) == (128, 128)
 
     shot = tmp_path / "demo.png"
@@ -150,7 +171,9 @@ def test_an_example_with_two_faces_offers_a_choice(browser, url):
     assert image_src(browser, "faces") and browser.find_element(By.ID, "face-choice").is_displayed()
     first = image_src(browser, "aligned")
     browser.find_element(By.CSS_SELECTOR, "#face-choice input").click()
-    wait(browser, lambda b: b.find_elements(By.XPATH, "//*[@role='option'][contains(., 'Face 2')]"))[0].click()
+    wait(browser, lambda b: b.find_elements(By.XPATH, "//*[@role='option'][contains(., 'Face 2')]"))[
+        0
+    ].click()
     wait(browser, lambda b: "editing face 2" in b.find_element(By.ID, "status").text)
     assert image_src(browser, "aligned") != first
 
@@ -167,5 +190,7 @@ def test_without_weights_the_page_says_how_to_get_them(browser, tmp_path):
         browser.get(url)
         banner = wait(browser, lambda b: b.find_element(By.ID, "weights-missing"))
         assert "The model weights are missing" in banner.text and "preim3d download" in banner.text
-        assert not browser.find_elements(By.CSS_SELECTOR, "#photo input[type=file]")  # no upload without a model
+        assert not browser.find_elements(
+            By.CSS_SELECTOR, "#photo input[type=file]"
+        )  # no upload without a model
         assert not browser.find_element(By.CSS_SELECTOR, "#edit-smile input[type=range]").is_enabled()

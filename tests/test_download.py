@@ -54,8 +54,11 @@ class FileServer:
                     if start >= len(body):
                         self._head(416, 0, extra={"Content-Range": f"bytes */{len(body)}"})
                         return
-                    self._head(206, len(body) - start,
-                               extra={"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
+                    self._head(
+                        206,
+                        len(body) - start,
+                        extra={"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"},
+                    )
                 else:
                     self._head(200, len(body))
                 payload = body[start:]
@@ -102,8 +105,17 @@ def blob(n=300_000, seed=0) -> bytes:
 
 
 def entry(body: bytes, **changes) -> OfficialFile:
-    file = OfficialFile("encoder", "model.pt", "drive", "file-id-123", "preim3d", (ZIP_HEADER,), size=len(body),
-                        min_size=len(body), sha256=hashlib.sha256(body).hexdigest())
+    file = OfficialFile(
+        "encoder",
+        "model.pt",
+        "drive",
+        "file-id-123",
+        "preim3d",
+        (ZIP_HEADER,),
+        size=len(body),
+        min_size=len(body),
+        sha256=hashlib.sha256(body).hexdigest(),
+    )
     return replace(file, **changes)
 
 
@@ -111,16 +123,26 @@ def test_official_table():
     files = official_files()
     directions = [f for f in files if f.role == "direction"]
     assert sorted(f.filename.split("/")[-1][:-3] for f in directions) == sorted(
-        a for a in CELEBA_ATTRIBUTES if a != "Blurry")
+        a for a in CELEBA_ATTRIBUTES if a != "Blurry"
+    )
     assert all(f.sha256 and f.size for f in directions)
     assert [f.role for f in files[-2:]] == ["encoder", "generator"]  # small files first
     drive = files[-1].url({})
     assert drive.startswith("https://drive.usercontent.google.com/download?")
-    assert "id=1tFfynggbcITiKF_iLBcFutBSMCScBPSa" in drive and "confirm=t" in drive and "export=download" in drive
+    assert (
+        "id=1tFfynggbcITiKF_iLBcFutBSMCScBPSa" in drive
+        and "confirm=t" in drive
+        and "export=download" in drive
+    )
     assert official_files("ngc")[-1].url({}) == (
-        "https://api.ngc.nvidia.com/v2/models/nvidia/research/eg3d/versions/1/files/ffhq512-128.pkl")
+        "https://api.ngc.nvidia.com/v2/models/nvidia/research/eg3d/versions/1/files/ffhq512-128.pkl"
+    )
     assert official_files("ngc")[-1].headers == (PICKLE_HEADER,)
-    assert directions[0].url({}).startswith(f"https://raw.githubusercontent.com/mybabyyh/Preim3D/{sources.PREIM3D_COMMIT}/")
+    assert (
+        directions[0]
+        .url({})
+        .startswith(f"https://raw.githubusercontent.com/mybabyyh/Preim3D/{sources.PREIM3D_COMMIT}/")
+    )
     with pytest.raises(ValueError, match="ngc-rebalanced"):
         official_files("elsewhere")
     notice = sources.licence_notice(files)
@@ -180,7 +202,9 @@ def test_corrupt_files_are_rejected_and_removed(server, tmp_path):
     with pytest.raises(DownloadError, match="starts with bytes"):
         fetch(unknown, tmp_path, base_urls=server.base_urls, progress=False)
 
-    small = entry(body, size=None, sha256=None, min_size=10 * len(body), filename="small.pt", remote="small-id")
+    small = entry(
+        body, size=None, sha256=None, min_size=10 * len(body), filename="small.pt", remote="small-id"
+    )
     server.serve(small, body)
     with pytest.raises(DownloadError, match="at least"):
         fetch(small, tmp_path, base_urls=server.base_urls, progress=False)
@@ -226,14 +250,26 @@ def fixture_table(official_folder) -> tuple[list[OfficialFile], dict[str, bytes]
     table, bodies = [], {}
     for path in sorted((official_folder / "directions").glob("*.pt")):
         bodies[f"directions/{path.name}"] = path.read_bytes()
-        table.append(OfficialFile("direction", f"directions/{path.name}", "github",
-                                  f"{sources.DIRECTIONS_PATH}/{path.name}", "mit", (ZIP_HEADER,)))
-    for role, name, host, remote in (("encoder", "preim3d_ffhq.pt", "drive", "encoder-id"),
-                                     ("generator", "eg3d_G_ema.pkl", "drive", "generator-id")):
+        table.append(
+            OfficialFile(
+                "direction",
+                f"directions/{path.name}",
+                "github",
+                f"{sources.DIRECTIONS_PATH}/{path.name}",
+                "mit",
+                (ZIP_HEADER,),
+            )
+        )
+    for role, name, host, remote in (
+        ("encoder", "preim3d_ffhq.pt", "drive", "encoder-id"),
+        ("generator", "eg3d_G_ema.pkl", "drive", "generator-id"),
+    ):
         bodies[name] = (official_folder / name).read_bytes()
         table.append(OfficialFile(role, name, host, remote, "eg3d", (ZIP_HEADER,)))
-    return [replace(f, size=len(bodies[f.filename]), sha256=hashlib.sha256(bodies[f.filename]).hexdigest())
-            for f in table], bodies
+    return [
+        replace(f, size=len(bodies[f.filename]), sha256=hashlib.sha256(bodies[f.filename]).hexdigest())
+        for f in table
+    ], bodies
 
 
 def test_download_official_fetches_and_converts(server, tmp_path, tiny_official_files, tiny_bundle):
@@ -246,11 +282,22 @@ def test_download_official_fetches_and_converts(server, tmp_path, tiny_official_
         download_official(files=table, out=tmp_path / "weights", accept_licences=False)
     assert server.requests == []  # nothing is fetched before the licences are accepted
 
-    out = download_official(files=table, out=tmp_path / "weights", downloads=tmp_path / "downloads",
-                            accept_licences=True, base_urls=server.base_urls, progress=False, log=lambda _: None)
+    out = download_official(
+        files=table,
+        out=tmp_path / "weights",
+        downloads=tmp_path / "downloads",
+        accept_licences=True,
+        base_urls=server.base_urls,
+        progress=False,
+        log=lambda _: None,
+    )
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "directions.safetensors", "encoder.safetensors", "generator.safetensors",
-        "latent_avg.safetensors"]
+        "config.json",
+        "directions.safetensors",
+        "encoder.safetensors",
+        "generator.safetensors",
+        "latent_avg.safetensors",
+    ]
     assert not (tmp_path / ".weights.partial").exists()
     generator_requests = [r for path, r in server.requests if "generator-id" in path]
     assert generator_requests == [None, "bytes=5000-"]  # the cut transfer was resumed
@@ -261,8 +308,9 @@ def test_download_official_fetches_and_converts(server, tmp_path, tiny_official_
     torch.testing.assert_close(editor.latent_avg, reference.latent_avg)
 
 
-def test_cli_download_states_the_licences_and_rejects_a_corrupt_official_file(server, tmp_path, monkeypatch,
-                                                                              capsys):
+def test_cli_download_states_the_licences_and_rejects_a_corrupt_official_file(
+    server, tmp_path, monkeypatch, capsys
+):
     for host, url in server.base_urls.items():
         monkeypatch.setenv(sources.BASE_URL_ENV[host], url)
     first = official_files()[0]

@@ -33,7 +33,9 @@ def entangled_directions(names, seed=0, shared=0.8):
     out = {}
     for i, name in enumerate(names):
         sign = 1 if i % 2 == 0 else -1
-        out[name] = unit(torch.randn(D, generator=g, dtype=torch.float64) + sign * shared * common).float()[None]
+        out[name] = unit(torch.randn(D, generator=g, dtype=torch.float64) + sign * shared * common).float()[
+            None
+        ]
     return out
 
 
@@ -350,8 +352,13 @@ def test_fit_directions_from_photos(tmp_path):
     g = torch.Generator().manual_seed(7)
     red_axis, green_axis = unit(torch.randn(D, generator=g)), unit(torch.randn(D, generator=g))
     calls = []
-    fit = fit_directions_from_photos(tmp_path, tmp_path / "labels.csv", _colour_encoder(red_axis, green_axis, calls),
-                                     batch_size=8, test_fraction=0.25)
+    fit = fit_directions_from_photos(
+        tmp_path,
+        tmp_path / "labels.csv",
+        _colour_encoder(red_axis, green_axis, calls),
+        batch_size=8,
+        test_fraction=0.25,
+    )
     assert fit.skipped.keys() == {"noface.png", "broken.png"}
     assert "no face" in fit.skipped["noface.png"]
     assert len(fit.files) == 48 and fit.latents.shape == (48, 14, 512)
@@ -397,11 +404,15 @@ def test_similarity_and_heatmap_colours():
     c = torch.randn(D, generator=g, dtype=torch.float64)
     bank = DirectionBank({"A": a, "B": -0.9 * a + math.sqrt(1 - 0.81) * e, "C": unit(c)})
     sim = bank.similarity()
-    assert sim[0, 1] == pytest.approx(-0.9, abs=1e-6) and torch.allclose(sim.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert sim[0, 1] == pytest.approx(-0.9, abs=1e-6) and torch.allclose(
+        sim.diagonal(), torch.ones(3, dtype=torch.float64)
+    )
     assert bank.similarity(["A", "c"]).shape == (2, 2)
 
     def count(image, value):
-        return int((np.asarray(image) == np.array(diverging_colour(value), dtype=np.uint8)).all(axis=-1).sum())
+        return int(
+            (np.asarray(image) == np.array(diverging_colour(value), dtype=np.uint8)).all(axis=-1).sum()
+        )
 
     cell = 34
     whole = similarity_heatmap(bank, cell=cell)

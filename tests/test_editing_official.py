@@ -55,4 +55,6 @@ def test_known_entanglement_and_precise_edits(bank):
     assert torch.allclose(moved[:, :2], torch.tensor([10.0, 5.0], dtype=torch.float64), atol=1e-5)
     assert moved[:, 2:].abs().max() <= 1e-5
     # a plain edit would have made the face clearly less male: 10 * -0.48 - 5 * -0.21
-    assert bank.report({"lipstick": 10.0, "age": 5.0}, hold).plain_shift["Male"] == pytest.approx(-3.7, abs=0.05)
+    assert bank.report({"lipstick": 10.0, "age": 5.0}, hold).plain_shift["Male"] == pytest.approx(
+        -3.7, abs=0.05
+    )

@@ -20,8 +20,15 @@ from preim3d.weights.encoder import (
     save_encoder,
 )
 
-TINY = dict(n_styles=14, w_dim=32, stage_units=[2, 1, 2, 1], stage_channels=[8, 16, 24, 32], stem_channels=8,
-            pool_size=3, se_reduction=4)
+TINY = dict(
+    n_styles=14,
+    w_dim=32,
+    stage_units=[2, 1, 2, 1],
+    stage_channels=[8, 16, 24, 32],
+    stem_channels=8,
+    pool_size=3,
+    se_reduction=4,
+)
 
 
 def randomize_(encoder, seed=0):
@@ -147,7 +154,9 @@ def test_official_layout_with_extra_keys_loads(tmp_path):
 def test_bundle_round_trip(tmp_path):
     encoder = tiny_encoder()
     latent_avg = torch.randn(1, 14, 32)
-    save_encoder(encoder, tmp_path / "bundle", latent_avg=latent_avg, provenance={"source": "test"}, licence="MIT")
+    save_encoder(
+        encoder, tmp_path / "bundle", latent_avg=latent_avg, provenance={"source": "test"}, licence="MIT"
+    )
     loaded = load_encoder(tmp_path / "bundle")
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
@@ -175,9 +184,18 @@ def _official_tensors(tmp_path, edit):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda s: s.pop("encoder.body.1.res_layer.4.running_var"), "missing: body.1.res_layer.4.running_var"),
-        (lambda s: s.update({"encoder.linear.bias": torch.zeros(7)}), r"wrong shape: linear.bias \[7\] \(expected \[448\]\)"),
-        (lambda s: s.update({"encoder.body.0.res_layer.9.weight": torch.zeros(1)}), "unexpected: body.0.res_layer.9"),
+        (
+            lambda s: s.pop("encoder.body.1.res_layer.4.running_var"),
+            "missing: body.1.res_layer.4.running_var",
+        ),
+        (
+            lambda s: s.update({"encoder.linear.bias": torch.zeros(7)}),
+            r"wrong shape: linear.bias \[7\] \(expected \[448\]\)",
+        ),
+        (
+            lambda s: s.update({"encoder.body.0.res_layer.9.weight": torch.zeros(1)}),
+            "unexpected: body.0.res_layer.9",
+        ),
         (lambda s: s.pop("encoder.linear.weight"), "'linear.weight' is missing"),
     ],
 )
@@ -190,12 +208,17 @@ def test_damaged_weights_are_named(tmp_path, edit, message):
 
 def test_generator_given_as_encoder(tmp_path):
     # a generator state dict
-    torch.save({"backbone.mapping.w_avg": torch.zeros(4), "decoder.net.0.weight": torch.zeros(2, 2)}, tmp_path / "g.pt")
+    torch.save(
+        {"backbone.mapping.w_avg": torch.zeros(4), "decoder.net.0.weight": torch.zeros(2, 2)},
+        tmp_path / "g.pt",
+    )
     with pytest.raises(WeightsError, match="generator weights.*load_generator"):
         load_encoder(tmp_path / "g.pt")
     # a generator saved as a Python object (like PREIM3D's eg3d_G_ema.pkl): refused, never unpickled
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
-    with pytest.raises(WeightsError, match=r"module.pt needs the Python object torch.nn.modules.linear.Linear"):
+    with pytest.raises(
+        WeightsError, match=r"module.pt needs the Python object torch.nn.modules.linear.Linear"
+    ):
         load_encoder(tmp_path / "module.pt")
     # a plain pickle that names EG3D's modules (like NVIDIA's network pickles)
     payload = pickle.dumps({"G_ema": "torch_utils.persistence._reconstruct_persistent_obj"})
@@ -222,8 +245,10 @@ def test_not_a_checkpoint(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(WeightsError, match="holds a list"):
         load_encoder(tmp_path / "list.pt")
-    torch.save({"state_dict": {"encoder.x": torch.zeros(1)}, "opts": {"encoder_type": "Encoder4Editing"}},
-               tmp_path / "e4e.pt")
+    torch.save(
+        {"state_dict": {"encoder.x": torch.zeros(1)}, "opts": {"encoder_type": "Encoder4Editing"}},
+        tmp_path / "e4e.pt",
+    )
     with pytest.raises(WeightsError, match="'Encoder4Editing'"):
         load_encoder(tmp_path / "e4e.pt")
 
@@ -231,12 +256,15 @@ def test_not_a_checkpoint(tmp_path):
 def _pil_bilinear_half(channel):
     """PIL's BILINEAR 2x reduction written out: triangle filter of support 2 input pixels -> taps
     (1, 3, 3, 1)/8, renormalised at the borders; horizontal pass first, each pass rounded to uint8."""
+
     def one_axis(a):
         a = a.astype(np.float64)
         n = a.shape[1]
         out = np.empty((a.shape[0], n // 2))
         for i in range(n // 2):
-            taps = [(j, 1 - abs(j + 0.5 - (2 * i + 1)) / 2) for j in range(2 * i - 1, 2 * i + 3) if 0 <= j < n]
+            taps = [
+                (j, 1 - abs(j + 0.5 - (2 * i + 1)) / 2) for j in range(2 * i - 1, 2 * i + 3) if 0 <= j < n
+            ]
             total = sum(w for _, w in taps)
             out[:, i] = sum(a[:, j] * w for j, w in taps) / total
         return np.floor(out + 0.5).clip(0, 255)

@@ -24,25 +24,62 @@ from preim3d.weights.encoder import load_encoder, save_encoder
 
 PREIM3D = os.environ.get("PREIM3D_OFFICIAL_PREIM3D")
 EG3D = os.environ.get("PREIM3D_OFFICIAL_EG3D")
-needs_preim3d = pytest.mark.skipif(not PREIM3D, reason="set PREIM3D_OFFICIAL_PREIM3D to an official PREIM3D checkout")
-needs_both = pytest.mark.skipif(
-    not (PREIM3D and EG3D), reason="set PREIM3D_OFFICIAL_PREIM3D and PREIM3D_OFFICIAL_EG3D (official eg3d/ folder)"
+needs_preim3d = pytest.mark.skipif(
+    not PREIM3D, reason="set PREIM3D_OFFICIAL_PREIM3D to an official PREIM3D checkout"
 )
-_OFFICIAL_TOP_LEVEL = {"models", "configs", "camera_utils", "training", "torch_utils", "dnnlib", "matplotlib", "requests"}
+needs_both = pytest.mark.skipif(
+    not (PREIM3D and EG3D),
+    reason="set PREIM3D_OFFICIAL_PREIM3D and PREIM3D_OFFICIAL_EG3D (official eg3d/ folder)",
+)
+_OFFICIAL_TOP_LEVEL = {
+    "models",
+    "configs",
+    "camera_utils",
+    "training",
+    "torch_utils",
+    "dnnlib",
+    "matplotlib",
+    "requests",
+}
 
 # EG3D generator settings of ffhq512-128 (reference-spec section 1)
 RENDERING_KWARGS = dict(
-    image_resolution=512, disparity_space_sampling=False, clamp_mode="softplus",
-    superresolution_module="training.superresolution.SuperresolutionHybrid8XDC", c_gen_conditioning_zero=False,
-    gpc_reg_prob=0.5, c_scale=1.0, superresolution_noise_mode="none", density_reg=0.25, density_reg_p_dist=0.004,
-    reg_type="l1", decoder_lr_mul=1.0, sr_antialias=True, depth_resolution=48, depth_resolution_importance=48,
-    ray_start=2.25, ray_end=3.3, box_warp=1, avg_camera_radius=2.7, avg_camera_pivot=[0, 0, 0.2],
+    image_resolution=512,
+    disparity_space_sampling=False,
+    clamp_mode="softplus",
+    superresolution_module="training.superresolution.SuperresolutionHybrid8XDC",
+    c_gen_conditioning_zero=False,
+    gpc_reg_prob=0.5,
+    c_scale=1.0,
+    superresolution_noise_mode="none",
+    density_reg=0.25,
+    density_reg_p_dist=0.004,
+    reg_type="l1",
+    decoder_lr_mul=1.0,
+    sr_antialias=True,
+    depth_resolution=48,
+    depth_resolution_importance=48,
+    ray_start=2.25,
+    ray_end=3.3,
+    box_warp=1,
+    avg_camera_radius=2.7,
+    avg_camera_pivot=[0, 0, 0.2],
 )
 G_KWARGS = dict(
-    z_dim=512, c_dim=25, w_dim=512, img_resolution=512, img_channels=3, sr_num_fp16_res=4,
-    mapping_kwargs={"num_layers": 2}, rendering_kwargs=RENDERING_KWARGS,
+    z_dim=512,
+    c_dim=25,
+    w_dim=512,
+    img_resolution=512,
+    img_channels=3,
+    sr_num_fp16_res=4,
+    mapping_kwargs={"num_layers": 2},
+    rendering_kwargs=RENDERING_KWARGS,
     sr_kwargs={"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
-    channel_base=32768, channel_max=512, fused_modconv_default="inference_only", num_fp16_res=0, conv_clamp=None,
+    channel_base=32768,
+    channel_max=512,
+    fused_modconv_default="inference_only",
+    num_fp16_res=0,
+    conv_clamp=None,
 )
 
 
@@ -63,8 +100,12 @@ def official_code(*folders):
     sys.path[:0] = [str(Path(f).resolve()) for f in folders]
     stubs = {
         # the StyleGAN2 ops compile CUDA code at import; EqualLinear without activation never calls them
-        "models.stylegan2.op": _stub("models.stylegan2.op", FusedLeakyReLU=_unavailable,
-                                     fused_leaky_relu=_unavailable, upfirdn2d=_unavailable),
+        "models.stylegan2.op": _stub(
+            "models.stylegan2.op",
+            FusedLeakyReLU=_unavailable,
+            fused_leaky_relu=_unavailable,
+            upfirdn2d=_unavailable,
+        ),
         "matplotlib": _stub("matplotlib", use=lambda backend: None),
         "requests": _stub("requests"),  # dnnlib.util imports it for downloads only
     }
@@ -114,9 +155,19 @@ def test_official_checkpoint_layout_gives_the_official_output(tmp_path):
     official, get_keys = official_encoder()
     state = {f"encoder.{k}": v for k, v in official.state_dict().items()}
     state["decoder.backbone.mapping.w_avg"] = torch.randn(512)  # the real file also holds the generator
-    opts = dict(encoder_type="WPlusEncoder", stylegan_size=256, start_from_latent_avg=True, train_decoder=False,
-                dataset_type="ffhq_encode", device="cuda:0", checkpoint_path=None, n_styles=14)
-    torch.save({"state_dict": state, "opts": opts, "latent_avg": torch.randn(1, 14, 512)}, tmp_path / "preim3d.pt")
+    opts = dict(
+        encoder_type="WPlusEncoder",
+        stylegan_size=256,
+        start_from_latent_avg=True,
+        train_decoder=False,
+        dataset_type="ffhq_encode",
+        device="cuda:0",
+        checkpoint_path=None,
+        n_styles=14,
+    )
+    torch.save(
+        {"state_dict": state, "opts": opts, "latent_avg": torch.randn(1, 14, 512)}, tmp_path / "preim3d.pt"
+    )
 
     ours = load_encoder(tmp_path / "preim3d.pt")
     x = encoder_inputs()
@@ -125,7 +176,9 @@ def test_official_checkpoint_layout_gives_the_official_output(tmp_path):
         got = ours(x)
         fast = ours.fast(torch.float32)(x)
     diff, fast_diff = (got - expected).abs().max().item(), (fast - expected).abs().max().item()
-    print(f"\nW+ max |official| {expected.abs().max():.3f}; max abs diff ours {diff:.3g}, fast fp32 {fast_diff:.3g}")
+    print(
+        f"\nW+ max |official| {expected.abs().max():.3f}; max abs diff ours {diff:.3g}, fast fp32 {fast_diff:.3g}"
+    )
     assert got.shape == (2, 14, 512)
     assert expected.abs().max() > 0.5 and expected.std() > 0.05  # a non-degenerate output to compare
     assert diff <= 1e-4
@@ -134,8 +187,10 @@ def test_official_checkpoint_layout_gives_the_official_output(tmp_path):
     # the other way round: what we store loads strictly into the official class, as official inference does
     save_encoder(ours, tmp_path / "bundle")
     reloaded = load_encoder(tmp_path / "bundle")
-    official.load_state_dict(get_keys({"state_dict": {f"encoder.{k}": v for k, v in reloaded.state_dict().items()}},
-                                      "encoder"), strict=True)
+    official.load_state_dict(
+        get_keys({"state_dict": {f"encoder.{k}": v for k, v in reloaded.state_dict().items()}}, "encoder"),
+        strict=True,
+    )
 
 
 @needs_preim3d

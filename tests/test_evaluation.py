@@ -87,7 +87,10 @@ def test_identity_is_kept_by_shifts_blur_and_size_but_not_by_another_face(crop, 
     # a stronger blur moves the embedding further than a mild one
     assert cosine(reference, dlib_model.embed(crop.filter(ImageFilter.GaussianBlur(5)))) < similar["blurred"]
     # a set of views with one wrong-identity view: that view is the least similar to the others
-    views = [dlib_model.embed(v) for v in (crop, shifted(crop), crop.filter(ImageFilter.GaussianBlur(1)), other_face)]
+    views = [
+        dlib_model.embed(v)
+        for v in (crop, shifted(crop), crop.filter(ImageFilter.GaussianBlur(1)), other_face)
+    ]
     between = similarity_matrix(views)
     mean_to_others = (between.sum(1) - np.diag(between)) / 3
     assert int(np.argmin(mean_to_others)) == 3
@@ -102,8 +105,14 @@ def test_identity_without_a_detected_face_uses_the_crop_box(dlib_model):
 def test_arcface_identity_matches_the_identity_loss_preprocessing(crop, other_face):
     training = pytest.importorskip("preim3d.training.identity")
     torch.manual_seed(0)
-    net = training.ArcFaceBackbone(input_size=32, stage_units=(1, 1, 1, 1), stage_channels=(8, 8, 16, 16),
-                                   stem_channels=8, embedding_dim=32, se_reduction=4).eval()
+    net = training.ArcFaceBackbone(
+        input_size=32,
+        stage_units=(1, 1, 1, 1),
+        stage_channels=(8, 8, 16, 16),
+        stem_channels=8,
+        embedding_dim=32,
+        se_reduction=4,
+    ).eval()
     model = ArcFaceIdentity(net)
     embedding = model.embed(crop)
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)[None] * 2 - 1
@@ -133,8 +142,17 @@ def sphere_scene(c, size=128):
     t_plane = (-0.5 - o[:, 2]) / d[:, 2]  # backdrop z = -0.5, facing the cameras
     t = torch.minimum(t_sphere, t_plane)
     p = o + t[:, None] * d
-    rgb = torch.stack([torch.sin(7 * p[:, 0]) * torch.cos(5 * p[:, 1]), torch.sin(6 * p[:, 1] + 3 * p[:, 2]),
-                       torch.cos(8 * p[:, 0] - 4 * p[:, 2])], 0) * 0.8
+    rgb = (
+        torch.stack(
+            [
+                torch.sin(7 * p[:, 0]) * torch.cos(5 * p[:, 1]),
+                torch.sin(6 * p[:, 1] + 3 * p[:, 2]),
+                torch.cos(8 * p[:, 0] - 4 * p[:, 2]),
+            ],
+            0,
+        )
+        * 0.8
+    )
     return rgb.reshape(1, 3, size, size).float(), t.reshape(1, 1, size, size).float()
 
 
@@ -156,7 +174,9 @@ def test_reprojection_is_exact_on_a_ray_cast_scene():
     fine_a, fine_b = sphere_scene(c_a, 256)[0], sphere_scene(c_b, 256)[0]
     coarse = reproject(fine_a, sphere_scene(c_a, 64)[1], c_a, fine_b, sphere_scene(c_b, 64)[1], c_b)
     assert coarse.mask.shape == (1, 256, 256)
-    assert coarse.error.item() < 0.5 and coarse.covisible.item() == pytest.approx(other.covisible.item(), abs=0.02)
+    assert coarse.error.item() < 0.5 and coarse.covisible.item() == pytest.approx(
+        other.covisible.item(), abs=0.02
+    )
 
 
 def test_reprojection_on_the_tiny_generator(tiny_bundle):
@@ -167,8 +187,10 @@ def test_reprojection_on_the_tiny_generator(tiny_bundle):
     out = editor.renderer.render(ws, c, deterministic=True)
     for key in ("image_raw", "image"):  # the raw render with its own depth, the super-resolved one upsampled
         image, depth = out[key], out["image_depth"]
-        errors = [reproject(image[:1], depth[:1], c[0], image[k:k + 1], depth[k:k + 1], c[k]).error.item()
-                  for k in range(3)]
+        errors = [
+            reproject(image[:1], depth[:1], c[0], image[k : k + 1], depth[k : k + 1], c[k]).error.item()
+            for k in range(3)
+        ]
         assert errors[0] < 1e-3, key  # a view warped onto itself
         assert errors[1] < errors[2], (key, errors)  # a nearby view agrees better than a far one
         # a depth off by 0.1 or 0.05 world units (the head is ~0.5 deep) misplaces the far view's colours
@@ -182,8 +204,9 @@ def test_reprojection_on_the_tiny_generator(tiny_bundle):
 
 def entangled_bank(cosine_smile_male: float) -> DirectionBank:
     """Smiling, Male with the given cosine to Smiling, and Young orthogonal to both."""
-    basis, _ = torch.linalg.qr(torch.randn(CODE_DIM, 3, generator=torch.Generator().manual_seed(0),
-                                           dtype=torch.float64))
+    basis, _ = torch.linalg.qr(
+        torch.randn(CODE_DIM, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    )
     a, b, young = basis.T
     male = cosine_smile_male * a + math.sqrt(1 - cosine_smile_male**2) * b
     return DirectionBank({"Smiling": a.float(), "Male": male.float(), "Young": young.float()})
@@ -207,10 +230,17 @@ def test_plain_edits_leak_as_the_directions_are_entangled_and_precise_ones_do_no
         leaks[entanglement] = plain["mean_leak"]
     assert leaks[0.8] > leaks[0.3]
     # the target is never held, and a target inside the span of the held directions has no precise edit
-    torch.testing.assert_close(plain_and_precise(bank, ws, "smile", 3.0, hold=["Smiling", "Young"])["precise"],
-                               plain_and_precise(bank, ws, "smile", 3.0, hold=["Young"])["precise"])
-    degenerate = DirectionBank({"Smiling": bank.direction("Smiling"), "Young": bank.direction("Young"),
-                                "Male": bank.direction("Smiling") + bank.direction("Young")})
+    torch.testing.assert_close(
+        plain_and_precise(bank, ws, "smile", 3.0, hold=["Smiling", "Young"])["precise"],
+        plain_and_precise(bank, ws, "smile", 3.0, hold=["Young"])["precise"],
+    )
+    degenerate = DirectionBank(
+        {
+            "Smiling": bank.direction("Smiling"),
+            "Young": bank.direction("Young"),
+            "Male": bank.direction("Smiling") + bank.direction("Young"),
+        }
+    )
     with pytest.raises(ValueError, match="combination"):
         plain_and_precise(degenerate, ws, "smile", 3.0)
     # an alias with a sign: age = -Young, so +3 age lowers Young's score and counts as a shift of +1
@@ -244,8 +274,9 @@ def test_ticks_cover_the_data_with_round_steps():
 
 
 def test_line_chart_and_heatmap_draw_the_values():
-    chart = np.asarray(line_chart({"a": [(0, 0.0), (1, math.nan), (2, 1.0)], "b": [(0, 1.0), (2, 0.0)]},
-                                  "title", "x", "y"))
+    chart = np.asarray(
+        line_chart({"a": [(0, 0.0), (1, math.nan), (2, 1.0)], "b": [(0, 1.0), (2, 0.0)]}, "title", "x", "y")
+    )
     blue, red = np.array([31, 119, 180]), np.array([214, 39, 40])
     for colour in (blue, red):
         assert (np.abs(chart.astype(int) - colour).sum(-1) < 10).sum() > 50  # each series is drawn
@@ -291,8 +322,17 @@ def test_report_measures_every_photo_view_and_edit(report):
         assert -1 <= row["identity"] <= 1
     assert len(report.views) == 2 * 3
     for row in report.views:
-        assert all(math.isfinite(row[k]) for k in ("identity_to_input", "identity_to_views", "reprojection_raw",
-                                                    "reprojection_final", "covisible_raw", "covisible_final"))
+        assert all(
+            math.isfinite(row[k])
+            for k in (
+                "identity_to_input",
+                "identity_to_views",
+                "reprojection_raw",
+                "reprojection_final",
+                "covisible_raw",
+                "covisible_final",
+            )
+        )
         if row["yaw_deg"] == 0:  # the frontal view warped onto itself
             assert row["reprojection_raw"] < 1e-3 and row["covisible_raw"] == 1
         else:
@@ -309,19 +349,39 @@ def test_report_measures_every_photo_view_and_edit(report):
     assert strengths[("astronaut.png", "age")] == 2  # labelled young: ageing moves away from it already
     assert [r["attribute"] for r in report.attributes] == ["Smiling"]  # Young has only positives
     assert report.attributes[0]["auc"] in (0.0, 1.0)
-    assert [r["stage"] for r in report.speed] == ["align", "invert", "edit", "edit_precise", "render",
-                                                  "render_cached"]
+    assert [r["stage"] for r in report.speed] == [
+        "align",
+        "invert",
+        "edit",
+        "edit_precise",
+        "render",
+        "render_cached",
+    ]
     assert all(r["ms"] > 0 for r in report.speed)
-    assert report.environment["device"] == "cpu" and "random_weights" in report.environment[
-        "weights generator provenance"]
+    assert (
+        report.environment["device"] == "cpu"
+        and "random_weights" in report.environment["weights generator provenance"]
+    )
 
 
 def test_report_files_are_complete(report):
     report, out = report
     names = {p.name for p in out.iterdir()}
-    assert names == {"report.md", "environment.json", "summary.csv", "inversion.csv", "views.csv", "editing.csv",
-                     "leakage.csv", "attributes.csv", "speed.csv", "identity_curve.png", "reprojection_curve.png",
-                     "leakage.png", "examples.png"}
+    assert names == {
+        "report.md",
+        "environment.json",
+        "summary.csv",
+        "inversion.csv",
+        "views.csv",
+        "editing.csv",
+        "leakage.csv",
+        "attributes.csv",
+        "speed.csv",
+        "identity_curve.png",
+        "reprojection_curve.png",
+        "leakage.png",
+        "examples.png",
+    }
     examples = Image.open(out / "examples.png")
     # two photo rows of 128 px tiles: input, reconstruction, 3 views, 2 edits x (plain, precise)
     assert examples.height == 24 + 2 * 128 and examples.width > 9 * 128
@@ -329,8 +389,17 @@ def test_report_files_are_complete(report):
     for name in ("identity_curve.png", "reprojection_curve.png", "leakage.png"):
         assert np.asarray(Image.open(out / name).convert("L")).std() > 20
     markdown = (out / "report.md").read_text()
-    for heading in ("## Summary", "## Inversion", "## 3D consistency", "## Editing precision", "## Speed",
-                    "## Examples", "## Environment", "## Skipped", "## Attribute scores"):
+    for heading in (
+        "## Summary",
+        "## Inversion",
+        "## 3D consistency",
+        "## Editing precision",
+        "## Speed",
+        "## Examples",
+        "## Environment",
+        "## Skipped",
+        "## Attribute scores",
+    ):
         assert heading in markdown
     for name in names - {"report.md"}:
         if name.endswith(".png"):
@@ -345,12 +414,32 @@ def test_report_files_are_complete(report):
 
 def test_evaluate_command(tiny_bundle, astronaut_png, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli.main(["evaluate", "--photos", str(astronaut_png), "--weights", str(tiny_bundle), "--device", "cpu",
-                     "--out", str(out), "--yaws=-20,20", "--pitches", "0", "--edit", "glasses=2", "--repeats", "1"])
+    code = cli.main(
+        [
+            "evaluate",
+            "--photos",
+            str(astronaut_png),
+            "--weights",
+            str(tiny_bundle),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--yaws=-20,20",
+            "--pitches",
+            "0",
+            "--edit",
+            "glasses=2",
+            "--repeats",
+            "1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "astronaut.png: PSNR" in printed and f"wrote the report to {out / 'report.md'}" in printed
     assert "| glasses | +2 | precise |" in (out / "report.md").read_text()
     assert len(list(csv.DictReader(open(out / "views.csv")))) == 2
-    code = cli.main(["evaluate", "--photos", str(astronaut_png), "--weights", str(tiny_bundle), "--yaws", "left"])
+    code = cli.main(
+        ["evaluate", "--photos", str(astronaut_png), "--weights", str(tiny_bundle), "--yaws", "left"]
+    )
     assert code == 1 and "--yaws 'left'" in capsys.readouterr().err

@@ -23,15 +23,21 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 kernels_here = pytest.mark.skipif(
     not HAS_TRITON or not (DEVICE == "cuda" or INTERPRETED),
-    reason="needs Triton and CUDA; on a CPU test_kernels_in_the_triton_interpreter runs these")
+    reason="needs Triton and CUDA; on a CPU test_kernels_in_the_triton_interpreter runs these",
+)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
 @pytest.mark.skipif(DEVICE == "cuda" or INTERPRETED, reason="the kernels run directly here")
 def test_kernels_in_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "8 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
 
@@ -65,9 +71,12 @@ def test_sample_and_decode_matches_pytorch(shared_planes):
     origins, directions, depths = rays(n, m, s)
     points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
     with torch.no_grad():
-        ref_colors, ref_densities = decoder(sample_triplanes(planes.float().expand(n, -1, -1, -1, -1), points, 1.0))
-        colors, densities = fast_kernels.sample_and_decode(planes.expand(n, -1, -1, -1, -1), decoder,
-                                                           origins, directions, depths, 1.0)
+        ref_colors, ref_densities = decoder(
+            sample_triplanes(planes.float().expand(n, -1, -1, -1, -1), points, 1.0)
+        )
+        colors, densities = fast_kernels.sample_and_decode(
+            planes.expand(n, -1, -1, -1, -1), decoder, origins, directions, depths, 1.0
+        )
     assert colors.shape == (n, 32, m, s) and densities.shape == (n, m, s)
     assert torch.allclose(colors.float(), ref_colors.transpose(1, 2).reshape(n, 32, m, s), atol=2e-3)
     assert torch.allclose(densities, ref_densities.reshape(n, m, s), atol=5e-3, rtol=1e-3)
@@ -107,14 +116,21 @@ def test_float16_planes_render_like_float32_through_the_kernel():
     planes = torch.randn(1, 3, 32, 16, 16, device=DEVICE)
     origins, directions, _ = rays(2, 30, 1)
     origins = origins - 1.5 * directions  # rays that cross the box
-    opts = {"ray_start": 1.0, "ray_end": 2.0, "depth_resolution": 12, "depth_resolution_importance": 12,
-            "box_warp": 1.0}
+    opts = {
+        "ray_start": 1.0,
+        "ray_end": 2.0,
+        "depth_resolution": 12,
+        "depth_resolution_importance": 12,
+        "box_warp": 1.0,
+    }
     assert fast_kernels.available(planes.half())
     with torch.no_grad():
-        reference = ImportanceRenderer()(planes.expand(2, -1, -1, -1, -1), decoder, origins, directions, opts,
-                                         deterministic=True)
-        fast = ImportanceRenderer()(planes.half().expand(2, -1, -1, -1, -1), decoder, origins, directions, opts,
-                                    deterministic=True)
+        reference = ImportanceRenderer()(
+            planes.expand(2, -1, -1, -1, -1), decoder, origins, directions, opts, deterministic=True
+        )
+        fast = ImportanceRenderer()(
+            planes.half().expand(2, -1, -1, -1, -1), decoder, origins, directions, opts, deterministic=True
+        )
     for ours, ref in zip(fast, reference):
         assert torch.allclose(ours.float(), ref, atol=2e-2)
 

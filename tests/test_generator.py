@@ -227,13 +227,19 @@ def test_modulated_conv_batch_path_equals_single_sample_path(up, demodulate):
     x, weight, styles = torch.randn(3, 6, 8, 8), torch.randn(5, 6, 3, 3), torch.randn(3, 6)
     kwargs = {"demodulate": demodulate, "up": up, "resample_filter": fir_filter_2d()}
     batched = modulated_conv2d(x, weight, styles, **kwargs)
-    singles = torch.cat([modulated_conv2d(x[i:i + 1], weight, styles[i:i + 1], **kwargs) for i in range(3)])
+    singles = torch.cat(
+        [modulated_conv2d(x[i : i + 1], weight, styles[i : i + 1], **kwargs) for i in range(3)]
+    )
     assert batched.shape == (3, 5, 16 if up else 8, 16 if up else 8)
     assert torch.allclose(batched, singles, atol=1e-5, rtol=1e-5)
 
 
 def test_combined_up_kernel_equals_transposed_conv_then_blur():
-    x, w, f = torch.randn(2, 6, 9, 7, dtype=torch.float64), torch.randn(5, 6, 3, 3, dtype=torch.float64), fir_filter_2d()
+    x, w, f = (
+        torch.randn(2, 6, 9, 7, dtype=torch.float64),
+        torch.randn(5, 6, 3, 3, dtype=torch.float64),
+        fir_filter_2d(),
+    )
     two_step = fir_blur(F.conv_transpose2d(x, w.transpose(0, 1), stride=2), f.double(), pad=1, gain=4.0)
     combined = F.conv_transpose2d(x, up_conv_kernel(w, f.double()).transpose(0, 1), stride=2, padding=2)
     assert combined.shape == two_step.shape == (2, 5, 18, 14)

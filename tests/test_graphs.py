@@ -9,7 +9,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def test_replay_matches_direct_calls_per_shape_and_does_not_alias():
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)).cuda()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)
+    ).cuda()
     graphed = CUDAGraphed(net, max_graphs=2)
     for shape in [(1, 3, 16, 16), (5, 3, 16, 16), (1, 3, 16, 16), (2, 3, 8, 8)]:
         x = torch.randn(shape, device="cuda")

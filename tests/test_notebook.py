@@ -70,10 +70,15 @@ def kernel_env(tmp_path, monkeypatch):
     """A kernel spec running this interpreter, and an environment with no weights but the ones given."""
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "preim3d tests", "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "preim3d tests",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("PREIM3D_HOME", str(tmp_path / "home"))  # no default weights, no downloads
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -85,8 +90,9 @@ def kernel_env(tmp_path, monkeypatch):
 
 
 def execute(nb, workdir: Path):
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=180,
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name=KERNEL, timeout=180, resources={"metadata": {"path": str(workdir)}}
+    )
     return client.execute()
 
 
@@ -101,13 +107,19 @@ def stdout(nb, tag: str) -> str:
 
 
 def images(nb, tag: str) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(base64.b64decode(o.data["image/png"])))
-            for o in cell_outputs(nb, tag) if o.output_type == "display_data" and "image/png" in o.data]
+    return [
+        Image.open(io.BytesIO(base64.b64decode(o.data["image/png"])))
+        for o in cell_outputs(nb, tag)
+        if o.output_type == "display_data" and "image/png" in o.data
+    ]
 
 
 def html(nb, tag: str) -> list[str]:
-    return [o.data["text/html"] for o in cell_outputs(nb, tag)
-            if o.output_type == "display_data" and "text/html" in o.data]
+    return [
+        o.data["text/html"]
+        for o in cell_outputs(nb, tag)
+        if o.output_type == "display_data" and "text/html" in o.data
+    ]
 
 
 def test_committed_notebook_is_generated_and_has_no_outputs():
@@ -120,7 +132,8 @@ def test_committed_notebook_is_generated_and_has_no_outputs():
     spec.loader.exec_module(generator)
     assert json.loads(nbformat.writes(generator.build())) == json.loads(NOTEBOOK.read_text()), (
         "notebooks/preim3d_colab.ipynb differs from what notebooks/make_colab_notebook.py writes: "
-        "run the script")
+        "run the script"
+    )
 
 
 def test_notebook_runs_against_a_tiny_bundle(tiny_bundle, kernel_env, monkeypatch):
@@ -177,13 +190,14 @@ def test_notebook_runs_against_a_tiny_bundle(tiny_bundle, kernel_env, monkeypatc
 
     with zipfile.ZipFile(kernel_env / "preim3d_results.zip") as archive:
         assert {"turntable.mp4", "head.glb", "edited.png", "grid.png", "latent.npz", "edited.npz"} <= set(
-            archive.namelist())
+            archive.namelist()
+        )
 
 
 def test_notebook_downloads_nothing_until_the_licences_are_accepted(kernel_env):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     tags = [c.metadata.get("tags", []) for c in nb.cells]
-    nb.cells = nb.cells[:tags.index(["weights"]) + 1]  # installation and weights only
+    nb.cells = nb.cells[: tags.index(["weights"]) + 1]  # installation and weights only
     with pytest.raises(nbclient.exceptions.CellExecutionError, match="ACCEPT_LICENCES"):
         execute(nb, kernel_env)
     notice = stdout(nb, "weights")

@@ -42,7 +42,10 @@ def test_tiny_bundle_is_complete_deterministic_and_not_flat(tiny_bundle, tmp_pat
     assert "random" in config["generator"]["licence"].lower()  # not EG3D's licence: these weights are ours
     again = make_tiny_bundle(tmp_path / "again", seed=0)
     for name in ("generator", "encoder", "latent_avg", "directions"):
-        ours, theirs = load_file(tiny_bundle / f"{name}.safetensors"), load_file(again / f"{name}.safetensors")
+        ours, theirs = (
+            load_file(tiny_bundle / f"{name}.safetensors"),
+            load_file(again / f"{name}.safetensors"),
+        )
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert editor.directions.names == TINY_DIRECTION_NAMES
     # renders vary over the image and with the camera, as a real model's do
@@ -59,7 +62,9 @@ def test_edit_photo_runs_the_chain(editor, result):
     bank = editor.directions
     expected = result.ws + 2 * bank.direction("Smiling") + 1 * bank.direction("Young")
     torch.testing.assert_close(result.edited_ws, expected)
-    scores = bank.scores(result.edited_ws, ["Smiling", "Young"]) - bank.scores(result.ws, ["Smiling", "Young"])
+    scores = bank.scores(result.edited_ws, ["Smiling", "Young"]) - bank.scores(
+        result.ws, ["Smiling", "Young"]
+    )
     assert scores[0, 0] == pytest.approx(2 + float(bank.similarity(["Smiling", "Young"])[0, 1]), abs=1e-4)
     # renders come from the camera estimated from the photo and show the edit
     assert result.pose == pytest.approx(result.face.estimate_pose())
@@ -240,11 +245,18 @@ def test_no_weights_offline_says_what_to_run_without_touching_the_network(tmp_pa
 
 def test_no_weights_message_comes_before_torch_loads(tmp_path, astronaut_png):
     """The command line answers without importing torch (which alone takes about a second)."""
-    code = ("import sys; from preim3d.cli import main; rc = main(sys.argv[1:]); "
-            "sys.exit(10 if 'torch' in sys.modules else rc)")
+    code = (
+        "import sys; from preim3d.cli import main; rc = main(sys.argv[1:]); "
+        "sys.exit(10 if 'torch' in sys.modules else rc)"
+    )
     env = {"PATH": "", "PREIM3D_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code, "edit", str(astronaut_png), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "edit", str(astronaut_png), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 1, done.stderr
     assert "No preim3d weights found" in done.stderr and "preim3d download" in done.stderr
 

@@ -68,6 +68,7 @@ def seeded(fn, *args, **kwargs):
 
 # --- conversions --------------------------------------------------------------------------------------
 
+
 def test_to_uint8_uses_the_official_rounding_and_layout():
     x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]).view(1, 1, 1, 7).expand(1, 3, 1, 7).clone()
     x[:, 1] = 0.0
@@ -86,6 +87,7 @@ def test_depth_maps_are_bright_near_and_follow_the_chosen_range():
 
 # --- the tri-plane cache ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_one_view_equals_the_generator_bit_for_bit(G, ws, deterministic):
     c = camera_vector(0.2, -0.1)
@@ -103,8 +105,9 @@ def test_cached_and_uncached_rendering_are_identical(G, ws, monkeypatch, determi
     first = seeded(cached.render, ws[:1], c, deterministic=deterministic)
     again = seeded(cached.render, ws[:1].clone(), c, deterministic=deterministic)  # equal content, new tensor
     assert len(runs) == 1
-    uncached = seeded(TriPlaneRenderer(G, batch_size=2, cache_size=0).render, ws[:1], c,
-                      deterministic=deterministic)
+    uncached = seeded(
+        TriPlaneRenderer(G, batch_size=2, cache_size=0).render, ws[:1], c, deterministic=deterministic
+    )
     assert len(runs) == 2
     for key in ("image", "image_raw", "image_depth"):
         assert torch.equal(first[key], again[key]) and torch.equal(first[key], uncached[key]), key
@@ -130,8 +133,9 @@ def test_cache_keeps_the_most_recently_used_latents(G, ws, monkeypatch):
 def test_batches_and_progress(G, ws):
     c = camera_vector([-0.3, -0.1, 0.0, 0.1, 0.3], [0.0] * 5)
     calls = []
-    batched = TriPlaneRenderer(G, batch_size=2).render(ws[:1], c, deterministic=True,
-                                                       progress=lambda *a: calls.append(a))
+    batched = TriPlaneRenderer(G, batch_size=2).render(
+        ws[:1], c, deterministic=True, progress=lambda *a: calls.append(a)
+    )
     assert calls == [(2, 5), (4, 5), (5, 5)]
     single = TriPlaneRenderer(G, batch_size=1).render(ws[:1], c, deterministic=True)
     torch.testing.assert_close(batched["image"], single["image"], atol=1e-4, rtol=0)
@@ -146,8 +150,12 @@ def test_multiview_grid_has_the_official_layout(G, ws):
     r = G.img_resolution
     assert grid.shape == (2 * r, 2 * r, 3)
     yaw, pitch = math.pi / 9, math.pi / 36
-    views = {(-yaw, -pitch): grid[:r, :r], (yaw, -pitch): grid[:r, r:], (-yaw, pitch): grid[r:, :r],
-             (yaw, pitch): grid[r:, r:]}
+    views = {
+        (-yaw, -pitch): grid[:r, :r],
+        (yaw, -pitch): grid[:r, r:],
+        (-yaw, pitch): grid[r:, :r],
+        (yaw, pitch): grid[r:, r:],
+    }
     for (y, p), quadrant in views.items():
         expected = to_uint8(renderer.render(ws[:1], camera_vector(y, p), deterministic=True)["image"])[0]
         np.testing.assert_array_equal(quadrant, expected)
@@ -155,6 +163,7 @@ def test_multiview_grid_has_the_official_layout(G, ws):
 
 
 # --- videos -------------------------------------------------------------------------------------------
+
 
 def read_video(path):
     frames = imageio_ffmpeg.read_frames(str(path))
@@ -166,9 +175,18 @@ def read_video(path):
 def test_turntable_video_is_h264_with_the_requested_frames_and_layout(G, ws, tmp_path):
     photo = Image.new("RGB", (90, 90), (200, 30, 60))
     calls = []
-    path = render_turntable(TriPlaneRenderer(G, batch_size=4), ws[1:], tmp_path / "turntable.mp4", frames=6,
-                            fps=24, size=63, depth=True, side_by_side=[photo, ws[:1]], deterministic=True,
-                            progress=lambda *a: calls.append(a))
+    path = render_turntable(
+        TriPlaneRenderer(G, batch_size=4),
+        ws[1:],
+        tmp_path / "turntable.mp4",
+        frames=6,
+        fps=24,
+        size=63,
+        depth=True,
+        side_by_side=[photo, ws[:1]],
+        deterministic=True,
+        progress=lambda *a: calls.append(a),
+    )
     meta, video = read_video(path)
     assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p") and meta["fps"] == 24
     assert meta["size"] == (4 * 64, 64)  # input | reconstruction | edit | depth; 63 rounded up to even
@@ -177,14 +195,15 @@ def test_turntable_video_is_h264_with_the_requested_frames_and_layout(G, ws, tmp
 
     renderer = TriPlaneRenderer(G, batch_size=4)
     first_batch = renderer.render(ws[1:], turntable_path(6)[:4], deterministic=True)
-    reconstruction = to_uint8(_resize(renderer.render(ws[:1], turntable_path(6)[:1], deterministic=True)["image"],
-                                      64))[0]
+    reconstruction = to_uint8(
+        _resize(renderer.render(ws[:1], turntable_path(6)[:1], deterministic=True)["image"], 64)
+    )[0]
     edit = to_uint8(_resize(first_batch["image"][:1], 64))[0]
     depth_range = first_batch["image_depth"].min().item(), first_batch["image_depth"].max().item()
     depth = depth_to_uint8(_resize(first_batch["image_depth"][:1], 64), depth_range)[0]
 
     def error(panel, expected):
-        return np.abs(video[0][:, 64 * panel:64 * (panel + 1)].astype(float) - expected).mean()
+        return np.abs(video[0][:, 64 * panel : 64 * (panel + 1)].astype(float) - expected).mean()
 
     assert error(0, np.array([200, 30, 60])) < 4
     assert error(1, reconstruction) < 4 and error(2, edit) < 4 and error(3, depth[..., None]) < 4
@@ -214,7 +233,9 @@ class SphereDecoder(nn.Module):
     def forward(self, features):
         total = features.sum(1)
         sigma = 10 + 200 * (RADIUS**2 - total[..., :1])
-        rgb = torch.cat([0.5 + total[..., 1:2], torch.full_like(sigma, 0.25), torch.full_like(sigma, 0.75)], -1)
+        rgb = torch.cat(
+            [0.5 + total[..., 1:2], torch.full_like(sigma, 0.25), torch.full_like(sigma, 0.75)], -1
+        )
         return rgb, sigma
 
 
@@ -234,8 +255,14 @@ def test_mesh_is_in_world_coordinates_with_outward_faces_and_colours(ws):
     G = make_generator()
     G.decoder = SphereDecoder()
     calls = []
-    mesh = extract_mesh(G, ws[:1], resolution=48, batch_points=5000, planes=sphere_planes(),
-                        progress=lambda *a: calls.append(a))
+    mesh = extract_mesh(
+        G,
+        ws[:1],
+        resolution=48,
+        batch_points=5000,
+        planes=sphere_planes(),
+        progress=lambda *a: calls.append(a),
+    )
     assert calls[-1] == (48**3, 48**3) and len(calls) == math.ceil(48**3 / 5000)
     distance = np.linalg.norm(mesh.vertices - CENTRE, axis=1)
     assert np.abs(distance - RADIUS).max() < 0.01
@@ -264,7 +291,7 @@ def test_mesh_of_the_generator_exports_to_glb_ply_obj(G, ws, tmp_path):
     linear = np.round(srgb_to_linear(srgb[:, :3] / 255) * 255)
     assert np.abs(loaded.visual.vertex_colors[:, :3].astype(int) - linear).max() <= 1
     data = glb.read_bytes()
-    header = json.loads(data[20:20 + struct.unpack("<I", data[12:16])[0]])
+    header = json.loads(data[20 : 20 + struct.unpack("<I", data[12:16])[0]])
     material = header["materials"][0]
     assert "KHR_materials_unlit" in material["extensions"]
     assert material["pbrMetallicRoughness"]["metallicFactor"] == 0

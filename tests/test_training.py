@@ -46,8 +46,14 @@ from preim3d.training.ranger import Ranger
 from preim3d.training.trainer import Trainer, camera_angles, read_training_checkpoint, train
 from preim3d.weights.encoder import load_encoder, load_latent_avg
 
-TINY_ARCFACE = dict(input_size=32, stage_units=(1, 1, 1, 1), stage_channels=(8, 16, 24, 32), stem_channels=8,
-                    embedding_dim=32, se_reduction=4)
+TINY_ARCFACE = dict(
+    input_size=32,
+    stage_units=(1, 1, 1, 1),
+    stage_channels=(8, 16, 24, 32),
+    stem_channels=8,
+    embedding_dim=32,
+    se_reduction=4,
+)
 
 
 class MicroGenerator(torch.nn.Module):
@@ -59,7 +65,9 @@ class MicroGenerator(torch.nn.Module):
     def __init__(self, seed=0):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim = 16, 25, 64
-        self.net = SynthesisNetwork(w_dim=64, img_resolution=32, img_channels=3, channel_base=256, channel_max=16)
+        self.net = SynthesisNetwork(
+            w_dim=64, img_resolution=32, img_channels=3, channel_base=256, channel_max=16
+        )
         self.num_ws = self.net.num_ws
         self.map = MappingNetwork(16, 25, 64, self.num_ws, num_layers=2)
         self.rendering_kwargs = {"avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2]}
@@ -88,8 +96,15 @@ def one_thread():
 
 def micro_encoder(seed=0):
     torch.manual_seed(seed)
-    return WPlusEncoder(n_styles=8, w_dim=64, stage_units=[1, 1, 1, 1], stage_channels=[8, 16, 24, 32],
-                        stem_channels=8, pool_size=2, se_reduction=4)
+    return WPlusEncoder(
+        n_styles=8,
+        w_dim=64,
+        stage_units=[1, 1, 1, 1],
+        stage_channels=[8, 16, 24, 32],
+        stem_channels=8,
+        pool_size=2,
+        se_reduction=4,
+    )
 
 
 def tiny_arcface(seed=1):
@@ -118,10 +133,24 @@ def write_dataset(folder, G, n=16, size=48, seed=0):
 
 
 def micro_config(out, **overrides):
-    settings = dict(out=str(out), batch_size=2, resolution=32, learning_rate=1e-3, lpips_lambda=0.0,
-                    w_rec_lambda_start=1.0, w_rec_lambda_delta=0.0, multi_view_start_step=150, view_count=1,
-                    d_reg_every=4, log_every=1, image_every=100, save_every=100, device="cpu", workers=0,
-                    progress=False)
+    settings = dict(
+        out=str(out),
+        batch_size=2,
+        resolution=32,
+        learning_rate=1e-3,
+        lpips_lambda=0.0,
+        w_rec_lambda_start=1.0,
+        w_rec_lambda_delta=0.0,
+        multi_view_start_step=150,
+        view_count=1,
+        d_reg_every=4,
+        log_every=1,
+        image_every=100,
+        save_every=100,
+        device="cpu",
+        workers=0,
+        progress=False,
+    )
     settings.update(overrides)
     return make_config(**settings)
 
@@ -177,12 +206,25 @@ def test_resuming_reproduces_the_next_step_exactly(tmp_path):
     G = MicroGenerator()
     data = write_dataset(tmp_path / "data", G)
     # two micro-batches per step (both phases), R1 every other update, multi-view on from step 2
-    settings = dict(data=str(data), max_steps=4, save_every=3, accumulate=2, d_reg_every=2,
-                    multi_view_start_step=1, w_pool_size=3)
-    train(micro_config(tmp_path / "a", **settings), generator=G, encoder=micro_encoder(), arcface=tiny_arcface())
+    settings = dict(
+        data=str(data),
+        max_steps=4,
+        save_every=3,
+        accumulate=2,
+        d_reg_every=2,
+        multi_view_start_step=1,
+        w_pool_size=3,
+    )
+    train(
+        micro_config(tmp_path / "a", **settings), generator=G, encoder=micro_encoder(), arcface=tiny_arcface()
+    )
     checkpoint = tmp_path / "a" / "checkpoints" / "step_0000003.pt"
-    resumed = train(micro_config(tmp_path / "b", resume=str(checkpoint), **settings), generator=G,
-                    encoder=micro_encoder(seed=5), arcface=tiny_arcface())
+    resumed = train(
+        micro_config(tmp_path / "b", resume=str(checkpoint), **settings),
+        generator=G,
+        encoder=micro_encoder(seed=5),
+        arcface=tiny_arcface(),
+    )
 
     expected, got = read_log(tmp_path / "a")[-1], read_log(tmp_path / "b")[-1]
     assert got["step"] == expected["step"] == 4 and got["multi_view"]
@@ -197,15 +239,24 @@ def test_resuming_reproduces_the_next_step_exactly(tmp_path):
 
 def test_the_full_tri_plane_generator_trains_the_encoder_through_its_renderer(tmp_path):
     G = tiny_triplane_generator()
-    encoder = WPlusEncoder(stage_units=[1, 1, 1, 1], stage_channels=[8, 16, 24, 32], stem_channels=8, pool_size=2,
-                           se_reduction=4)
+    encoder = WPlusEncoder(
+        stage_units=[1, 1, 1, 1], stage_channels=[8, 16, 24, 32], stem_channels=8, pool_size=2, se_reduction=4
+    )
     c = camera_vector([0.2, -0.1], [0.0, 0.05])
     with torch.no_grad():
         images = G.synthesis(G.mapping(torch.randn(2, G.z_dim), c, 0.7, 14), c)["image"]
     dataset = list(zip(F.adaptive_avg_pool2d(images, 64), c))
     # No latent or adversarial loss: every gradient the encoder gets has come through G.synthesis.
-    config = micro_config(tmp_path / "run", batch_size=1, resolution=64, max_steps=2, multi_view_start_step=1,
-                          w_rec_lambda_start=0.0, w_discriminator_lambda=0.0, image_every=2)
+    config = micro_config(
+        tmp_path / "run",
+        batch_size=1,
+        resolution=64,
+        max_steps=2,
+        multi_view_start_step=1,
+        w_rec_lambda_start=0.0,
+        w_discriminator_lambda=0.0,
+        image_every=2,
+    )
     trainer = Trainer(config, generator=G, encoder=encoder, arcface=tiny_arcface(), dataset=dataset)
     before = trainer.encoder_module.linear.weight.detach().clone()
     first = trainer.train_step()
@@ -232,8 +283,12 @@ def test_bf16_autocast_runs_close_to_float32(tmp_path):
     losses = {}
     for bf16 in (False, True):
         run = tmp_path / f"bf16_{bf16}"
-        train(micro_config(run, data=str(data), max_steps=2, bf16=bf16), generator=G, encoder=micro_encoder(),
-              arcface=tiny_arcface())
+        train(
+            micro_config(run, data=str(data), max_steps=2, bf16=bf16),
+            generator=G,
+            encoder=micro_encoder(),
+            arcface=tiny_arcface(),
+        )
         losses[bf16] = [r["loss_l2"] for r in read_log(run)]
     assert losses[True] != losses[False]  # autocast really ran in bfloat16
     for a, b in zip(losses[True], losses[False]):
@@ -241,11 +296,23 @@ def test_bf16_autocast_runs_close_to_float32(tmp_path):
 
 
 def _ddp_worker(rank, world_size, port, folder, data):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
-    config = micro_config(f"{folder}/run", data=data, max_steps=3, accumulate=2, save_every=3, d_reg_every=2,
-                          multi_view_start_step=1)
+    config = micro_config(
+        f"{folder}/run",
+        data=data,
+        max_steps=3,
+        accumulate=2,
+        save_every=3,
+        d_reg_every=2,
+        multi_view_start_step=1,
+    )
     trainer = train(config, generator=MicroGenerator(), encoder=micro_encoder(), arcface=tiny_arcface())
     parameters = {name: p.detach() for name, p in trainer.encoder_module.named_parameters()}
     torch.save({"encoder": parameters, "D": trainer.D.state_dict()}, f"{folder}/rank{rank}.pt")
@@ -273,8 +340,11 @@ def test_two_processes_train_in_step_through_distributed_data_parallel(tmp_path)
 def test_identity_losses_need_arcface_weights(tmp_path):
     with pytest.raises(Preim3DError, match="--arcface"):
         Trainer(micro_config(tmp_path, real_batches=0), generator=MicroGenerator(), encoder=micro_encoder())
-    trainer = Trainer(micro_config(tmp_path, real_batches=0, id_lambda=0.0, id_lambda_multi_view=0.0),
-                      generator=MicroGenerator(), encoder=micro_encoder())
+    trainer = Trainer(
+        micro_config(tmp_path, real_batches=0, id_lambda=0.0, id_lambda_multi_view=0.0),
+        generator=MicroGenerator(),
+        encoder=micro_encoder(),
+    )
     assert trainer.identity is None and "loss_id" not in trainer.train_step()
 
 
@@ -291,12 +361,24 @@ def test_camera_angles_invert_the_orbit():
 
 
 def test_views_and_synthetic_cameras_follow_their_distributions(tmp_path):
-    trainer = Trainer(micro_config(tmp_path, real_batches=0, view_count=3, multi_view_yaw_std=0.0,
-                                   multi_view_pitch_std=0.0, batch_size=64),
-                      generator=MicroGenerator(), encoder=micro_encoder(), arcface=tiny_arcface())
+    trainer = Trainer(
+        micro_config(
+            tmp_path,
+            real_batches=0,
+            view_count=3,
+            multi_view_yaw_std=0.0,
+            multi_view_pitch_std=0.0,
+            batch_size=64,
+        ),
+        generator=MicroGenerator(),
+        encoder=micro_encoder(),
+        arcface=tiny_arcface(),
+    )
     _, c, ws = trainer.synthetic_batch()
     h, v = camera_angles(c)
-    assert (h - math.pi / 2).abs().max() <= math.radians(30) and (v - math.pi / 2).abs().max() <= math.radians(20)
+    assert (h - math.pi / 2).abs().max() <= math.radians(30) and (
+        v - math.pi / 2
+    ).abs().max() <= math.radians(20)
     assert (h - math.pi / 2).abs().max() > math.radians(20)  # spread over the range
     assert torch.allclose(ws[:, 0], ws[:, -1]) and ws.shape == (64, 8, 64)
 
@@ -336,7 +418,9 @@ def test_ranger_follows_its_formulas():
             assert rho <= 5
             expected = expected - 0.1 / (1 - b1**t) * m
         else:
-            r = math.sqrt((1 - b2**t) * (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            r = math.sqrt(
+                (1 - b2**t) * (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
+            )
             expected = expected - 0.1 * r / (1 - b1**t) * m / (v.sqrt() + 1e-5)
         assert torch.allclose(p.detach(), expected, rtol=1e-12, atol=1e-12), t
 
@@ -441,7 +525,9 @@ def test_arcface_has_the_treb1en_layout_and_initialises_the_encoder(tmp_path):
     assert torch.equal(loaded(x), net(x)) and torch.allclose(loaded(x).norm(dim=1), torch.ones(2))
 
     encoder = WPlusEncoder()
-    assert init_encoder_from_arcface(encoder, state) == sum(k.startswith(("input_layer.", "body.")) for k in state)
+    assert init_encoder_from_arcface(encoder, state) == sum(
+        k.startswith(("input_layer.", "body.")) for k in state
+    )
     assert torch.equal(encoder.body[21].shortcut_layer[0].weight, state["body.21.shortcut_layer.0.weight"])
     with pytest.raises(WeightsError, match="do not fit"):
         init_encoder_from_arcface(micro_encoder(), state)
@@ -468,7 +554,9 @@ def test_dataset_reads_labels_by_path_or_name_and_resizes_like_inference(tmp_pat
     images[1].save(tmp_path / "y.png")
     images[2].save(tmp_path / "z.png")
     c = [[float(i)] * 25 for i in range(3)]
-    (tmp_path / "dataset.json").write_text(json.dumps({"labels": [["a/x.png", c[0]], ["elsewhere/y.png", c[1]]]}))
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"labels": [["a/x.png", c[0]], ["elsewhere/y.png", c[1]]]})
+    )
     with caplog.at_level(logging.WARNING, logger="preim3d.training"):
         dataset = CameraLabelledImages(tmp_path, resolution=256)
     assert "1 image(s)" in caplog.text and "z.png" in caplog.text
@@ -499,8 +587,18 @@ def test_epoch_batches_are_disjoint_between_processes_and_reproducible():
 
 def test_config_file_and_command_line_overrides(tmp_path):
     (tmp_path / "run.toml").write_text('batch_size = 4\nbf16 = true\nout = "somewhere"\nlearning_rate = 3\n')
-    args = cli.build_parser().parse_args(["train", "--config", str(tmp_path / "run.toml"), "--batch-size", "8",
-                                          "--no-bf16", "--id-lambda", "0.5"])
+    args = cli.build_parser().parse_args(
+        [
+            "train",
+            "--config",
+            str(tmp_path / "run.toml"),
+            "--batch-size",
+            "8",
+            "--no-bf16",
+            "--id-lambda",
+            "0.5",
+        ]
+    )
     config = config_from_args(args)
     assert (config.batch_size, config.bf16, config.out, config.id_lambda) == (8, False, "somewhere", 0.5)
     assert config.learning_rate == 3.0 and config.max_steps == 2_000_000
@@ -533,8 +631,19 @@ def test_export_encoder_command(tmp_path, capsys):
     config = micro_config(tmp_path / "run", real_batches=0, max_steps=1)
     train(config, generator=G, encoder=micro_encoder(), arcface=tiny_arcface())
     checkpoint = tmp_path / "run" / "checkpoints" / "step_0000001.pt"
-    assert cli.main(["export-encoder", str(checkpoint), "--bundle", str(tmp_path / "b"), "--official",
-                     str(tmp_path / "e.pt")]) == 0
+    assert (
+        cli.main(
+            [
+                "export-encoder",
+                str(checkpoint),
+                "--bundle",
+                str(tmp_path / "b"),
+                "--official",
+                str(tmp_path / "e.pt"),
+            ]
+        )
+        == 0
+    )
     assert "step 1" in capsys.readouterr().out
     trained = load_encoder(tmp_path / "run" / "bundle").state_dict()
     for source in (tmp_path / "b", tmp_path / "e.pt"):
@@ -551,13 +660,49 @@ def test_train_command_reads_the_generator_encoder_and_data_from_files(tmp_path)
     G = tiny_triplane_generator()
     save_generator(G, tmp_path / "start")
     torch.manual_seed(0)
-    save_encoder(WPlusEncoder(stage_units=[1, 1, 1, 1], stage_channels=[8, 16, 24, 32], stem_channels=8,
-                              pool_size=2, se_reduction=4), tmp_path / "start")
+    save_encoder(
+        WPlusEncoder(
+            stage_units=[1, 1, 1, 1],
+            stage_channels=[8, 16, 24, 32],
+            stem_channels=8,
+            pool_size=2,
+            se_reduction=4,
+        ),
+        tmp_path / "start",
+    )
     data = write_dataset(tmp_path / "data", G, n=2, size=128)
-    status = cli.main(["train", "--generator", str(tmp_path / "start"), "--encoder", str(tmp_path / "start"),
-                       "--data", str(data), "--out", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "1",
-                       "--resolution", "64", "--id-lambda", "0", "--id-lambda-multi-view", "0", "--lpips-lambda", "0",
-                       "--device", "cpu", "--workers", "0", "--no-progress", "--log-every", "1"])
+    status = cli.main(
+        [
+            "train",
+            "--generator",
+            str(tmp_path / "start"),
+            "--encoder",
+            str(tmp_path / "start"),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--resolution",
+            "64",
+            "--id-lambda",
+            "0",
+            "--id-lambda-multi-view",
+            "0",
+            "--lpips-lambda",
+            "0",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--log-every",
+            "1",
+        ]
+    )
     assert status == 0
     log = read_log(tmp_path / "run")
     assert [r["phases"] for r in log] == [{"synthetic": 1, "real": 0}, {"synthetic": 0, "real": 1}]

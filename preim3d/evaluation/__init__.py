@@ -19,7 +19,19 @@ from .run import evaluate
 from .speed import time_stages
 
 __all__ = [
-    "ArcFaceIdentity", "DlibIdentity", "EvaluationReport", "Reprojection", "evaluate", "identity_similarity",
-    "image_metrics", "latent_leakage", "lpips_distance", "mse", "plain_and_precise", "psnr", "reproject", "ssim",
+    "ArcFaceIdentity",
+    "DlibIdentity",
+    "EvaluationReport",
+    "Reprojection",
+    "evaluate",
+    "identity_similarity",
+    "image_metrics",
+    "latent_leakage",
+    "lpips_distance",
+    "mse",
+    "plain_and_precise",
+    "psnr",
+    "reproject",
+    "ssim",
     "time_stages",
 ]

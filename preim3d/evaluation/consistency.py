@@ -71,7 +71,9 @@ def pixel_grid(size: int, n: int = 1) -> torch.Tensor:
 
 def sample(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Bilinear values of image [N, C, h, w] at normalised points uv [N, H, W, 2] -> [N, C, H, W]."""
-    return F.grid_sample(image.double(), 2 * uv - 1, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(
+        image.double(), 2 * uv - 1, mode="bilinear", padding_mode="border", align_corners=False
+    )
 
 
 def unproject(depth: torch.Tensor, c: torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -102,8 +104,15 @@ def project(points: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.
     return uv, z, (points - origin).norm(dim=-1)
 
 
-def reproject(image_a: torch.Tensor, depth_a: torch.Tensor, c_a: torch.Tensor, image_b: torch.Tensor,
-              depth_b: torch.Tensor, c_b: torch.Tensor, tolerance: float = DEFAULT_TOLERANCE) -> Reprojection:
+def reproject(
+    image_a: torch.Tensor,
+    depth_a: torch.Tensor,
+    c_a: torch.Tensor,
+    image_b: torch.Tensor,
+    depth_b: torch.Tensor,
+    c_b: torch.Tensor,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Reprojection:
     """Warp view B onto view A's pixels through A's depth and compare colours on co-visible pixels.
 
     image_* [N, 3, S, S] in [-1, 1], depth_* [N, 1, r, r] ray depths as `render` returns them
@@ -123,5 +132,6 @@ def reproject(image_a: torch.Tensor, depth_a: torch.Tensor, c_a: torch.Tensor, i
     diff = (image_a.double() - warped).abs().mean(1) * 127.5  # [-1, 1] -> 8-bit levels
     count = mask.sum((1, 2))
     error = torch.where(count > 0, (diff * mask).sum((1, 2)) / count.clamp_min(1), torch.nan)
-    return Reprojection(warped=warped.float(), mask=mask, error=error.float(),
-                        covisible=(count / (size * size)).float())
+    return Reprojection(
+        warped=warped.float(), mask=mask, error=error.float(), covisible=(count / (size * size)).float()
+    )

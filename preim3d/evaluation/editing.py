@@ -32,8 +32,9 @@ def other_attributes(bank: DirectionBank, target: str) -> list[str]:
     return [name for name in bank.names if name != stored]
 
 
-def latent_leakage(bank: DirectionBank, ws: torch.Tensor, edited: torch.Tensor, target: str,
-                   strength: float) -> dict:
+def latent_leakage(
+    bank: DirectionBank, ws: torch.Tensor, edited: torch.Tensor, target: str, strength: float
+) -> dict:
     """Leakage of one single-attribute edit ws -> edited (module docstring).
 
     Returns {'target_shift': l_t, 'leakage': {b: l_b for every other attribute b},
@@ -61,8 +62,9 @@ def latent_leakage(bank: DirectionBank, ws: torch.Tensor, edited: torch.Tensor, 
     }
 
 
-def plain_and_precise(bank: DirectionBank, ws: torch.Tensor, target: str, strength: float,
-                      hold: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+def plain_and_precise(
+    bank: DirectionBank, ws: torch.Tensor, target: str, strength: float, hold: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
     """{'plain': ws + strength * d_target, 'precise': the precise edit holding `hold`}.
 
     hold=None holds every other attribute of the bank, the strictest precise edit; the target itself
@@ -70,7 +72,9 @@ def plain_and_precise(bank: DirectionBank, ws: torch.Tensor, target: str, streng
     directions, so no step can move it alone.
     """
     stored = bank.resolve(target)[0]
-    hold = [h for h in (other_attributes(bank, target) if hold is None else hold) if bank.resolve(h)[0] != stored]
+    hold = [
+        h for h in (other_attributes(bank, target) if hold is None else hold) if bank.resolve(h)[0] != stored
+    ]
     edits = {target: strength}
     return {"plain": bank.apply(ws, edits), "precise": bank.apply(ws, edits, hold=hold, precise=True)}
 

@@ -83,8 +83,9 @@ class DlibIdentity:
             box = max(boxes, key=lambda r: r.area())
         else:
             left, top, right, bottom = CROP_FACE_BOX
-            box = self._rectangle(round(left * size[0]), round(top * size[1]),
-                                  round(right * size[0]), round(bottom * size[1]))
+            box = self._rectangle(
+                round(left * size[0]), round(top * size[1]), round(right * size[0]), round(bottom * size[1])
+            )
         shape = self._landmarks(pixels, box)
         vector = np.asarray(self._network.compute_face_descriptor(pixels, shape, 0, 0.25), dtype=np.float64)
         return Embedding(vector / np.linalg.norm(vector), bool(boxes))
@@ -98,7 +99,9 @@ class ArcFaceIdentity:
     def __init__(self, weights, device="cpu"):
         from ..training.identity import load_arcface
 
-        self.network = load_arcface(weights, device=device) if isinstance(weights, (str, Path)) else weights.eval()
+        self.network = (
+            load_arcface(weights, device=device) if isinstance(weights, (str, Path)) else weights.eval()
+        )
         self.weights = str(weights) if isinstance(weights, (str, Path)) else "given module"
 
     def embed(self, image) -> Embedding:

@@ -41,8 +41,10 @@ def to_float(image) -> np.ndarray:
 
 def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A float [H, W, 3] image resized to (width, height), channel by channel in float32 (no 8-bit rounding)."""
-    channels = [np.asarray(Image.fromarray(x[..., k].astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
-                for k in range(3)]
+    channels = [
+        np.asarray(Image.fromarray(x[..., k].astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
+        for k in range(3)
+    ]
     return np.stack(channels, -1).astype(np.float64)
 
 
@@ -111,5 +113,9 @@ def lpips_distance(a, b) -> float | None:
 
 def image_metrics(target, reconstruction) -> dict[str, float | None]:
     """{'mse', 'psnr', 'ssim', 'lpips'} of a reconstruction against its target (lpips None if unavailable)."""
-    return {"mse": mse(target, reconstruction), "psnr": psnr(target, reconstruction),
-            "ssim": ssim(target, reconstruction), "lpips": lpips_distance(target, reconstruction)}
+    return {
+        "mse": mse(target, reconstruction),
+        "psnr": psnr(target, reconstruction),
+        "ssim": ssim(target, reconstruction),
+        "lpips": lpips_distance(target, reconstruction),
+    }

@@ -75,7 +75,9 @@ def _photo_list(photos) -> list[tuple[str, object]]:
     items = list(photos)
     if not items:
         raise InputImageError("No photos to evaluate.")
-    return [(Path(p).name if isinstance(p, (str, os.PathLike)) else f"photo_{i}", p) for i, p in enumerate(items)]
+    return [
+        (Path(p).name if isinstance(p, (str, os.PathLike)) else f"photo_{i}", p) for i, p in enumerate(items)
+    ]
 
 
 def _version(package: str) -> str:
@@ -104,8 +106,18 @@ def environment(editor, weights=None) -> dict[str, str]:
         "precision": str(getattr(editor.generator, "precision", "fp32")),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        **{f"version {p}": _version(p) for p in ("preim3d", "torch", "numpy", "pillow", "scikit-image",
-                                                  "face-recognition-models", "lpips")},
+        **{
+            f"version {p}": _version(p)
+            for p in (
+                "preim3d",
+                "torch",
+                "numpy",
+                "pillow",
+                "scikit-image",
+                "face-recognition-models",
+                "lpips",
+            )
+        },
         "version dlib": dlib.__version__,
         "weights": str(editor.source),
     }
@@ -117,7 +129,9 @@ def environment(editor, weights=None) -> dict[str, str]:
                     if key in section:
                         env[f"weights {component} {key}"] = json.dumps(section[key], sort_keys=True)
     elif editor.directions is not None:
-        env["weights directions provenance"] = json.dumps(editor.directions.provenance, sort_keys=True, default=str)
+        env["weights directions provenance"] = json.dumps(
+            editor.directions.provenance, sort_keys=True, default=str
+        )
     return env
 
 
@@ -137,11 +151,15 @@ def _labelled_edits(bank, edits: Mapping[str, float], table, name: str) -> dict[
     out = dict(edits)
     for edit, strength in edits.items():
         stored, sign = bank.resolve(edit)
-        column = next((c for c in (table[1] if row is not None else ()) if c in bank and bank.resolve(c)[0] == stored),
-                      None)
+        column = next(
+            (c for c in (table[1] if row is not None else ()) if c in bank and bank.resolve(c)[0] == stored),
+            None,
+        )
         if column is None or math.isnan(label := float(table[1][column][row])):
             continue
-        has = (1 if label == 1 else -1) * bank.resolve(column)[1]  # +1: the photo's stored score should be high
+        has = (1 if label == 1 else -1) * bank.resolve(column)[
+            1
+        ]  # +1: the photo's stored score should be high
         if has * sign * strength > 0:  # sign * strength: the edit's change of the stored score
             out[edit] = -strength
     return out
@@ -150,7 +168,9 @@ def _labelled_edits(bank, edits: Mapping[str, float], table, name: str) -> dict[
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """P(score of a positive > score of a negative), ties counted half (the Mann-Whitney AUC)."""
     positives, negatives = scores[labels], scores[~labels]
-    greater = (positives[:, None] > negatives[None, :]).sum() + 0.5 * (positives[:, None] == negatives[None, :]).sum()
+    greater = (positives[:, None] > negatives[None, :]).sum() + 0.5 * (
+        positives[:, None] == negatives[None, :]
+    ).sum()
     return float(greater / (len(positives) * len(negatives)))
 
 
@@ -162,13 +182,23 @@ def _attribute_table(bank, table, names: list[str], codes: list[torch.Tensor]) -
         if column not in bank:
             continue
         stored, sign = bank.resolve(column)
-        known = [(i, float(values[r]) == 1) for i, r in enumerate(rows_of) if r is not None and not math.isnan(values[r])]
+        known = [
+            (i, float(values[r]) == 1)
+            for i, r in enumerate(rows_of)
+            if r is not None and not math.isnan(values[r])
+        ]
         positive = np.array([p for _, p in known], dtype=bool)
         if positive.all() or not positive.any():
             continue
         scores = sign * bank.scores(torch.cat([codes[i] for i, _ in known]), [stored])[:, 0].numpy()
-        out.append({"attribute": column, "positives": int(positive.sum()), "negatives": int((~positive).sum()),
-                    "auc": _auc(scores, positive)})
+        out.append(
+            {
+                "attribute": column,
+                "positives": int(positive.sum()),
+                "negatives": int((~positive).sum()),
+                "auc": _auc(scores, positive),
+            }
+        )
     return out
 
 
@@ -206,14 +236,25 @@ def _evaluate_photo(setup: _Setup, name: str, face) -> _PhotoResult:
     c_photo = camera_vector(yaw, pitch)
     reconstruction = _pil(setup.render(ws, c_photo)["image"])[0]
     input_id, recon_id = setup.identity.embed(face.image), setup.identity.embed(reconstruction)
-    inversion = {"photo": name, "yaw_deg": math.degrees(yaw), "pitch_deg": math.degrees(pitch),
-                 **image_metrics(face.image, reconstruction), "identity": cosine(input_id, recon_id),
-                 "face_detected": recon_id.detected}
+    inversion = {
+        "photo": name,
+        "yaw_deg": math.degrees(yaw),
+        "pitch_deg": math.degrees(pitch),
+        **image_metrics(face.image, reconstruction),
+        "identity": cosine(input_id, recon_id),
+        "face_detected": recon_id.detected,
+    }
     views, view_images = _consistency(setup, name, ws, input_id)
     row_pitch = min((p for _, p in setup.grid), key=abs)  # the example row shows the views nearest to level
-    tiles = [("input", face.image), ("reconstruction", reconstruction),
-             *[(f"yaw {math.degrees(y):+.0f}°", image) for (y, p), image in zip(setup.grid, view_images)
-               if p == row_pitch]]
+    tiles = [
+        ("input", face.image),
+        ("reconstruction", reconstruction),
+        *[
+            (f"yaw {math.degrees(y):+.0f}°", image)
+            for (y, p), image in zip(setup.grid, view_images)
+            if p == row_pitch
+        ],
+    ]
     edits = []
     if setup.edits:
         edits = _editing(setup, name, ws, c_photo, recon_id, tiles)
@@ -232,12 +273,26 @@ def _consistency(setup: _Setup, name: str, ws, input_id) -> tuple[list[dict], li
     depth = out["image_depth"]
     rows = []
     for k, (yaw, pitch) in enumerate(setup.grid):
-        row = {"photo": name, "yaw_deg": round(math.degrees(yaw), 2), "pitch_deg": round(math.degrees(pitch), 2),
-               "identity_to_input": cosine(input_id, embeddings[k]),
-               "identity_to_views": float((between[k].sum() - between[k, k]) / max(n - 1, 1))}
-        for kind, pixels in (("raw", out["image_raw"]), ("final", out["image"])):  # one view at a time: memory
-            check = reproject(pixels[k:k + 1], depth[k:k + 1], c_grid[k], pixels[n:], depth[n:], c_front,
-                              setup.tolerance)
+        row = {
+            "photo": name,
+            "yaw_deg": round(math.degrees(yaw), 2),
+            "pitch_deg": round(math.degrees(pitch), 2),
+            "identity_to_input": cosine(input_id, embeddings[k]),
+            "identity_to_views": float((between[k].sum() - between[k, k]) / max(n - 1, 1)),
+        }
+        for kind, pixels in (
+            ("raw", out["image_raw"]),
+            ("final", out["image"]),
+        ):  # one view at a time: memory
+            check = reproject(
+                pixels[k : k + 1],
+                depth[k : k + 1],
+                c_grid[k],
+                pixels[n:],
+                depth[n:],
+                c_front,
+                setup.tolerance,
+            )
             row[f"reprojection_{kind}"], row[f"covisible_{kind}"] = check.error.item(), check.covisible.item()
         rows.append({**row, "face_detected": embeddings[k].detected})
     return rows, images
@@ -256,16 +311,36 @@ def _editing(setup: _Setup, name: str, ws, c_photo, recon_id, tiles: list) -> li
         for mode, code in edited.items():
             image = _pil(setup.render(code, c_photo)["image"])[0]
             tiles.append((f"{edit} {mode}", image))
-            rows.append({"photo": name, "edit": edit, "strength": strength, "mode": mode,
-                         "identity": cosine(recon_id, setup.identity.embed(image)),
-                         **latent_leakage(bank, ws, code, edit, strength)})
+            rows.append(
+                {
+                    "photo": name,
+                    "edit": edit,
+                    "strength": strength,
+                    "mode": mode,
+                    "identity": cosine(recon_id, setup.identity.embed(image)),
+                    **latent_leakage(bank, ws, code, edit, strength),
+                }
+            )
     return rows
 
 
-def evaluate(editor, photos, labels=None, out=None, *, yaws: Iterable[float] = DEFAULT_YAWS,
-             pitches: Iterable[float] = DEFAULT_PITCHES, edits: Mapping[str, float] | None = None,
-             hold: Iterable[str] | None = None, arcface=None, identity=None, weights=None, repeats: int = 3,
-             tolerance: float = DEFAULT_TOLERANCE, log: Callable[[str], None] | None = None) -> EvaluationReport:
+def evaluate(
+    editor,
+    photos,
+    labels=None,
+    out=None,
+    *,
+    yaws: Iterable[float] = DEFAULT_YAWS,
+    pitches: Iterable[float] = DEFAULT_PITCHES,
+    edits: Mapping[str, float] | None = None,
+    hold: Iterable[str] | None = None,
+    arcface=None,
+    identity=None,
+    weights=None,
+    repeats: int = 3,
+    tolerance: float = DEFAULT_TOLERANCE,
+    log: Callable[[str], None] | None = None,
+) -> EvaluationReport:
     """Measure inversion, 3D consistency, editing precision and speed (module docstring); returns the report.
 
     editor: a `preim3d.Editor`. photos: a folder, a photo, or a list of paths / images. labels: a
@@ -282,7 +357,9 @@ def evaluate(editor, photos, labels=None, out=None, *, yaws: Iterable[float] = D
     yaws, pitches = [float(y) for y in yaws], [float(p) for p in pitches]
     bank = editor.directions
     if bank is None and (edits or hold):
-        raise WeightsError(f"The weights ({editor.source}) hold no editing directions, so edits cannot be measured.")
+        raise WeightsError(
+            f"The weights ({editor.source}) hold no editing directions, so edits cannot be measured."
+        )
     if bank is None:
         edits = {}
     elif edits is None:
@@ -291,11 +368,16 @@ def evaluate(editor, photos, labels=None, out=None, *, yaws: Iterable[float] = D
         edits = {edit: float(strength) for edit, strength in edits.items()}
         for edit in (*edits, *(hold or ())):
             bank.resolve(edit)  # an unknown name fails before the slow work, with the valid ones listed
-    setup = _Setup(editor=editor, identity=identity or identity_model(arcface, device=editor.device),
-                   grid=[(y, p) for p in pitches for y in yaws], edits=edits,
-                   hold=None if hold is None else list(hold),
-                   labels=read_label_table(labels) if labels is not None else None, tolerance=tolerance,
-                   skipped={})
+    setup = _Setup(
+        editor=editor,
+        identity=identity or identity_model(arcface, device=editor.device),
+        grid=[(y, p) for p in pitches for y in yaws],
+        edits=edits,
+        hold=None if hold is None else list(hold),
+        labels=read_label_table(labels) if labels is not None else None,
+        tolerance=tolerance,
+        skipped={},
+    )
 
     results: list[tuple[str, _PhotoResult]] = []
     skipped = setup.skipped
@@ -312,13 +394,17 @@ def evaluate(editor, photos, labels=None, out=None, *, yaws: Iterable[float] = D
         results.append((name, result))
         first_photo = photo if first_photo is None else first_photo
         scores = result.inversion
-        log(f"{name}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, identity {scores['identity']:.3f}; "
-            f"novel views: identity to input {np.mean([v['identity_to_input'] for v in result.views]):.3f}")
+        log(
+            f"{name}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, identity {scores['identity']:.3f}; "
+            f"novel views: identity to input {np.mean([v['identity_to_input'] for v in result.views]):.3f}"
+        )
 
     speed = []
     if first_photo is not None:
         timings = time_stages(editor, first_photo, next(iter(edits.items()), None), repeats=repeats)
-        speed = [{"stage": stage, **timing, "device": str(editor.device)} for stage, timing in timings.items()]
+        speed = [
+            {"stage": stage, **timing, "device": str(editor.device)} for stage, timing in timings.items()
+        ]
         log("speed: " + ", ".join(f"{r['stage']} {r['ms']:.0f} ms" for r in speed))
 
     edit_rows = [row for _, r in results for row in r.edits]
@@ -326,18 +412,33 @@ def evaluate(editor, photos, labels=None, out=None, *, yaws: Iterable[float] = D
     views = [row for _, r in results for row in r.views]
     names = [name for name, _ in results]
     settings = {
-        "yaws": yaws, "pitches": pitches, "edits": edits, "tolerance": tolerance, "repeats": repeats,
-        "identity_model": setup.identity.name, "lpips": lpips_status(), "labels": str(labels) if labels else None,
+        "yaws": yaws,
+        "pitches": pitches,
+        "edits": edits,
+        "tolerance": tolerance,
+        "repeats": repeats,
+        "identity_model": setup.identity.name,
+        "lpips": lpips_status(),
+        "labels": str(labels) if labels else None,
         "hold_description": "every other attribute" if hold is None else ", ".join(setup.hold) or "nothing",
         "deterministic_renders": True,
     }
     report = EvaluationReport(
-        environment=environment(editor, weights), settings=settings, photos=names, skipped=skipped,
-        inversion=[r.inversion for _, r in results], views=views,
-        edits=[{k: v for k, v in row.items() if k != "leakage"} for row in edit_rows], leakage=leakage,
-        attributes=(_attribute_table(bank, setup.labels, names, [r.ws for _, r in results])
-                    if setup.labels is not None and bank is not None else []),
-        speed=speed, figures=_figures(views, leakage, [(name, r.tiles) for name, r in results]),
+        environment=environment(editor, weights),
+        settings=settings,
+        photos=names,
+        skipped=skipped,
+        inversion=[r.inversion for _, r in results],
+        views=views,
+        edits=[{k: v for k, v in row.items() if k != "leakage"} for row in edit_rows],
+        leakage=leakage,
+        attributes=(
+            _attribute_table(bank, setup.labels, names, [r.ws for _, r in results])
+            if setup.labels is not None and bank is not None
+            else []
+        ),
+        speed=speed,
+        figures=_figures(views, leakage, [(name, r.tiles) for name, r in results]),
     )
     if out is not None:
         report.save(out)
@@ -350,37 +451,58 @@ def _leakage_rows(edit_rows: list[dict]) -> list[dict]:
     for row in edit_rows:
         for attribute, value in row["leakage"].items():
             sums.setdefault((row["edit"], row["mode"], attribute), []).append(value)
-    return [{"edit": e, "mode": m, "attribute": a, "leakage": float(np.mean(v))} for (e, m, a), v in sums.items()]
+    return [
+        {"edit": e, "mode": m, "attribute": a, "leakage": float(np.mean(v))} for (e, m, a), v in sums.items()
+    ]
 
 
 def _figures(views, leakage, examples) -> dict[str, Image.Image]:
     """The report's PNGs: identity and reprojection curves over yaw, leakage heat map, example grid."""
     figures = {}
     if views:
+
         def curve(key):
             series = {}
             for pitch in sorted({v["pitch_deg"] for v in views}):
                 yaws = sorted({v["yaw_deg"] for v in views if v["pitch_deg"] == pitch})
                 series[f"pitch {pitch:+.0f}°"] = [
-                    (y, float(np.mean([v[key] for v in views if v["pitch_deg"] == pitch and v["yaw_deg"] == y])))
-                    for y in yaws]
+                    (
+                        y,
+                        float(
+                            np.mean([v[key] for v in views if v["pitch_deg"] == pitch and v["yaw_deg"] == y])
+                        ),
+                    )
+                    for y in yaws
+                ]
             return series
 
-        figures["identity_curve.png"] = line_chart(curve("identity_to_input"), "Identity similarity to the input",
-                                                   "yaw (degrees)", "cosine similarity")
-        figures["reprojection_curve.png"] = line_chart(curve("reprojection_raw"),
-                                                       "Frontal view warped onto each view (raw render)",
-                                                       "yaw (degrees)", "mean |RGB error| (8-bit)")
+        figures["identity_curve.png"] = line_chart(
+            curve("identity_to_input"),
+            "Identity similarity to the input",
+            "yaw (degrees)",
+            "cosine similarity",
+        )
+        figures["reprojection_curve.png"] = line_chart(
+            curve("reprojection_raw"),
+            "Frontal view warped onto each view (raw render)",
+            "yaw (degrees)",
+            "mean |RGB error| (8-bit)",
+        )
     if leakage:
         rows = list(dict.fromkeys((r["edit"], r["mode"]) for r in leakage))
         columns = list(dict.fromkeys(r["attribute"] for r in leakage))
         value = {(r["edit"], r["mode"], r["attribute"]): r["leakage"] for r in leakage}
         matrix = [[value.get((e, m, a), math.nan) for a in columns] for e, m in rows]
-        figures["leakage.png"] = heatmap(matrix, [f"{e} ({m})" for e, m in rows], columns,
-                                         "Score change of the other attributes per unit of edit")
+        figures["leakage.png"] = heatmap(
+            matrix,
+            [f"{e} ({m})" for e, m in rows],
+            columns,
+            "Score change of the other attributes per unit of edit",
+        )
     if examples:
         shown = examples[:_EXAMPLE_PHOTOS]
         labels = [label for label, _ in max((tiles for _, tiles in shown), key=len)]
-        figures["examples.png"] = image_grid([[image for _, image in tiles] for _, tiles in shown],
-                                             [name for name, _ in shown], labels)
+        figures["examples.png"] = image_grid(
+            [[image for _, image in tiles] for _, tiles in shown], [name for name, _ in shown], labels
+        )
     return figures

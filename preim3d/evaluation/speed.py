@@ -34,11 +34,17 @@ def time_call(function: Callable[[], object], repeats: int) -> tuple[dict[str, f
         result = function()
         times.append(time.perf_counter() - start)
     warm = times[1:]
-    return {"cold_ms": 1e3 * times[0], "ms": 1e3 * statistics.median(warm), "min_ms": 1e3 * min(warm),
-            "repeats": repeats}, result
+    return {
+        "cold_ms": 1e3 * times[0],
+        "ms": 1e3 * statistics.median(warm),
+        "min_ms": 1e3 * min(warm),
+        "repeats": repeats,
+    }, result
 
 
-def time_stages(editor, photo, edit: tuple[str, float] | None = None, repeats: int = 3) -> dict[str, dict[str, float]]:
+def time_stages(
+    editor, photo, edit: tuple[str, float] | None = None, repeats: int = 3
+) -> dict[str, dict[str, float]]:
     """Times of the stages (module docstring) for one photo, rendered from its estimated camera.
 
     `edit` (name, strength) is the edit timed; the edit stages are left out without one or when the

@@ -110,10 +110,14 @@ class WPlusEncoder(nn.Module):
     ):
         super().__init__()
         if len(stage_units) != len(stage_channels):
-            raise ValueError(f"stage_units {stage_units} and stage_channels {stage_channels} differ in length.")
+            raise ValueError(
+                f"stage_units {stage_units} and stage_channels {stage_channels} differ in length."
+            )
         if any(a == b for a, b in zip(stage_channels, stage_channels[1:])):
             # A stage is recognised in a state dict by its width, so neighbours must differ.
-            raise ValueError(f"Neighbouring stages need different widths, got stage_channels {stage_channels}.")
+            raise ValueError(
+                f"Neighbouring stages need different widths, got stage_channels {stage_channels}."
+            )
         self.config = dict(
             n_styles=n_styles,
             w_dim=w_dim,
@@ -126,7 +130,9 @@ class WPlusEncoder(nn.Module):
         self.n_styles = n_styles
         self.w_dim = w_dim
         self.input_layer = nn.Sequential(
-            nn.Conv2d(3, stem_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_channels), nn.PReLU(stem_channels)
+            nn.Conv2d(3, stem_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem_channels),
+            nn.PReLU(stem_channels),
         )
         units = []
         in_channels = stem_channels
@@ -236,7 +242,9 @@ class FastWPlusEncoder(nn.Module):
             head_bn, pool, _, head_fc = encoder.output_layer_2
             self.pool_size = pool.output_size
             a, b = _bn_scale_shift(head_bn)
-            cells = head_fc.in_features // a.numel()  # flatten is channel-major: channel c owns `cells` inputs
+            cells = (
+                head_fc.in_features // a.numel()
+            )  # flatten is channel-major: channel c owns `cells` inputs
             self.register_buffer("head_w", head_fc.weight * a.repeat_interleave(cells)[None, :])
             self.register_buffer("head_b", head_fc.bias + head_fc.weight @ b.repeat_interleave(cells))
             self.register_buffer("out_w", encoder.linear.weight * encoder.linear.scale)

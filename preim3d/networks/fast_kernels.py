@@ -46,7 +46,8 @@ def available(planes: torch.Tensor) -> bool:
         and planes.dtype == torch.float16
         and (planes.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
         and not (torch.is_grad_enabled() and planes.requires_grad)
-        and c >= 16 and c & (c - 1) == 0
+        and c >= 16
+        and c & (c - 1) == 0
         and _agrees_with_pytorch(planes.device)
     )
 
@@ -65,20 +66,28 @@ def _agrees_with_pytorch(device: torch.device) -> bool:
                 param.copy_(torch.randn(param.shape, generator=gen))
             planes = torch.randn(1, 3, 32, 16, 16, generator=gen).to(device, torch.float16)
             origins = (torch.randn(2, 40, 3, generator=gen) * 0.1).to(device)
-            directions = torch.nn.functional.normalize(torch.randn(2, 40, 3, generator=gen), dim=-1).to(device)
+            directions = torch.nn.functional.normalize(torch.randn(2, 40, 3, generator=gen), dim=-1).to(
+                device
+            )
             depths = (torch.rand(2, 40, 5, 1, generator=gen) * 1.2).to(device)
             points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(2, -1, 3)
-            ref_colors, ref_densities = decoder(sample_triplanes(planes.float().expand(2, -1, -1, -1, -1), points, 1.0))
+            ref_colors, ref_densities = decoder(
+                sample_triplanes(planes.float().expand(2, -1, -1, -1, -1), points, 1.0)
+            )
             try:
                 colors, densities = sample_and_decode(planes, decoder, origins, directions, depths, 1.0)
-                error = max((colors.float().flatten(2) - ref_colors.transpose(1, 2)).abs().max().item(),
-                            (densities.flatten(1) - ref_densities.flatten(1)).abs().max().item())
+                error = max(
+                    (colors.float().flatten(2) - ref_colors.transpose(1, 2)).abs().max().item(),
+                    (densities.flatten(1) - ref_densities.flatten(1)).abs().max().item(),
+                )
                 problem = f"disagrees with PyTorch (error {error:.3g})" if not error < 1e-2 else None
             except Exception as exc:  # e.g. a GPU that Triton cannot compile for
                 problem = f"does not run ({type(exc).__name__}: {exc})"
         _checked[key] = problem is None
         if problem:
-            warnings.warn(f"the fused tri-plane kernel {problem} on {key}; rendering without it", stacklevel=2)
+            warnings.warn(
+                f"the fused tri-plane kernel {problem} on {key}; rendering without it", stacklevel=2
+            )
     return _checked[key]
 
 
@@ -109,12 +118,28 @@ def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
     count = m * s
     grid = ((count + BLOCK - 1) // BLOCK, n)
     _sample_decode[grid](
-        texels, 0 if n_planes == 1 else texels.stride(0),
-        origins.float().contiguous(), directions.float().contiguous(), depths.float().contiguous(),
-        w1, b1, w_rgb, b_rgb, w_sigma, b_sigma,
-        colors, densities,
-        count, s, h, w, 2.0 / box_warp,
-        C=c, HIDDEN=hidden, FEATURES=features, BLOCK=BLOCK,
+        texels,
+        0 if n_planes == 1 else texels.stride(0),
+        origins.float().contiguous(),
+        directions.float().contiguous(),
+        depths.float().contiguous(),
+        w1,
+        b1,
+        w_rgb,
+        b_rgb,
+        w_sigma,
+        b_sigma,
+        colors,
+        densities,
+        count,
+        s,
+        h,
+        w,
+        2.0 / box_warp,
+        C=c,
+        HIDDEN=hidden,
+        FEATURES=features,
+        BLOCK=BLOCK,
     )
     return colors, densities
 
@@ -127,8 +152,9 @@ def weighted_sum(colors: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     colors, v = colors.contiguous(), v.float().contiguous()
     out = torch.empty((n, f, m), dtype=torch.float32, device=colors.device)
     rays = 32
-    _weighted_sum[((m + rays - 1) // rays, n)](colors, v, out, m, s, F=f, RAYS=rays,
-                                               SAMPLES=triton.next_power_of_2(s))
+    _weighted_sum[((m + rays - 1) // rays, n)](
+        colors, v, out, m, s, F=f, RAYS=rays, SAMPLES=triton.next_power_of_2(s)
+    )
     return out
 
 
@@ -140,25 +166,46 @@ def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float |
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     count = x.numel()
     _bias_lrelu[(triton.cdiv(count, 1024),)](
-        x, bias.float().contiguous(), count, x.shape[1], x.shape[2] * x.shape[3], gain,
-        float("inf") if clamp is None else clamp, CHANNELS_LAST=channels_last, BLOCK=1024)
+        x,
+        bias.float().contiguous(),
+        count,
+        x.shape[1],
+        x.shape[2] * x.shape[3],
+        gain,
+        float("inf") if clamp is None else clamp,
+        CHANNELS_LAST=channels_last,
+        BLOCK=1024,
+    )
     return x
 
 
 if triton is not None:
 
     @triton.jit
-    def _bias_lrelu(x_ptr, bias_ptr, count, channels, pixels, gain, clamp,
-                    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    def _bias_lrelu(
+        x_ptr,
+        bias_ptr,
+        count,
+        channels,
+        pixels,
+        gain,
+        clamp,
+        CHANNELS_LAST: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         ok = i < count
         channel = i % channels if CHANNELS_LAST else (i // pixels) % channels
-        y = tl.load(x_ptr + i, mask=ok, other=0.0).to(tl.float32) + tl.load(bias_ptr + channel, mask=ok, other=0.0)
+        y = tl.load(x_ptr + i, mask=ok, other=0.0).to(tl.float32) + tl.load(
+            bias_ptr + channel, mask=ok, other=0.0
+        )
         y = tl.where(y >= 0, y, y * 0.2) * gain
         tl.store(x_ptr + i, tl.minimum(tl.maximum(y, -clamp), clamp).to(tl.float16), mask=ok)
 
     @triton.jit
-    def _weighted_sum(colors_ptr, v_ptr, out_ptr, m, s, F: tl.constexpr, RAYS: tl.constexpr, SAMPLES: tl.constexpr):
+    def _weighted_sum(
+        colors_ptr, v_ptr, out_ptr, m, s, F: tl.constexpr, RAYS: tl.constexpr, SAMPLES: tl.constexpr
+    ):
         view = tl.program_id(1).to(tl.int64)
         ray = tl.program_id(0) * RAYS + tl.arange(0, RAYS)
         sample = tl.arange(0, SAMPLES)
@@ -167,7 +214,9 @@ if triton is not None:
         v = tl.load(v_ptr + view * m * s + tile, mask=ok, other=0.0)
         for channel in tl.static_range(F):
             c = tl.load(colors_ptr + (view * F + channel) * m * s + tile, mask=ok, other=0.0)
-            tl.store(out_ptr + (view * F + channel) * m + ray, tl.sum(c.to(tl.float32) * v, axis=1), mask=ray < m)
+            tl.store(
+                out_ptr + (view * F + channel) * m + ray, tl.sum(c.to(tl.float32) * v, axis=1), mask=ray < m
+            )
 
     @triton.jit
     def _bilinear(plane_ptr, u, v, h, w, inside, channels, C: tl.constexpr, BLOCK: tl.constexpr):
@@ -195,22 +244,47 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _sample_decode(planes_ptr, plane_batch_stride, origins_ptr, directions_ptr, depths_ptr,
-                       w1_ptr, b1_ptr, w_rgb_ptr, b_rgb_ptr, w_sigma_ptr, b_sigma_ptr,
-                       colors_ptr, densities_ptr,
-                       count, samples_per_ray, h, w, scale,
-                       C: tl.constexpr, HIDDEN: tl.constexpr, FEATURES: tl.constexpr, BLOCK: tl.constexpr):
+    def _sample_decode(
+        planes_ptr,
+        plane_batch_stride,
+        origins_ptr,
+        directions_ptr,
+        depths_ptr,
+        w1_ptr,
+        b1_ptr,
+        w_rgb_ptr,
+        b_rgb_ptr,
+        w_sigma_ptr,
+        b_sigma_ptr,
+        colors_ptr,
+        densities_ptr,
+        count,
+        samples_per_ray,
+        h,
+        w,
+        scale,
+        C: tl.constexpr,
+        HIDDEN: tl.constexpr,
+        FEATURES: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         view = tl.program_id(1).to(tl.int64)
         idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         inside = idx < count
         ray = view * (count // samples_per_ray) + idx // samples_per_ray
         t = tl.load(depths_ptr + view * count + idx, mask=inside, other=0.0)
-        x = (tl.load(origins_ptr + ray * 3, mask=inside, other=0.0)
-             + t * tl.load(directions_ptr + ray * 3, mask=inside, other=0.0)) * scale
-        y = (tl.load(origins_ptr + ray * 3 + 1, mask=inside, other=0.0)
-             + t * tl.load(directions_ptr + ray * 3 + 1, mask=inside, other=0.0)) * scale
-        z = (tl.load(origins_ptr + ray * 3 + 2, mask=inside, other=0.0)
-             + t * tl.load(directions_ptr + ray * 3 + 2, mask=inside, other=0.0)) * scale
+        x = (
+            tl.load(origins_ptr + ray * 3, mask=inside, other=0.0)
+            + t * tl.load(directions_ptr + ray * 3, mask=inside, other=0.0)
+        ) * scale
+        y = (
+            tl.load(origins_ptr + ray * 3 + 1, mask=inside, other=0.0)
+            + t * tl.load(directions_ptr + ray * 3 + 1, mask=inside, other=0.0)
+        ) * scale
+        z = (
+            tl.load(origins_ptr + ray * 3 + 2, mask=inside, other=0.0)
+            + t * tl.load(directions_ptr + ray * 3 + 2, mask=inside, other=0.0)
+        ) * scale
 
         channels = tl.arange(0, C)
         plane_size = h * w * C

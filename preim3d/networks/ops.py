@@ -20,7 +20,9 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
-def bias_lrelu(x: torch.Tensor, bias: torch.Tensor, gain: float = SQRT2, clamp: float | None = None) -> torch.Tensor:
+def bias_lrelu(
+    x: torch.Tensor, bias: torch.Tensor, gain: float = SQRT2, clamp: float | None = None
+) -> torch.Tensor:
     """clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias broadcast over dim 1 (channels).
 
     Without gradients x is updated in place (callers pass fresh activations): on a CPU, allocating
@@ -89,7 +91,9 @@ class FullyConnectedLayer(nn.Module):
     `activation` is 'linear' or 'lrelu' (the latter is lrelu(·, 0.2) · √2).
     """
 
-    def __init__(self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1.0, bias_init=0.0):
+    def __init__(
+        self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1.0, bias_init=0.0
+    ):
         super().__init__()
         if activation not in ("linear", "lrelu"):
             raise ValueError(f"unsupported activation {activation!r}")
@@ -112,7 +116,9 @@ class FullyConnectedLayer(nn.Module):
         return bias_lrelu(x.matmul(w.t()), b)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+        )
 
 
 def modulated_conv2d(

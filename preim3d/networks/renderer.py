@@ -27,7 +27,9 @@ def camera_rays(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: i
     device = cam2world.device
     fx, fy = intrinsics[:, 0, 0, None], intrinsics[:, 1, 1, None]
     cx, cy, sk = intrinsics[:, 0, 2, None], intrinsics[:, 1, 2, None], intrinsics[:, 0, 1, None]
-    steps = torch.arange(resolution, dtype=torch.float32, device=device) * (1.0 / resolution) + (0.5 / resolution)
+    steps = torch.arange(resolution, dtype=torch.float32, device=device) * (1.0 / resolution) + (
+        0.5 / resolution
+    )
     v, u = torch.meshgrid(steps, steps, indexing="ij")
     u, v = u.reshape(1, m), v.reshape(1, m)
     x_cam = (u - cx + cy * sk / fy - sk * v / fy) / fx
@@ -52,8 +54,13 @@ def sample_triplanes(planes: torch.Tensor, points: torch.Tensor, box_warp: float
     x, y, z = p.unbind(-1)
     grid = torch.stack([torch.stack((x, y), -1), torch.stack((x, z), -1), torch.stack((z, x), -1)], dim=1)
     grid = grid.reshape(n * n_planes, 1, -1, 2).to(planes.dtype)
-    out = F.grid_sample(planes.reshape(n * n_planes, c, h, w), grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
+    out = F.grid_sample(
+        planes.reshape(n * n_planes, c, h, w),
+        grid,
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
     return out.reshape(n, n_planes, c, -1).transpose(2, 3)  # a view: the decoder reduces over planes first
 
 
@@ -104,7 +111,9 @@ def running_sum(x, exclusive=False):
     """Cumulative sum over the last dimension (Σ_{j≤k}, or Σ_{j<k} when exclusive) as a product with
     a triangular matrix: GPUs run one matrix product far faster than a sequential scan per ray."""
     k = x.shape[-1]
-    return x @ torch.ones(k, k, device=x.device, dtype=x.dtype).triu_(1 if exclusive else 0)  # [j, k] = 1: j ≤ k
+    return x @ torch.ones(k, k, device=x.device, dtype=x.dtype).triu_(
+        1 if exclusive else 0
+    )  # [j, k] = 1: j ≤ k
 
 
 def sample_weights(weights):
@@ -125,7 +134,9 @@ def weighted_colors(colors, v):
 
 def stratified_depths(n, m, ray_start, ray_end, count, device, deterministic=False):
     """[N, M, count, 1] depths: `count` even steps over [start, end], each jittered by U(0, step)."""
-    depths = torch.linspace(ray_start, ray_end, count, device=device).reshape(1, 1, count, 1).repeat(n, m, 1, 1)
+    depths = (
+        torch.linspace(ray_start, ray_end, count, device=device).reshape(1, 1, count, 1).repeat(n, m, 1, 1)
+    )
     step = (ray_end - ray_start) / (count - 1)
     if deterministic:
         return depths + 0.5 * step
@@ -178,8 +189,9 @@ class ImportanceRenderer(nn.Module):
         if opts["ray_start"] == "auto" or opts["ray_end"] == "auto":
             raise NotImplementedError("ray_start/ray_end 'auto' (ShapeNet-style box limits) is not supported")
         n, m, _ = origins.shape
-        coarse = stratified_depths(n, m, opts["ray_start"], opts["ray_end"], opts["depth_resolution"],
-                                   origins.device, deterministic)
+        coarse = stratified_depths(
+            n, m, opts["ray_start"], opts["ray_end"], opts["depth_resolution"], origins.device, deterministic
+        )
         colors, densities = self.run_model(planes, decoder, origins, directions, coarse, opts)
         depths = coarse.squeeze(-1)
         fine_count = opts["depth_resolution_importance"]
@@ -191,14 +203,18 @@ class ImportanceRenderer(nn.Module):
             weights = ray_weights(torch.gather(torch.cat([densities, densities_f], -1), -1, order), depths)
             # The colour weights go back to the samples' unsorted places, so the colours need no sorting.
             v = torch.zeros_like(depths).scatter(-1, order, sample_weights(weights))
-            rgb = weighted_colors(colors, v[..., :coarse.shape[2]]) + weighted_colors(colors_f, v[..., coarse.shape[2]:])
+            rgb = weighted_colors(colors, v[..., : coarse.shape[2]]) + weighted_colors(
+                colors_f, v[..., coarse.shape[2] :]
+            )
         else:
             weights = ray_weights(densities, depths)
             rgb = weighted_colors(colors, sample_weights(weights))
         opacity = weights.sum(-1)
         if opts.get("white_back", False):
             rgb = rgb + (1 - opacity).unsqueeze(1)
-        depth = torch.nan_to_num((weights * (depths[..., :-1] + depths[..., 1:]) / 2).sum(-1) / opacity, float("inf"))
+        depth = torch.nan_to_num(
+            (weights * (depths[..., :-1] + depths[..., 1:]) / 2).sum(-1) / opacity, float("inf")
+        )
         depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
         return rgb * 2 - 1, depth, opacity
 
@@ -210,7 +226,9 @@ class ImportanceRenderer(nn.Module):
             from . import fast_kernels  # imports Triton: only the fast mode needs it
 
             if fast_kernels.available(planes):
-                return fast_kernels.sample_and_decode(planes, decoder, origins, directions, depths, opts["box_warp"])
+                return fast_kernels.sample_and_decode(
+                    planes, decoder, origins, directions, depths, opts["box_warp"]
+                )
         points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
         colors, densities = decoder(sample_triplanes(planes, points, opts["box_warp"]))
         if opts.get("density_noise", 0) > 0:

@@ -31,18 +31,36 @@ class MappingNetwork(nn.Module):
     truncation: rows [0, cutoff) ← w_avg + ψ · (w − w_avg).
     """
 
-    def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, embed_features=None, layer_features=None,
-                 activation="lrelu", lr_multiplier=0.01, w_avg_beta=0.998):
+    def __init__(
+        self,
+        z_dim,
+        c_dim,
+        w_dim,
+        num_ws,
+        num_layers=8,
+        embed_features=None,
+        layer_features=None,
+        activation="lrelu",
+        lr_multiplier=0.01,
+        w_avg_beta=0.998,
+    ):
         super().__init__()
-        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, c_dim, w_dim, num_ws, num_layers
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.num_layers = (
+            z_dim,
+            c_dim,
+            w_dim,
+            num_ws,
+            num_layers,
+        )
         embed_features = 0 if c_dim == 0 else (w_dim if embed_features is None else embed_features)
         layer_features = w_dim if layer_features is None else layer_features
         features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
         if c_dim > 0:
             self.embed = FullyConnectedLayer(c_dim, embed_features)
         for idx in range(num_layers):
-            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation=activation,
-                                        lr_multiplier=lr_multiplier)
+            layer = FullyConnectedLayer(
+                features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier
+            )
             setattr(self, f"fc{idx}", layer)
         self.register_buffer("w_avg", torch.zeros([w_dim]))
 
@@ -69,7 +87,9 @@ class SynthesisLayer(nn.Module):
     [res,res], 'random' draws N(0,1) [N,1,res,res], each times the learned `noise_strength`.
     """
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, up=False, use_noise=True, conv_clamp=None):
+    def __init__(
+        self, in_channels, out_channels, w_dim, resolution, up=False, use_noise=True, conv_clamp=None
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.resolution = in_channels, out_channels, resolution
         self.up, self.use_noise, self.conv_clamp = up, use_noise, conv_clamp
@@ -121,11 +141,15 @@ class SynthesisBlock(nn.Module):
     def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None, up=True):
         super().__init__()
         self.in_channels, self.up = in_channels, up
-        self.register_buffer("resample_filter", fir_filter_2d())  # of the official state dict; upsample_2x has it built in
+        self.register_buffer(
+            "resample_filter", fir_filter_2d()
+        )  # of the official state dict; upsample_2x has it built in
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=up, conv_clamp=conv_clamp)
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, w_dim, resolution, up=up, conv_clamp=conv_clamp
+            )
         self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
@@ -149,7 +173,9 @@ class SynthesisBlock(nn.Module):
 class SynthesisNetwork(nn.Module):
     """ws [N,num_ws,w_dim] → image [N,img_channels,R,R]: blocks 4, 8, …, R, each min(base/res, max) wide."""
 
-    def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, conv_clamp=None):
+    def __init__(
+        self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, conv_clamp=None
+    ):
         super().__init__()
         log2 = int(math.log2(img_resolution))
         if img_resolution < 4 or 2**log2 != img_resolution:
@@ -159,8 +185,14 @@ class SynthesisNetwork(nn.Module):
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
         self.num_ws = 0
         for res in self.block_resolutions:
-            block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, res, img_channels,
-                                   conv_clamp=conv_clamp)
+            block = SynthesisBlock(
+                channels[res // 2] if res > 4 else 0,
+                channels[res],
+                w_dim,
+                res,
+                img_channels,
+                conv_clamp=conv_clamp,
+            )
             self.num_ws += block.num_conv
             setattr(self, f"b{res}", block)
         self.num_ws += 1  # the last ToRGB
@@ -184,7 +216,9 @@ class SynthesisNetwork(nn.Module):
 class StyleGAN2Backbone(nn.Module):
     """The StyleGAN2 generator: `mapping` (z, c → ws) and `synthesis` (ws → image)."""
 
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, **synthesis_kwargs):
+    def __init__(
+        self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, **synthesis_kwargs
+    ):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)

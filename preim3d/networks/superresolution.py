@@ -42,7 +42,9 @@ class SuperResolution(nn.Module):
         super().__init__()
         if variant not in SR_VARIANTS:
             raise ValueError(f"unknown super-resolution module {variant!r}; known: {', '.join(SR_VARIANTS)}")
-        out_res, self.input_resolution, ch0, up0, ch1, self.resize_if_smaller, has_filter = SR_VARIANTS[variant]
+        out_res, self.input_resolution, ch0, up0, ch1, self.resize_if_smaller, has_filter = SR_VARIANTS[
+            variant
+        ]
         if img_resolution != out_res:
             raise ValueError(f"{variant} produces {out_res}x{out_res} images, not {img_resolution}")
         self.variant, self.sr_antialias = variant, sr_antialias
@@ -58,7 +60,12 @@ class SuperResolution(nn.Module):
         size = features.shape[-1]
         if size < self.input_resolution or (size != self.input_resolution and not self.resize_if_smaller):
             target = (self.input_resolution, self.input_resolution)
-            resize = {"size": target, "mode": "bilinear", "align_corners": False, "antialias": self.sr_antialias}
+            resize = {
+                "size": target,
+                "mode": "bilinear",
+                "align_corners": False,
+                "antialias": self.sr_antialias,
+            }
             features, rgb = F.interpolate(features, **resize), F.interpolate(rgb, **resize)
         x, img = self.block0(features, rgb, ws, noise_mode, fast)
         _, img = self.block1(x, img, ws, noise_mode, fast)

@@ -27,8 +27,12 @@ PRECISIONS = ("fp32", "fast")
 
 # Official keyword arguments that concern only training, the official CUDA kernels or the runtime
 # precision (ours is chosen with set_precision): the value we support (None = any value).
-_IGNORED_KWARGS = {"fused_modconv_default": None, "num_fp16_res": None, "architecture": "skip",
-                   "resample_filter": [1, 3, 3, 1]}
+_IGNORED_KWARGS = {
+    "fused_modconv_default": None,
+    "num_fp16_res": None,
+    "architecture": "skip",
+    "resample_filter": [1, 3, 3, 1],
+}
 # The official super-resolution modules accept and ignore these.
 _SR_SWALLOWED = ("channel_base", "channel_max", "num_fp16_res", "conv_clamp")
 
@@ -55,27 +59,60 @@ class TriPlaneGenerator(nn.Module):
     (with a warning). Set it with `G.set_precision(...)`.
     """
 
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0,
-                 mapping_kwargs=None, rendering_kwargs=None, sr_kwargs=None, **synthesis_kwargs):
+    def __init__(
+        self,
+        z_dim,
+        c_dim,
+        w_dim,
+        img_resolution,
+        img_channels,
+        sr_num_fp16_res=0,
+        mapping_kwargs=None,
+        rendering_kwargs=None,
+        sr_kwargs=None,
+        **synthesis_kwargs,
+    ):
         super().__init__()
         rendering_kwargs = dict(rendering_kwargs or {})
-        self.init_kwargs = copy.deepcopy(dict(
-            z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-            sr_num_fp16_res=sr_num_fp16_res, mapping_kwargs=dict(mapping_kwargs or {}),
-            rendering_kwargs=rendering_kwargs, sr_kwargs=dict(sr_kwargs or {}), **synthesis_kwargs))
+        self.init_kwargs = copy.deepcopy(
+            dict(
+                z_dim=z_dim,
+                c_dim=c_dim,
+                w_dim=w_dim,
+                img_resolution=img_resolution,
+                img_channels=img_channels,
+                sr_num_fp16_res=sr_num_fp16_res,
+                mapping_kwargs=dict(mapping_kwargs or {}),
+                rendering_kwargs=rendering_kwargs,
+                sr_kwargs=dict(sr_kwargs or {}),
+                **synthesis_kwargs,
+            )
+        )
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.backbone = StyleGAN2Backbone(z_dim, c_dim, w_dim, img_resolution=256, img_channels=32 * 3,
-                                          mapping_kwargs=mapping_kwargs, **_without_ignored(synthesis_kwargs))
+        self.backbone = StyleGAN2Backbone(
+            z_dim,
+            c_dim,
+            w_dim,
+            img_resolution=256,
+            img_channels=32 * 3,
+            mapping_kwargs=mapping_kwargs,
+            **_without_ignored(synthesis_kwargs),
+        )
         sr_name = rendering_kwargs["superresolution_module"].rsplit(".", 1)[-1]
         unknown_sr = set(_without_ignored(sr_kwargs or {})) - set(_SR_SWALLOWED)
         if unknown_sr:
             raise ValueError(f"unsupported sr_kwargs: {sorted(unknown_sr)}")
-        self.superresolution = SuperResolution(sr_name, channels=32, img_resolution=img_resolution,
-                                               sr_num_fp16_res=sr_num_fp16_res,
-                                               sr_antialias=rendering_kwargs["sr_antialias"])
-        self.decoder = OSGDecoder(32, decoder_lr_mul=rendering_kwargs.get("decoder_lr_mul", 1),
-                                  decoder_output_dim=32)
+        self.superresolution = SuperResolution(
+            sr_name,
+            channels=32,
+            img_resolution=img_resolution,
+            sr_num_fp16_res=sr_num_fp16_res,
+            sr_antialias=rendering_kwargs["sr_antialias"],
+        )
+        self.decoder = OSGDecoder(
+            32, decoder_lr_mul=rendering_kwargs.get("decoder_lr_mul", 1), decoder_output_dim=32
+        )
         self.renderer = ImportanceRenderer()
         self.neural_rendering_resolution = 64
         self.rendering_kwargs = rendering_kwargs
@@ -130,8 +167,9 @@ class TriPlaneGenerator(nn.Module):
         planes = planes.expand(n, -1, -1, -1, -1)
         if self._fast(ws):
             planes = planes.half()  # the sampler and decoder then run in float16 too
-        features, depth, _ = self.renderer(planes, self.decoder, origins, directions, self.rendering_kwargs,
-                                           deterministic=deterministic)
+        features, depth, _ = self.renderer(
+            planes, self.decoder, origins, directions, self.rendering_kwargs, deterministic=deterministic
+        )
         feature_image = features.reshape(n, features.shape[1], resolution, resolution)
         depth_image = depth.reshape(n, 1, resolution, resolution)
         rgb_image = feature_image[:, :3].float()
@@ -139,8 +177,16 @@ class TriPlaneGenerator(nn.Module):
         image = self._run(lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast), ws)
         return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
 
-    def synthesis(self, ws, c, neural_rendering_resolution=None, noise_mode="const", deterministic=False,
-                  update_emas=False, **_unused):
+    def synthesis(
+        self,
+        ws,
+        c,
+        neural_rendering_resolution=None,
+        noise_mode="const",
+        deterministic=False,
+        update_emas=False,
+        **_unused,
+    ):
         """ws [N,num_ws,w_dim], c [N,25] → {'image', 'image_raw', 'image_depth'}.
 
         Extra official keyword arguments (cache_backbone, use_cached_backbone, force_fp32, …) are
@@ -149,11 +195,20 @@ class TriPlaneGenerator(nn.Module):
         planes = self.synthesize_planes(ws, noise_mode=noise_mode)
         return self.render_planes(planes, ws, c, neural_rendering_resolution, deterministic=deterministic)
 
-    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, neural_rendering_resolution=None,
-                noise_mode="const", **kwargs):
+    def forward(
+        self,
+        z,
+        c,
+        truncation_psi=1,
+        truncation_cutoff=None,
+        neural_rendering_resolution=None,
+        noise_mode="const",
+        **kwargs,
+    ):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesis(ws, c, neural_rendering_resolution=neural_rendering_resolution,
-                              noise_mode=noise_mode, **kwargs)
+        return self.synthesis(
+            ws, c, neural_rendering_resolution=neural_rendering_resolution, noise_mode=noise_mode, **kwargs
+        )
 
     def _fast(self, ws) -> bool:
         return self.precision == "fast" and ws.device.type == "cuda"

@@ -40,26 +40,38 @@ class TrainConfig:
     data: str | None = _setting(None, "folder of EG3D-style 512 crops with an EG3D dataset.json")
     labels: str | None = _setting(None, "camera labels file (default: <data>/dataset.json)")
     generator: str | None = _setting(None, "frozen EG3D generator: preim3d bundle folder or official file")
-    arcface: str | None = _setting(None, "IR-SE50 ArcFace weights (TreB1eN model_ir_se50.pth): identity loss + encoder init")
-    encoder: str | None = _setting(None, "start from these encoder weights (bundle or PREIM3D checkpoint) instead")
+    arcface: str | None = _setting(
+        None, "IR-SE50 ArcFace weights (TreB1eN model_ir_se50.pth): identity loss + encoder init"
+    )
+    encoder: str | None = _setting(
+        None, "start from these encoder weights (bundle or PREIM3D checkpoint) instead"
+    )
     out: str = _setting("runs/preim3d", "run folder: checkpoints, samples, log.jsonl, exported encoder")
-    resume: str | None = _setting(None, "training checkpoint to continue from (\"latest\" = newest in <out>/checkpoints)")
+    resume: str | None = _setting(
+        None, 'training checkpoint to continue from ("latest" = newest in <out>/checkpoints)'
+    )
 
     # --- schedule
     max_steps: int = _setting(2_000_000, "optimiser steps to train for")
     batch_size: int = _setting(2, "images per micro-batch and process")
     accumulate: int = _setting(1, "micro-batches per optimiser step (the discriminator steps on each)")
-    synthetic_batches: int = _setting(1, "generated micro-batches per alternation cycle (official inner_times)")
+    synthetic_batches: int = _setting(
+        1, "generated micro-batches per alternation cycle (official inner_times)"
+    )
     real_batches: int = _setting(1, "real micro-batches per alternation cycle (official outer_times)")
-    resolution: int = _setting(256, "encoder input and loss resolution (generator output is average-pooled to it)")
+    resolution: int = _setting(
+        256, "encoder input and loss resolution (generator output is average-pooled to it)"
+    )
 
     # --- encoder optimiser
-    optimizer: str = _setting("ranger", "\"ranger\" (RAdam + Lookahead + gradient centralisation) or \"adam\"")
+    optimizer: str = _setting("ranger", '"ranger" (RAdam + Lookahead + gradient centralisation) or "adam"')
     learning_rate: float = _setting(1e-4, "encoder learning rate")
 
     # --- image losses
     l2_lambda: float = _setting(1.0, "weight of the pixel MSE")
-    lpips_lambda: float = _setting(0.8, "weight of LPIPS; needs the optional `lpips` package; off (with a log line) without it")
+    lpips_lambda: float = _setting(
+        0.8, "weight of LPIPS; needs the optional `lpips` package; off (with a log line) without it"
+    )
     lpips_net: str = _setting("alex", "LPIPS backbone: alex, vgg or squeeze")
     id_lambda: float = _setting(0.4, "weight of the ArcFace identity loss")
 
@@ -80,20 +92,26 @@ class TrainConfig:
     id_lambda_multi_view: float = _setting(0.1, "weight of the multi-view identity loss")
     multi_view_start_step: int = _setting(100_000, "on for steps after this one")
     view_count: int = _setting(3, "novel views per image")
-    multi_view_center: str = _setting("random", "\"random\": a random base pose per step (official); \"input\": the input's pose")
-    multi_view_yaw_range: float = _setting(math.radians(20), "base yaw ~ U(-range, range) (\"random\" centre)")
+    multi_view_center: str = _setting(
+        "random", '"random": a random base pose per step (official); "input": the input\'s pose'
+    )
+    multi_view_yaw_range: float = _setting(math.radians(20), 'base yaw ~ U(-range, range) ("random" centre)')
     multi_view_pitch_range: float = _setting(math.radians(5), "base pitch ~ U(-range, range)")
     multi_view_yaw_std: float = _setting(0.25, "each view ~ N(base, std), camera looking at the origin")
     multi_view_pitch_std: float = _setting(0.12, "pitch spread of the views")
 
     # --- synthetic micro-batches
-    synthetic_yaw_range: float = _setting(math.radians(30), "camera yaw ~ U(-range, range) about the frontal view")
+    synthetic_yaw_range: float = _setting(
+        math.radians(30), "camera yaw ~ U(-range, range) about the frontal view"
+    )
     synthetic_pitch_range: float = _setting(math.radians(20), "camera pitch ~ U(-range, range)")
     truncation_psi: float = _setting(0.7, "truncation of the synthetic latents")
     truncation_cutoff: int = _setting(14, "truncate the first this many ws")
 
     # --- runtime
-    device: str | None = _setting(None, "default: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu")
+    device: str | None = _setting(
+        None, "default: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu"
+    )
     bf16: bool = _setting(False, "bfloat16 autocast for the encoder, generator and identity network (CUDA)")
     seed: int = _setting(0, "seed of weights, sampling and data order")
     workers: int = _setting(2, "data-loading processes per training process")
@@ -106,11 +124,25 @@ class TrainConfig:
     def __post_init__(self):
         _check_choice("optimizer", self.optimizer, ("ranger", "adam"))
         _check_choice("multi_view_center", self.multi_view_center, ("random", "input"))
-        for name in ("max_steps", "batch_size", "accumulate", "resolution", "d_reg_every", "w_rec_interval",
-                     "log_every", "image_every", "save_every", "keep_checkpoints"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "accumulate",
+            "resolution",
+            "d_reg_every",
+            "w_rec_interval",
+            "log_every",
+            "image_every",
+            "save_every",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) < 1:
                 raise Preim3DError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.synthetic_batches < 0 or self.real_batches < 0 or self.synthetic_batches + self.real_batches == 0:
+        if (
+            self.synthetic_batches < 0
+            or self.real_batches < 0
+            or self.synthetic_batches + self.real_batches == 0
+        ):
             raise Preim3DError("synthetic_batches and real_batches must be >= 0 and not both 0.")
 
     def to_dict(self) -> dict:
@@ -132,7 +164,9 @@ def _field_types() -> dict[str, type]:
     out = {}
     for name, hint in hints.items():
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+        out[name] = (
+            args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+        )
     return out
 
 
@@ -169,7 +203,9 @@ def read_config_file(path) -> dict:
         else:
             values = json.loads(path.read_text())
     except ModuleNotFoundError as exc:
-        raise Preim3DError(f"Reading {path} needs Python 3.11 or newer (tomllib); write the config as JSON.") from exc
+        raise Preim3DError(
+            f"Reading {path} needs Python 3.11 or newer (tomllib); write the config as JSON."
+        ) from exc
     except ValueError as exc:
         raise Preim3DError(f"Training config {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
     if not isinstance(values, dict):
@@ -184,7 +220,9 @@ def make_config(file=None, **overrides) -> TrainConfig:
     for origin, source in ((str(file), read_config_file(file) if file else {}), ("override", overrides)):
         for name, value in source.items():
             if name not in types_:
-                raise Preim3DError(f"{origin}: unknown training setting {name!r}; known: {', '.join(types_)}.")
+                raise Preim3DError(
+                    f"{origin}: unknown training setting {name!r}; known: {', '.join(types_)}."
+                )
             if origin == "override" and value is None:
                 continue
             values[name] = _coerce(name, value, types_[name], origin)
@@ -198,12 +236,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         kind = types_[field.name]
         default = field.default
-        text = field.metadata["help"] + (f" (default {default:.4g})" if isinstance(default, float) else
-                                         f" (default {default})" if default is not None else "")
+        text = field.metadata["help"] + (
+            f" (default {default:.4g})"
+            if isinstance(default, float)
+            else f" (default {default})"
+            if default is not None
+            else ""
+        )
         if kind is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            parser.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
         else:
-            parser.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(), help=text)
+            parser.add_argument(
+                flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(), help=text
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

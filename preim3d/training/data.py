@@ -41,12 +41,16 @@ def read_camera_labels(path) -> dict[str, list[float]]:
     except (ValueError, AttributeError) as exc:
         raise Preim3DError(f"{path} is not an EG3D dataset.json (a JSON object with 'labels').") from exc
     if not isinstance(labels, list):
-        raise Preim3DError(f"{path} has no camera labels ('labels' is {labels!r}); PREIM3D needs one camera per image.")
+        raise Preim3DError(
+            f"{path} has no camera labels ('labels' is {labels!r}); PREIM3D needs one camera per image."
+        )
     out = {}
     for entry in labels:
         ok = isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
         if not ok or not isinstance(entry[1], (list, tuple)) or len(entry[1]) != 25:
-            raise Preim3DError(f"{path}: every label must be [file name, 25 numbers]; found {str(entry)[:80]}.")
+            raise Preim3DError(
+                f"{path}: every label must be [file name, 25 numbers]; found {str(entry)[:80]}."
+            )
         out[entry[0].replace("\\", "/")] = [float(v) for v in entry[1]]
     return out
 
@@ -76,10 +80,17 @@ class CameraLabelledImages(Dataset):
             else:
                 self.items.append((file, c))
         if unlabelled:
-            log.warning("%d image(s) in %s have no camera label and are left out: %s%s", len(unlabelled), folder,
-                        ", ".join(unlabelled[:5]), " ..." if len(unlabelled) > 5 else "")
+            log.warning(
+                "%d image(s) in %s have no camera label and are left out: %s%s",
+                len(unlabelled),
+                folder,
+                ", ".join(unlabelled[:5]),
+                " ..." if len(unlabelled) > 5 else "",
+            )
         if not self.items:
-            raise Preim3DError(f"No image in {folder} has a camera label in {labels or folder / 'dataset.json'}.")
+            raise Preim3DError(
+                f"No image in {folder} has a camera label in {labels or folder / 'dataset.json'}."
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -99,7 +110,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
     used = n // (world_size * batch_size) * world_size * batch_size
     mine = order[:used][rank::world_size]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
 class BatchStream:
@@ -109,8 +120,16 @@ class BatchStream:
     a checkpoint left off.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 workers: int = 0, position=(0, 0)):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 0,
+        position=(0, 0),
+    ):
         if len(dataset) < world_size * batch_size:
             raise Preim3DError(
                 f"The dataset has {len(dataset)} labelled images: too few for batches of {batch_size} on "
@@ -128,12 +147,15 @@ class BatchStream:
     def __next__(self):
         while True:
             if self._iterator is None:
-                batches = epoch_batches(len(self.dataset), self.batch_size, self.epoch, self.seed, self.rank,
-                                        self.world_size)[self.taken:]
+                batches = epoch_batches(
+                    len(self.dataset), self.batch_size, self.epoch, self.seed, self.rank, self.world_size
+                )[self.taken :]
                 # An own generator: starting a loader must not draw from the global random stream,
                 # or a resumed run (which starts one mid-epoch) would drift from an uninterrupted one.
                 seeds = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-                loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, generator=seeds)
+                loader = DataLoader(
+                    self.dataset, batch_sampler=batches, num_workers=self.workers, generator=seeds
+                )
                 self._iterator = iter(loader)
             try:
                 batch = next(self._iterator)

@@ -26,8 +26,14 @@ TRAINED_LICENCE = (
 )
 
 
-def export_bundle(encoder, latent_avg: torch.Tensor, folder, provenance: dict | None = None, generator=None,
-                  licence: str = TRAINED_LICENCE) -> Path:
+def export_bundle(
+    encoder,
+    latent_avg: torch.Tensor,
+    folder,
+    provenance: dict | None = None,
+    generator=None,
+    licence: str = TRAINED_LICENCE,
+) -> Path:
     """Write the encoder and its latent average (and the generator, when given) into the bundle `folder`."""
     from ..weights.encoder import save_encoder, save_latent_avg
 

@@ -39,14 +39,24 @@ class ArcFaceBackbone(nn.Module):
     tests can use a tiny network of the same structure; `input_size` must be a multiple of 16.
     """
 
-    def __init__(self, input_size: int = 112, stage_units=ARCFACE_UNITS, stage_channels=ARCFACE_CHANNELS,
-                 stem_channels: int = 64, embedding_dim: int = 512, se_reduction: int = 16, drop_ratio: float = 0.6):
+    def __init__(
+        self,
+        input_size: int = 112,
+        stage_units=ARCFACE_UNITS,
+        stage_channels=ARCFACE_CHANNELS,
+        stem_channels: int = 64,
+        embedding_dim: int = 512,
+        se_reduction: int = 16,
+        drop_ratio: float = 0.6,
+    ):
         super().__init__()
         if input_size % 2 ** len(stage_units):
             raise ValueError(f"input_size {input_size} is not divisible by 2^{len(stage_units)}")
         self.input_size = input_size
         self.input_layer = nn.Sequential(
-            nn.Conv2d(3, stem_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_channels), nn.PReLU(stem_channels)
+            nn.Conv2d(3, stem_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem_channels),
+            nn.PReLU(stem_channels),
         )
         units, in_channels = [], stem_channels
         for count, depth in zip(stage_units, stage_channels):
@@ -109,7 +119,9 @@ def arcface_from_state(state: dict[str, torch.Tensor], origin="the ArcFace weigh
     return net.eval().requires_grad_(False)
 
 
-def init_encoder_from_arcface(encoder: nn.Module, state: dict[str, torch.Tensor], origin="ArcFace weights") -> int:
+def init_encoder_from_arcface(
+    encoder: nn.Module, state: dict[str, torch.Tensor], origin="ArcFace weights"
+) -> int:
     """Copy the ArcFace `input_layer.*` and `body.*` tensors into the encoder; returns how many were copied.
 
     The encoder's head (`output_layer_2`, `linear`) keeps its initialisation, as in PREIM3D. Every

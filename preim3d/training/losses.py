@@ -53,8 +53,10 @@ class PerceptualLoss(nn.Module):
         try:
             import lpips
         except ImportError:
-            log.warning("LPIPS loss off: the optional package `lpips` is not installed (pip install lpips); "
-                        "training continues with the other losses.")
+            log.warning(
+                "LPIPS loss off: the optional package `lpips` is not installed (pip install lpips); "
+                "training continues with the other losses."
+            )
             return None
         return cls(lpips.LPIPS(net=net, verbose=False))
 

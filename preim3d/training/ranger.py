@@ -28,16 +28,34 @@ from torch.optim import Optimizer
 class Ranger(Optimizer):
     """RAdam with Lookahead and gradient centralisation (see the module docstring for the maths)."""
 
-    def __init__(self, params, lr=1e-3, alpha=0.5, k=6, betas=(0.95, 0.999), eps=1e-5, weight_decay=0.0,
-                 rectify_threshold=5.0, centralize=True):
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        alpha=0.5,
+        k=6,
+        betas=(0.95, 0.999),
+        eps=1e-5,
+        weight_decay=0.0,
+        rectify_threshold=5.0,
+        centralize=True,
+    ):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"Lookahead alpha must be in [0, 1], got {alpha}")
         if k < 1:
             raise ValueError(f"Lookahead k must be at least 1, got {k}")
         if lr <= 0 or eps <= 0:
             raise ValueError(f"lr and eps must be positive, got lr={lr}, eps={eps}")
-        defaults = dict(lr=lr, alpha=alpha, k=k, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        rectify_threshold=rectify_threshold, centralize=centralize)
+        defaults = dict(
+            lr=lr,
+            alpha=alpha,
+            k=k,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            rectify_threshold=rectify_threshold,
+            centralize=centralize,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -76,8 +94,13 @@ class Ranger(Optimizer):
                 if group["weight_decay"]:
                     value.mul_(1 - group["lr"] * group["weight_decay"])
                 if rho_t > group["rectify_threshold"]:
-                    r_t = math.sqrt((1 - beta2_t) * (rho_t - 4) * (rho_t - 2) * rho_inf
-                                    / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+                    r_t = math.sqrt(
+                        (1 - beta2_t)
+                        * (rho_t - 4)
+                        * (rho_t - 2)
+                        * rho_inf
+                        / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+                    )
                     step_size = group["lr"] * r_t / (1 - beta1**t)
                     value.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
                 else:

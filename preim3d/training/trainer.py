@@ -125,7 +125,9 @@ class Trainer:
 
         if generator is None:
             if cfg.generator is None:
-                raise Preim3DError("Give the frozen generator: --generator (a preim3d bundle or an official file).")
+                raise Preim3DError(
+                    "Give the frozen generator: --generator (a preim3d bundle or an official file)."
+                )
             generator = load_generator(cfg.generator)
         self.G = generator.to(self.device).eval().requires_grad_(False)
         rendering = getattr(self.G, "rendering_kwargs", {}) or {}
@@ -174,9 +176,13 @@ class Trainer:
         if cfg.real_batches > 0:
             if dataset is None:
                 if cfg.data is None:
-                    raise Preim3DError("Give the training images: --data FOLDER (EG3D crops with dataset.json).")
+                    raise Preim3DError(
+                        "Give the training images: --data FOLDER (EG3D crops with dataset.json)."
+                    )
                 dataset = CameraLabelledImages(cfg.data, cfg.resolution, cfg.labels)
-            self.stream = BatchStream(dataset, cfg.batch_size, cfg.seed, self.rank, self.world_size, cfg.workers)
+            self.stream = BatchStream(
+                dataset, cfg.batch_size, cfg.seed, self.rank, self.world_size, cfg.workers
+            )
 
         self.step = 0  # optimiser steps done
         self.micro_step = 0  # micro-batches done (drives the alternation)
@@ -198,7 +204,11 @@ class Trainer:
         encoder = WPlusEncoder(n_styles=self.latent_avg.shape[1], w_dim=self.latent_avg.shape[2])
         if arcface_state is not None:
             count = init_encoder_from_arcface(encoder, arcface_state, origin=cfg.arcface)
-            log.info("encoder stem and body (%d tensors) initialised from the ArcFace weights %s", count, cfg.arcface)
+            log.info(
+                "encoder stem and body (%d tensors) initialised from the ArcFace weights %s",
+                count,
+                cfg.arcface,
+            )
         else:
             log.warning("encoder initialised at random (no --arcface or --encoder weights given)")
         return encoder
@@ -262,14 +272,22 @@ class Trainer:
             self.micro_step += 1
         self.optimizer.step()
         self.step = step
-        record = {"step": step, **{k: sum(v) / len(v) for k, v in values.items()}, "phases": phases,
-                  "multi_view": self._multi_view_on(step)}
+        record = {
+            "step": step,
+            **{k: sum(v) / len(v) for k, v in values.items()},
+            "phases": phases,
+            "multi_view": self._multi_view_on(step),
+        }
         return record
 
     def _multi_view_on(self, step: int) -> bool:
         cfg = self.config
-        return (self.identity is not None and cfg.view_count > 0 and cfg.id_lambda_multi_view > 0
-                and step > cfg.multi_view_start_step)
+        return (
+            self.identity is not None
+            and cfg.view_count > 0
+            and cfg.id_lambda_multi_view > 0
+            and step > cfg.multi_view_start_step
+        )
 
     def _micro_step(self, step: int, synthetic: bool) -> dict:
         cfg = self.config
@@ -296,8 +314,13 @@ class Trainer:
         if self.D is not None:
             terms["adv"] = (cfg.w_discriminator_lambda, encoder_adversarial_loss(self.D, codes))
         if synthetic:
-            weight = latent_loss_weight(step, cfg.w_rec_lambda_start, cfg.w_rec_lambda_delta, cfg.w_rec_interval,
-                                        cfg.w_rec_max_increments)
+            weight = latent_loss_weight(
+                step,
+                cfg.w_rec_lambda_start,
+                cfg.w_rec_lambda_delta,
+                cfg.w_rec_interval,
+                cfg.w_rec_max_increments,
+            )
             terms["w_rec"] = (weight, latent_loss(codes, ws_true))
             values["w_rec_weight"] = weight
         if self._multi_view_on(step):
@@ -354,12 +377,24 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-            log.info("training on %s x %d process(es), batch %d x %d accumulated, from step %d to %d", self.device,
-                     self.world_size, cfg.batch_size, cfg.accumulate, self.step, cfg.max_steps)
+            log.info(
+                "training on %s x %d process(es), batch %d x %d accumulated, from step %d to %d",
+                self.device,
+                self.world_size,
+                cfg.batch_size,
+                cfg.accumulate,
+                self.step,
+                cfg.max_steps,
+            )
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (main and cfg.progress), unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            disable=not (main and cfg.progress),
+            unit="step",
+            dynamic_ncols=True,
+        )
         tick, images = time.perf_counter(), 0
         while self.step < cfg.max_steps:
             record = self.train_step()
@@ -404,9 +439,11 @@ class Trainer:
         """What differs between processes: random streams, data position, latent pools."""
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return {
-            "rng_cpu": torch.get_rng_state(), "rng_cuda": cuda,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": cuda,
             "data_position": list(self.stream.position) if self.stream is not None else None,
-            "real_pool": self.real_pool.state_dict(), "fake_pool": self.fake_pool.state_dict(),
+            "real_pool": self.real_pool.state_dict(),
+            "fake_pool": self.fake_pool.state_dict(),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -418,11 +455,16 @@ class Trainer:
         if self.rank != 0:
             return None
         state = {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "step": self.step, "micro_step": self.micro_step, "d_updates": self.d_updates,
-            "config": self.config.to_dict(), "world_size": self.world_size,
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "micro_step": self.micro_step,
+            "d_updates": self.d_updates,
+            "config": self.config.to_dict(),
+            "world_size": self.world_size,
             "encoder_architecture": dict(self.encoder_module.config),
-            "encoder": self.encoder_module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "encoder": self.encoder_module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "latent_avg": self.latent_avg.cpu(),
             "discriminator": self.D.state_dict() if self.D is not None else None,
             "d_optimizer": self.d_optimizer.state_dict() if self.D is not None else None,
@@ -458,9 +500,13 @@ class Trainer:
         self.step, self.micro_step, self.d_updates = state["step"], state["micro_step"], state["d_updates"]
         processes = state["processes"]
         if len(processes) != self.world_size:
-            log.warning("%s was written by %d process(es), this run has %d: data order, random streams and latent "
-                        "pools start afresh, so the run does not continue bit for bit.", path, len(processes),
-                        self.world_size)
+            log.warning(
+                "%s was written by %d process(es), this run has %d: data order, random streams and latent "
+                "pools start afresh, so the run does not continue bit for bit.",
+                path,
+                len(processes),
+                self.world_size,
+            )
         else:
             mine = processes[self.rank]
             torch.set_rng_state(mine["rng_cpu"])
@@ -477,10 +523,19 @@ class Trainer:
         from .export import export_bundle, export_official
 
         provenance = {"trained_with": "preim3d train", "steps": self.step, "config": self.config.to_dict()}
-        bundle = export_bundle(self.encoder_module, self.latent_avg, self.out / "bundle", provenance=provenance,
-                               generator=self.G if hasattr(self.G, "init_kwargs") else None)
-        official = export_official(self.encoder_module, self.latent_avg, self.out / "preim3d_encoder.pt",
-                                   extra_opts=self.config.to_dict())
+        bundle = export_bundle(
+            self.encoder_module,
+            self.latent_avg,
+            self.out / "bundle",
+            provenance=provenance,
+            generator=self.G if hasattr(self.G, "init_kwargs") else None,
+        )
+        official = export_official(
+            self.encoder_module,
+            self.latent_avg,
+            self.out / "preim3d_encoder.pt",
+            extra_opts=self.config.to_dict(),
+        )
         log.info("exported the encoder to %s and %s", bundle, official)
         return bundle, official
 
@@ -498,7 +553,9 @@ def read_training_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # damaged file, or one that needs arbitrary objects
-        raise Preim3DError(f"{path} could not be read as a training checkpoint ({type(exc).__name__}: {exc}).") from exc
+        raise Preim3DError(
+            f"{path} could not be read as a training checkpoint ({type(exc).__name__}: {exc})."
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise Preim3DError(f"{path} is not a preim3d training checkpoint (written by `preim3d train`).")
     if state.get("version", 0) > CHECKPOINT_VERSION:

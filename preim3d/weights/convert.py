@@ -17,8 +17,9 @@ from .encoder import convert_encoder
 from .generator import load_generator, save_generator
 
 
-def convert_official(out, *, generator=None, encoder=None, directions=None, device=None,
-                     provenance: dict | None = None) -> Path:
+def convert_official(
+    out, *, generator=None, encoder=None, directions=None, device=None, provenance: dict | None = None
+) -> Path:
     """Write the given official files into the bundle folder `out` (other components there are kept).
 
     generator: NGC network pickle or PREIM3D's eg3d_G_ema.pkl. encoder: PREIM3D's preim3d_ffhq.pt;
@@ -30,13 +31,22 @@ def convert_official(out, *, generator=None, encoder=None, directions=None, devi
     if generator is None and encoder is None and directions is None:
         raise WeightsError("Nothing to convert: give a generator, an encoder and/or a directions folder.")
     if encoder is not None and generator is None:
-        raise WeightsError("Converting the encoder needs its generator too (for the latent average): give both.")
+        raise WeightsError(
+            "Converting the encoder needs its generator too (for the latent average): give both."
+        )
     provenance = provenance or {}
     out = Path(out)
     if generator is not None:
         G = load_generator(generator, device=device or "cpu")
-        save_generator(G, out, provenance=dict(getattr(G, "source_info", {}), sha256=file_sha256(generator),
-                                               **provenance.get("generator", {})))
+        save_generator(
+            G,
+            out,
+            provenance=dict(
+                getattr(G, "source_info", {}),
+                sha256=file_sha256(generator),
+                **provenance.get("generator", {}),
+            ),
+        )
         if encoder is not None:
             convert_encoder(encoder, out, G, device=device)
     if directions is not None:
@@ -44,4 +54,3 @@ def convert_official(out, *, generator=None, encoder=None, directions=None, devi
         bank.provenance.update(provenance.get("directions", {}))
         bank.save(out)
     return out
-

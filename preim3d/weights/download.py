@@ -35,8 +35,15 @@ TIMEOUT = 60  # seconds without a byte before a connection counts as broken
 _HTML_STARTS = (b"<!doctype html", b"<html", b"<head")
 
 
-def fetch(file: OfficialFile, folder, *, base_urls: dict | None = None, retries: int = 2, progress: bool = True,
-          timeout: float = TIMEOUT) -> Path:
+def fetch(
+    file: OfficialFile,
+    folder,
+    *,
+    base_urls: dict | None = None,
+    retries: int = 2,
+    progress: bool = True,
+    timeout: float = TIMEOUT,
+) -> Path:
     """Download `file` into `folder / file.filename` (resuming a `.part` left by an earlier attempt).
 
     A file already there that passes the checks is kept without a request. A transfer cut off
@@ -118,7 +125,9 @@ def _transfer(file: OfficialFile, url: str, part: Path, progress: bool, timeout:
         _stream(response, part, offset, total, file, progress, url)
 
 
-def _stream(response, part: Path, offset: int, total: int | None, file: OfficialFile, progress: bool, url) -> None:
+def _stream(
+    response, part: Path, offset: int, total: int | None, file: OfficialFile, progress: bool, url
+) -> None:
     """Append the response body to `part` (or start it when offset is 0), with a progress bar."""
     from tqdm.auto import tqdm
 
@@ -126,8 +135,20 @@ def _stream(response, part: Path, offset: int, total: int | None, file: Official
     if offset == 0 and block.lstrip()[:16].lower().startswith(_HTML_STARTS):
         raise DownloadError(_html_failure(file, url))  # a page sent as a file: nothing is written
     received = offset
-    with tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=file.filename,
-              disable=not progress, file=sys.stderr, leave=False) as bar, open(part, "ab" if offset else "wb") as out:
+    with (
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=file.filename,
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        ) as bar,
+        open(part, "ab" if offset else "wb") as out,
+    ):
         while block:
             out.write(block)
             received += len(block)
@@ -148,7 +169,9 @@ def _verify(file: OfficialFile, path: Path) -> None:
     """Size, checksum and first bytes of a complete download; DownloadError when any is wrong."""
     size = path.stat().st_size
     if file.size is not None and size != file.size:
-        raise DownloadError(f"{file.filename} has {size} bytes, the official file {file.size}: it is damaged.")
+        raise DownloadError(
+            f"{file.filename} has {size} bytes, the official file {file.size}: it is damaged."
+        )
     if size < file.min_size:
         raise DownloadError(
             f"{file.filename} has only {size} bytes; the official file has at least {file.min_size}. The server "
@@ -158,7 +181,9 @@ def _verify(file: OfficialFile, path: Path) -> None:
         head = f.read(16)
     if not head.startswith(file.headers):
         kind = "an HTML page" if head.lstrip().lower().startswith(_HTML_STARTS) else f"bytes {head[:8]!r}"
-        raise DownloadError(f"{file.filename} starts with {kind}, not like the official file: it was rejected.")
+        raise DownloadError(
+            f"{file.filename} starts with {kind}, not like the official file: it was rejected."
+        )
     if file.sha256 is not None:
         digest = file_sha256(path)
         if digest != file.sha256:
@@ -179,21 +204,38 @@ def _content_range(value: str | None) -> tuple[int, int | None]:
 
 
 def _html_failure(file: OfficialFile, url: str) -> str:
-    hint = (" Google Drive answers with a page instead of the file when a file's daily download quota is used "
-            "up or it needs signing in; try again later, or download it in a browser" if file.host == "drive"
-            else " Download it in a browser")
-    return (f"{url} sent an HTML page instead of {file.filename}.{hint} from {file.page} and convert it with "
-            f"`preim3d convert`.")
+    hint = (
+        " Google Drive answers with a page instead of the file when a file's daily download quota is used "
+        "up or it needs signing in; try again later, or download it in a browser"
+        if file.host == "drive"
+        else " Download it in a browser"
+    )
+    return (
+        f"{url} sent an HTML page instead of {file.filename}.{hint} from {file.page} and convert it with "
+        f"`preim3d convert`."
+    )
 
 
 def _http_failure(file: OfficialFile, url: str, code: int, reason) -> str:
-    return (f"Downloading {file.filename} failed: {url} answered HTTP {code} {reason}. Try again later, or fetch "
-            f"it by hand from {file.page} and convert it with `preim3d convert`.")
+    return (
+        f"Downloading {file.filename} failed: {url} answered HTTP {code} {reason}. Try again later, or fetch "
+        f"it by hand from {file.page} and convert it with `preim3d convert`."
+    )
 
 
-def download_official(*, generator: str = "preim3d", out=None, downloads=None, accept_licences: bool = False,
-                      base_urls: dict | None = None, files: list[OfficialFile] | None = None, device=None,
-                      keep_downloads: bool = True, progress: bool = True, log=print) -> Path:
+def download_official(
+    *,
+    generator: str = "preim3d",
+    out=None,
+    downloads=None,
+    accept_licences: bool = False,
+    base_urls: dict | None = None,
+    files: list[OfficialFile] | None = None,
+    device=None,
+    keep_downloads: bool = True,
+    progress: bool = True,
+    log=print,
+) -> Path:
     """Fetch the official files and convert them into a bundle; returns the bundle folder.
 
     generator: "preim3d" (PREIM3D's copy of EG3D, default), "ngc" or "ngc-rebalanced" (NVIDIA NGC).
@@ -204,8 +246,10 @@ def download_official(*, generator: str = "preim3d", out=None, downloads=None, a
     """
     files = list(files) if files is not None else official_files(generator)
     if not accept_licences:
-        raise Preim3DError("The official weights come under these licences; accept them to download:\n"
-                           + licence_notice(files))
+        raise Preim3DError(
+            "The official weights come under these licences; accept them to download:\n"
+            + licence_notice(files)
+        )
     out = Path(out) if out is not None else default_weights_dir()
     downloads = Path(downloads) if downloads is not None else default_downloads_dir()
     paths = {}
@@ -224,9 +268,18 @@ def download_official(*, generator: str = "preim3d", out=None, downloads=None, a
         directions = downloads / DIRECTIONS_FOLDER
         # the direction component has no licence field of its own: keep the terms in its provenance
         licence = LICENCES[next(f.licence for f in files if f.role == "direction")]
-        provenance["directions"] = {"downloaded_from": urls["direction"].rsplit("/", 1)[0] + "/", "licence": licence}
-    convert_official(staging, generator=paths.get("generator"), encoder=paths.get("encoder"), directions=directions,
-                     device=device, provenance=provenance)
+        provenance["directions"] = {
+            "downloaded_from": urls["direction"].rsplit("/", 1)[0] + "/",
+            "licence": licence,
+        }
+    convert_official(
+        staging,
+        generator=paths.get("generator"),
+        encoder=paths.get("encoder"),
+        directions=directions,
+        device=device,
+        provenance=provenance,
+    )
     _replace_folder(staging, out)
     if not keep_downloads:
         shutil.rmtree(downloads, ignore_errors=True)

@@ -37,13 +37,19 @@ OFFICIAL_LICENCE = (
     "(CC BY-NC-SA 4.0) against the EG3D generator (NVIDIA Source Code License, non-commercial)."
 )
 LATENT_AVG_RECIPE = dict(
-    seed=123, samples=10000, camera="frontal (yaw = pitch = 3.14/2, radius 2.7, pivot (0, 0, 0.2), focal 4.2647)",
-    truncation_psi=0.7, truncation_cutoff=14, reduction="mean over samples, keepdim",
+    seed=123,
+    samples=10000,
+    camera="frontal (yaw = pitch = 3.14/2, radius 2.7, pivot (0, 0, 0.2), focal 4.2647)",
+    truncation_psi=0.7,
+    truncation_cutoff=14,
+    reduction="mean over samples, keepdim",
 )
 _GENERATOR_PREFIXES = ("backbone.", "superresolution.", "decoder.", "renderer.")
 # torch's legacy (pre-zip) files start with a pickled magic number: PROTO 2, LONG1 of 10 bytes.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
-_WHAT_TO_GIVE = "load_encoder takes PREIM3D's encoder checkpoint (preim3d_ffhq.pt) or a preim3d bundle folder."
+_WHAT_TO_GIVE = (
+    "load_encoder takes PREIM3D's encoder checkpoint (preim3d_ffhq.pt) or a preim3d bundle folder."
+)
 
 
 def load_encoder(source, device="cpu") -> WPlusEncoder:
@@ -51,14 +57,20 @@ def load_encoder(source, device="cpu") -> WPlusEncoder:
     path = Path(source)
     if path.is_dir():
         if not is_bundle(path):
-            raise WeightsError(f"{path} is a folder but not a preim3d bundle (no preim3d config.json). {_WHAT_TO_GIVE}")
+            raise WeightsError(
+                f"{path} is a folder but not a preim3d bundle (no preim3d config.json). {_WHAT_TO_GIVE}"
+            )
         tensors, config = read_bundle_component(path, ENCODER_COMPONENT)
         if not isinstance(config.get("architecture"), dict):
-            raise WeightsError(f"The encoder section of {path}/config.json has no 'architecture'; rewrite the bundle.")
+            raise WeightsError(
+                f"The encoder section of {path}/config.json has no 'architecture'; rewrite the bundle."
+            )
         try:
             encoder = WPlusEncoder(**config["architecture"])
         except (TypeError, ValueError) as exc:
-            raise WeightsError(f"{path}/config.json describes an encoder preim3d cannot build ({exc}).") from exc
+            raise WeightsError(
+                f"{path}/config.json describes an encoder preim3d cannot build ({exc})."
+            ) from exc
         origin = path / f"{ENCODER_COMPONENT}.safetensors"
     else:
         encoder, tensors, _ = _encoder_from_checkpoint(path)
@@ -167,22 +179,34 @@ def read_official_checkpoint(path) -> tuple[dict, dict, torch.Tensor | None]:
         )
     kind = _file_kind(path)
     if kind == "pickle":
-        hint = " It looks like an EG3D network pickle: load it with preim3d.load_generator." if _mentions_eg3d(path) else ""
+        hint = (
+            " It looks like an EG3D network pickle: load it with preim3d.load_generator."
+            if _mentions_eg3d(path)
+            else ""
+        )
         raise WeightsError(
             f"{path} is a plain Python pickle, not a torch checkpoint; preim3d never unpickles arbitrary objects, so it "
             f"refuses this file.{hint} {_WHAT_TO_GIVE}"
         )
     if kind == "other":
-        raise WeightsError(f"{path} is not a PyTorch checkpoint (neither a torch zip archive nor a pickle). {_WHAT_TO_GIVE}")
+        raise WeightsError(
+            f"{path} is not a PyTorch checkpoint (neither a torch zip archive nor a pickle). {_WHAT_TO_GIVE}"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, KeyError, ...)
+    except (
+        Exception
+    ) as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, KeyError, ...)
         raise WeightsError(_explain_load_failure(path, exc)) from exc
     if not isinstance(checkpoint, dict):
-        raise WeightsError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict. {_WHAT_TO_GIVE}")
+        raise WeightsError(
+            f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict. {_WHAT_TO_GIVE}"
+        )
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict):
-        raise WeightsError(f"The 'state_dict' entry of {path} is a {type(state).__name__}, not a dict of tensors.")
+        raise WeightsError(
+            f"The 'state_dict' entry of {path} is a {type(state).__name__}, not a dict of tensors."
+        )
     opts = checkpoint.get("opts") if isinstance(checkpoint.get("opts"), dict) else {}
     latent_avg = checkpoint.get("latent_avg")
     return state, opts, latent_avg if isinstance(latent_avg, torch.Tensor) else None
@@ -195,7 +219,9 @@ def encoder_state_from_checkpoint(state: dict, opts: dict, path) -> dict[str, to
         raise WeightsError(
             f"{path} holds a {encoder_type!r} encoder; preim3d implements PREIM3D's 'WPlusEncoder' only."
         )
-    tensors = {k[len("encoder."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("encoder.")}
+    tensors = {
+        k[len("encoder.") :]: v for k, v in state.items() if isinstance(k, str) and k.startswith("encoder.")
+    }
     if not tensors and "input_layer.0.weight" in state:
         tensors = dict(state)
     if not tensors:
@@ -225,7 +251,9 @@ def infer_architecture(tensors: dict[str, torch.Tensor], path) -> dict:
     while f"body.{len(widths)}.res_layer.1.weight" in tensors:
         widths.append(shape(f"body.{len(widths)}.res_layer.1.weight")[0])
     if not widths:
-        raise WeightsError(f"{path} is not a complete PREIM3D encoder: the weight 'body.0.res_layer.1.weight' is missing.")
+        raise WeightsError(
+            f"{path} is not a complete PREIM3D encoder: the weight 'body.0.res_layer.1.weight' is missing."
+        )
     stage_units, stage_channels = [], []
     for width in widths:
         if stage_channels and stage_channels[-1] == width:
@@ -243,8 +271,13 @@ def infer_architecture(tensors: dict[str, torch.Tensor], path) -> dict:
             f"output_layer_2.3.weight {list(shape('output_layer_2.3.weight'))}): it is not a PREIM3D W+ encoder."
         )
     return dict(
-        n_styles=out_features // w_dim, w_dim=w_dim, stage_units=stage_units, stage_channels=stage_channels,
-        stem_channels=stem, pool_size=pool_size, se_reduction=widths[0] // se_hidden,
+        n_styles=out_features // w_dim,
+        w_dim=w_dim,
+        stage_units=stage_units,
+        stage_channels=stage_channels,
+        stem_channels=stem,
+        pool_size=pool_size,
+        se_reduction=widths[0] // se_hidden,
     )
 
 
@@ -313,5 +346,3 @@ def _preview(items, limit: int = 5) -> str:
         return "nothing"
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(str(i) for i in items[:limit]) + more
-
-

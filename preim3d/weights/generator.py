@@ -31,7 +31,9 @@ def load_generator(source, device="cpu") -> TriPlaneGenerator:
         if not is_bundle(path):
             raise WeightsError(f"{path} is a folder but not a preim3d bundle (no preim3d config.json).")
         tensors, config = read_bundle_component(path, "generator")
-        G = _build(config["init_kwargs"], config["rendering_kwargs"], config["neural_rendering_resolution"], path)
+        G = _build(
+            config["init_kwargs"], config["rendering_kwargs"], config["neural_rendering_resolution"], path
+        )
         _load_state(G, tensors, path)
     else:
         G = generator_from_official(path)
@@ -77,7 +79,11 @@ def _generator_record(obj, path) -> PickledModule:
     if isinstance(obj, dict):
         if "G_ema" not in obj:
             keys = ", ".join(map(str, list(obj)[:8]))
-            hint = " It looks like a PREIM3D encoder checkpoint: use load_encoder." if "state_dict" in obj else ""
+            hint = (
+                " It looks like a PREIM3D encoder checkpoint: use load_encoder."
+                if "state_dict" in obj
+                else ""
+            )
             raise WeightsError(f"{path} holds a dict without 'G_ema' (keys: {keys}).{hint}")
         obj = obj["G_ema"]
     if not isinstance(obj, PickledModule):
@@ -109,8 +115,9 @@ def _load_state(G: TriPlaneGenerator, tensors: dict, path) -> None:
         )
     for key, value in tensors.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise WeightsError(f"{path}: tensor {key} has shape {tuple(value.shape)}, "
-                               f"expected {tuple(expected[key].shape)}.")
+            raise WeightsError(
+                f"{path}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}."
+            )
         if not torch.isfinite(value).all():
             raise WeightsError(f"{path}: tensor {key} holds NaN or infinite values; the file is damaged.")
     G.load_state_dict(tensors, strict=True)

@@ -46,7 +46,9 @@ def _describe_bundle(folder: Path, origin: str) -> str:
     lines = [f"preim3d bundle {folder} ({origin}), format version {config.get('format_version')}"]
     order = ("generator", "encoder", "latent_avg", "directions")
     sections = {name: value for name, value in config.items() if isinstance(value, dict)}
-    sections = dict(sorted(sections.items(), key=lambda item: order.index(item[0]) if item[0] in order else 4))
+    sections = dict(
+        sorted(sections.items(), key=lambda item: order.index(item[0]) if item[0] in order else 4)
+    )
     for name, section in sections.items():
         file = folder / f"{name}.safetensors"
         size = f"{file.stat().st_size / 1e6:.1f} MB" if file.is_file() else "file missing"
@@ -57,22 +59,29 @@ def _describe_bundle(folder: Path, origin: str) -> str:
                 lines.append(f"    {key}: {_flat(section[key])}")
     missing = [name for name in order if name not in sections]
     if missing:
-        lines.append(f"missing components: {', '.join(missing)}"
-                     + (" (editing needs directions)" if missing == ["directions"] else ""))
+        lines.append(
+            f"missing components: {', '.join(missing)}"
+            + (" (editing needs directions)" if missing == ["directions"] else "")
+        )
     return "\n".join(lines)
 
 
 def _summary(name: str, section: dict) -> str:
     if name == "generator":
         kwargs = section.get("init_kwargs", {})
-        return _generator_summary(kwargs, section.get("rendering_kwargs", kwargs.get("rendering_kwargs", {})),
-                                  section.get("neural_rendering_resolution"))
+        return _generator_summary(
+            kwargs,
+            section.get("rendering_kwargs", kwargs.get("rendering_kwargs", {})),
+            section.get("neural_rendering_resolution"),
+        )
     if name == "encoder":
         return _encoder_summary(section.get("architecture", {}))
     if name == "latent_avg":
         recipe = section.get("recipe", {})
-        return (f"mean W+ code of the generator: {recipe.get('samples')} samples of seed {recipe.get('seed')}, "
-                f"truncation psi {recipe.get('truncation_psi')}")
+        return (
+            f"mean W+ code of the generator: {recipe.get('samples')} samples of seed {recipe.get('seed')}, "
+            f"truncation psi {recipe.get('truncation_psi')}"
+        )
     if name == "directions":
         names = section.get("names", [])
         return f"{len(names)} editing directions: {', '.join(names)}"
@@ -81,17 +90,21 @@ def _summary(name: str, section: dict) -> str:
 
 def _generator_summary(kwargs: dict, rendering: dict, neural_resolution) -> str:
     sr = str(rendering.get("superresolution_module", "?")).rsplit(".", 1)[-1]
-    return (f"EG3D tri-plane generator: {kwargs.get('img_resolution')} px images from {neural_resolution} px neural "
-            f"rendering ({rendering.get('depth_resolution')} + {rendering.get('depth_resolution_importance')} depth "
-            f"samples), {sr}; z {kwargs.get('z_dim')}, w {kwargs.get('w_dim')}, channel_base "
-            f"{kwargs.get('channel_base')}, channel_max {kwargs.get('channel_max')}")
+    return (
+        f"EG3D tri-plane generator: {kwargs.get('img_resolution')} px images from {neural_resolution} px neural "
+        f"rendering ({rendering.get('depth_resolution')} + {rendering.get('depth_resolution_importance')} depth "
+        f"samples), {sr}; z {kwargs.get('z_dim')}, w {kwargs.get('w_dim')}, channel_base "
+        f"{kwargs.get('channel_base')}, channel_max {kwargs.get('channel_max')}"
+    )
 
 
 def _encoder_summary(arch: dict) -> str:
     units = "-".join(str(u) for u in arch.get("stage_units", []))
     channels = "-".join(str(c) for c in arch.get("stage_channels", []))
-    return (f"PREIM3D W+ encoder (IR-SE): stages of {units} units with {channels} channels, "
-            f"codes {arch.get('n_styles')} x {arch.get('w_dim')}")
+    return (
+        f"PREIM3D W+ encoder (IR-SE): stages of {units} units with {channels} channels, "
+        f"codes {arch.get('n_styles')} x {arch.get('w_dim')}"
+    )
 
 
 def _flat(value) -> str:
@@ -129,14 +142,16 @@ def _describe_generator(path: Path, header: str) -> str:
         raise WeightsError(f"{path} is not an official generator, encoder or direction file: {exc}") from exc
     info = G.source_info
     params = sum(p.numel() for p in G.parameters()) / 1e6
-    return "\n".join([
-        f"official EG3D generator {header}",
-        f"    {_generator_summary(G.init_kwargs, G.rendering_kwargs, G.neural_rendering_resolution)}; "
-        f"{params:.1f} M parameters",
-        f"    pickled class {info['class_name']}, embedded source sha256 {info['embedded_source_sha256']} "
-        "(never executed)",
-        f"    licence: {EG3D_LICENCE}",
-    ])
+    return "\n".join(
+        [
+            f"official EG3D generator {header}",
+            f"    {_generator_summary(G.init_kwargs, G.rendering_kwargs, G.neural_rendering_resolution)}; "
+            f"{params:.1f} M parameters",
+            f"    pickled class {info['class_name']}, embedded source sha256 {info['embedded_source_sha256']} "
+            "(never executed)",
+            f"    licence: {EG3D_LICENCE}",
+        ]
+    )
 
 
 def _describe_encoder(path: Path, header: str) -> str:
@@ -149,15 +164,19 @@ def _describe_encoder(path: Path, header: str) -> str:
 
     state, opts, latent_avg = read_official_checkpoint(path)
     arch = infer_architecture(encoder_state_from_checkpoint(state, opts, path), path)
-    others = sorted({k.split(".", 1)[0] for k in state if isinstance(k, str) and not k.startswith("encoder.")})
+    others = sorted(
+        {k.split(".", 1)[0] for k in state if isinstance(k, str) and not k.startswith("encoder.")}
+    )
     stored = "stores" if latent_avg is not None else "does not store"
-    return "\n".join([
-        f"official PREIM3D encoder checkpoint {header}",
-        f"    {_encoder_summary(arch)}",
-        f"    {stored} a latent average; other weights: {', '.join(others) or 'none'}; training options: "
-        f"{', '.join(f'{k}={opts[k]}' for k in ('encoder_type', 'dataset_type', 'stylegan_size') if k in opts)}",
-        f"    licence: {OFFICIAL_LICENCE}",
-    ])
+    return "\n".join(
+        [
+            f"official PREIM3D encoder checkpoint {header}",
+            f"    {_encoder_summary(arch)}",
+            f"    {stored} a latent average; other weights: {', '.join(others) or 'none'}; training options: "
+            f"{', '.join(f'{k}={opts[k]}' for k in ('encoder_type', 'dataset_type', 'stylegan_size') if k in opts)}",
+            f"    licence: {OFFICIAL_LICENCE}",
+        ]
+    )
 
 
 def _describe_direction(path: Path, tensor, header: str) -> str:
@@ -165,12 +184,14 @@ def _describe_direction(path: Path, tensor, header: str) -> str:
 
     official = _OFFICIAL_DIGESTS.get(file_sha256(path))
     origin = f"the official PREIM3D {official}" if official else "not one of the official PREIM3D files"
-    return "\n".join([
-        f"editing direction {header}",
-        f"    tensor {list(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}, norm {float(tensor.norm()):.4f}; "
-        f"{origin}",
-        f"    licence: {LICENCES['mit'] if official else 'unknown'}",
-    ])
+    return "\n".join(
+        [
+            f"editing direction {header}",
+            f"    tensor {list(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}, norm {float(tensor.norm()):.4f}; "
+            f"{origin}",
+            f"    licence: {LICENCES['mit'] if official else 'unknown'}",
+        ]
+    )
 
 
 def _describe_direction_folder(folder: Path) -> str:
@@ -178,8 +199,10 @@ def _describe_direction_folder(folder: Path) -> str:
 
     files = sorted(folder.glob("*.pt"))
     official = [f for f in files if file_sha256(f) in _OFFICIAL_DIGESTS]
-    return "\n".join([
-        f"folder of {len(files)} editing directions {folder}: {', '.join(f.stem for f in files)}",
-        f"    {len(official)} of them are official PREIM3D files (by SHA-256)"
-        + (f"; licence: {LICENCES['mit']}" if official else ""),
-    ])
+    return "\n".join(
+        [
+            f"folder of {len(files)} editing directions {folder}: {', '.join(f.stem for f in files)}",
+            f"    {len(official)} of them are official PREIM3D files (by SHA-256)"
+            + (f"; licence: {LICENCES['mit']}" if official else ""),
+        ]
+    )

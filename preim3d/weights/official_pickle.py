@@ -64,8 +64,9 @@ _inert_types: dict[str, type] = {}
 
 def _inert_type(qualified_name: str) -> type:
     if qualified_name not in _inert_types:
-        _inert_types[qualified_name] = type(qualified_name.rsplit(".", 1)[-1], (_InertObject,),
-                                            {"class_name": qualified_name})
+        _inert_types[qualified_name] = type(
+            qualified_name.rsplit(".", 1)[-1], (_InertObject,), {"class_name": qualified_name}
+        )
     return _inert_types[qualified_name]
 
 
@@ -73,8 +74,10 @@ def _reconstruct_persistent(meta):
     if not isinstance(meta, dict) or meta.get("type") != "class":
         raise WeightsError("unsupported persistent object in the pickle (expected a pickled class instance)")
     if meta.get("version") != PERSISTENT_VERSION:
-        raise WeightsError(f"unsupported persistence format version {meta.get('version')!r} "
-                           f"(this reader knows version {PERSISTENT_VERSION})")
+        raise WeightsError(
+            f"unsupported persistence format version {meta.get('version')!r} "
+            f"(this reader knows version {PERSISTENT_VERSION})"
+        )
     source = meta.get("module_src", "")
     digest = hashlib.sha256(source.encode("utf-8")).hexdigest() if isinstance(source, str) else None
     state = meta.get("state")
@@ -114,12 +117,14 @@ _ALLOWED = {
 }
 # numpy scalars (the files store gains as numpy.float64), under numpy 1 and numpy 2 module names.
 _np_core = getattr(np, "_core", None) or np.core
-_ALLOWED.update({
-    ("numpy.core.multiarray", "scalar"): _np_core.multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _np_core.multiarray.scalar,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,
-})
+_ALLOWED.update(
+    {
+        ("numpy.core.multiarray", "scalar"): _np_core.multiarray.scalar,
+        ("numpy._core.multiarray", "scalar"): _np_core.multiarray.scalar,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+)
 
 # Ordinary classes pickled by reference inside G (EG3D's renderer pieces, torch containers and
 # activations): they become inert placeholders, never imported.

@@ -100,7 +100,9 @@ def locate(source, origin: str, revision: str | None = None) -> WeightsLocation:
     if path.exists():
         return _local(path, origin)
     if _REPO_ID.match(text) and not text.startswith("."):
-        return WeightsLocation(_hub_snapshot(text, revision, origin), "bundle", f"Hugging Face Hub repo {text}")
+        return WeightsLocation(
+            _hub_snapshot(text, revision, origin), "bundle", f"Hugging Face Hub repo {text}"
+        )
     raise WeightsNotFoundError(
         f"The weights source {text!r} ({origin}) does not exist: give a bundle folder, a folder of the official "
         f"files, or a Hugging Face Hub repo id (owner/name). Run `{DOWNLOAD_COMMAND}` to fetch the official weights."
@@ -153,7 +155,12 @@ def _hub_offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub reads it, also when it was set after huggingface_hub was imported."""
     from huggingface_hub import constants
 
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    }
 
 
 def _hub_snapshot(repo_id: str, revision: str | None, origin: str) -> Path:
@@ -168,11 +175,20 @@ def _hub_snapshot(repo_id: str, revision: str | None, origin: str) -> Path:
 
     offline = _hub_offline()
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["config.json", "*.safetensors"],
-                                        local_files_only=offline))
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=["config.json", "*.safetensors"],
+                local_files_only=offline,
+            )
+        )
     except LocalEntryNotFoundError as exc:
-        why = ("HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache" if offline
-               else "the Hub could not be reached and it is not in the local Hugging Face cache")
+        why = (
+            "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+            if offline
+            else "the Hub could not be reached and it is not in the local Hugging Face cache"
+        )
         raise WeightsNotFoundError(
             f"{repo_id!r} ({origin}) is not a local folder, and as a Hugging Face Hub repo it cannot be used: {why}. "
             f"Connect to the internet once (without HF_HUB_OFFLINE), give a local bundle folder, or run "
@@ -185,7 +201,9 @@ def _hub_snapshot(repo_id: str, revision: str | None, origin: str) -> Path:
             f"`hf auth login` for a private repo, or run `{DOWNLOAD_COMMAND}`."
         ) from exc
     except (HfHubHTTPError, OSError) as exc:
-        raise WeightsError(f"Could not fetch the Hugging Face Hub repo {repo_id!r} ({origin}): {exc}") from exc
+        raise WeightsError(
+            f"Could not fetch the Hugging Face Hub repo {repo_id!r} ({origin}): {exc}"
+        ) from exc
     if not _is_bundle(folder):
         raise WeightsError(
             f"The Hugging Face Hub repo {repo_id!r} holds no preim3d bundle (no config.json of format "

@@ -106,15 +106,43 @@ def base_url(host: str, base_urls: dict | None = None) -> str:
 
 _GENERATOR_MIN = 100 * MB
 GENERATORS = {
-    "preim3d": OfficialFile("generator", "eg3d_G_ema.pkl", "drive", "1tFfynggbcITiKF_iLBcFutBSMCScBPSa", "eg3d",
-                            (ZIP_HEADER,), min_size=_GENERATOR_MIN),
-    "ngc": OfficialFile("generator", "ffhq512-128.pkl", "ngc", "ffhq512-128.pkl", "eg3d", (PICKLE_HEADER,),
-                        min_size=_GENERATOR_MIN),
-    "ngc-rebalanced": OfficialFile("generator", "ffhqrebalanced512-128.pkl", "ngc", "ffhqrebalanced512-128.pkl",
-                                   "eg3d", (PICKLE_HEADER,), min_size=_GENERATOR_MIN),
+    "preim3d": OfficialFile(
+        "generator",
+        "eg3d_G_ema.pkl",
+        "drive",
+        "1tFfynggbcITiKF_iLBcFutBSMCScBPSa",
+        "eg3d",
+        (ZIP_HEADER,),
+        min_size=_GENERATOR_MIN,
+    ),
+    "ngc": OfficialFile(
+        "generator",
+        "ffhq512-128.pkl",
+        "ngc",
+        "ffhq512-128.pkl",
+        "eg3d",
+        (PICKLE_HEADER,),
+        min_size=_GENERATOR_MIN,
+    ),
+    "ngc-rebalanced": OfficialFile(
+        "generator",
+        "ffhqrebalanced512-128.pkl",
+        "ngc",
+        "ffhqrebalanced512-128.pkl",
+        "eg3d",
+        (PICKLE_HEADER,),
+        min_size=_GENERATOR_MIN,
+    ),
 }
-ENCODER = OfficialFile("encoder", "preim3d_ffhq.pt", "drive", "1_s-ywlNPNGg1_ZyzataHt6Y4qS0Pp4ce", "preim3d",
-                       (ZIP_HEADER, PICKLE_HEADER), min_size=150 * MB)
+ENCODER = OfficialFile(
+    "encoder",
+    "preim3d_ffhq.pt",
+    "drive",
+    "1_s-ywlNPNGg1_ZyzataHt6Y4qS0Pp4ce",
+    "preim3d",
+    (ZIP_HEADER, PICKLE_HEADER),
+    min_size=150 * MB,
+)
 
 # name -> (size in bytes, sha256) of the files at PREIM3D_COMMIT: the 40 CelebA attributes but Blurry.
 _DIRECTION_FILES = {
@@ -160,8 +188,17 @@ _DIRECTION_FILES = {
 }
 DIRECTIONS_FOLDER = "directions"
 DIRECTIONS = tuple(
-    OfficialFile("direction", f"{DIRECTIONS_FOLDER}/{name}.pt", "github", f"{DIRECTIONS_PATH}/{name}.pt", "mit",
-                 (ZIP_HEADER,), size=size, min_size=size, sha256=sha256)
+    OfficialFile(
+        "direction",
+        f"{DIRECTIONS_FOLDER}/{name}.pt",
+        "github",
+        f"{DIRECTIONS_PATH}/{name}.pt",
+        "mit",
+        (ZIP_HEADER,),
+        size=size,
+        min_size=size,
+        sha256=sha256,
+    )
     for name, (size, sha256) in _DIRECTION_FILES.items()
 )
 

@@ -21,7 +21,14 @@ if __name__ == "__main__":
     if official_path() is None:
         sys.exit("Set PREIM3D_OFFICIAL_EG3D to the eg3d/ folder of an official EG3D checkout.")
     out = run_generator(build_official(TINY, WEIGHT_SEED), TINY, INPUT_SEED, BATCH)
-    save_file({k: v.contiguous() for k, v in out.items()}, str(HERE / "eg3d_tiny_official.safetensors"),
-              metadata={"weight_seed": str(WEIGHT_SEED), "input_seed": str(INPUT_SEED), "batch": str(BATCH),
-                        "made_with": "NVlabs/eg3d 7cf1fd1e99e1061e8b6ba850f91c94fe56e7afe4, CPU, fp32"})
+    save_file(
+        {k: v.contiguous() for k, v in out.items()},
+        str(HERE / "eg3d_tiny_official.safetensors"),
+        metadata={
+            "weight_seed": str(WEIGHT_SEED),
+            "input_seed": str(INPUT_SEED),
+            "batch": str(BATCH),
+            "made_with": "NVlabs/eg3d 7cf1fd1e99e1061e8b6ba850f91c94fe56e7afe4, CPU, fp32",
+        },
+    )
     print({k: tuple(v.shape) for k, v in out.items()})
