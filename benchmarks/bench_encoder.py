@@ -10,7 +10,8 @@ The official encoder is imported from an official checkout (GitHub mybabyyh/Prei
 --official or PREIM3D_OFFICIAL_PREIM3D; its CUDA-extension import is replaced by a stand-in that the
 W+ encoder never calls. Without a checkout only our variants run.
 
-Run:  PREIM3D_OFFICIAL_PREIM3D=/path/to/Preim3D python benchmarks/bench_encoder.py [--no-compile] [--json out.json]
+Run:  export PREIM3D_OFFICIAL_PREIM3D=/path/to/Preim3D
+      python benchmarks/bench_encoder.py [--no-compile] [--json out.json]
 """
 
 import argparse
@@ -209,8 +210,9 @@ def main():
 
     device_name = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {torch.get_num_threads()} threads"
     print(
-        f"\n{device_name}, torch {torch.__version__}, weights: {args.checkpoint or 'random (calibrated BN)'}; "
-        f"max |W+ offset| {reference.abs().max():.3f}; max|dW+| = max abs diff from our fp32 W+ on {batch} images"
+        f"\n{device_name}, torch {torch.__version__}, weights: "
+        f"{args.checkpoint or 'random (calibrated BN)'}; max |W+ offset| {reference.abs().max():.3f}; "
+        f"max|dW+| = max abs diff from our fp32 W+ on {batch} images"
     )
     if on_gpu:
         print(f"{'variant':36s} {'batch-1 ms':>10s} {f'batch-{batch} img/s':>15s} {'max|dW+|':>9s}")
@@ -222,8 +224,9 @@ def main():
         accurate = [r for r in rows if r["max_abs_diff_vs_fp32"] <= 1e-2]
         if accurate:
             print(
-                f"goals (W+ within 1e-2): batch-1 <= 3 ms -> best {min(r['batch1_ms'] for r in accurate):.2f} ms; "
-                f"batch-{batch} >= 2000 img/s -> best {max(r['batch_img_per_s'] for r in accurate):.0f} img/s"
+                "goals (W+ within 1e-2): batch-1 <= 3 ms -> best "
+                f"{min(r['batch1_ms'] for r in accurate):.2f} ms; batch-{batch} >= 2000 img/s -> best "
+                f"{max(r['batch_img_per_s'] for r in accurate):.0f} img/s"
             )
     if args.json:
         Path(args.json).write_text(

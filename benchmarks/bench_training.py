@@ -192,7 +192,8 @@ def main():
         f"{' '.join(sys.argv[1:])}`, {time.time() - started:.0f} s"
     )
     print(
-        "\n| precision | batch | multi-view ID | steps/s | images/s | peak allocated GiB | peak reserved GiB |"
+        "\n| precision | batch | multi-view ID | steps/s | images/s "
+        "| peak allocated GiB | peak reserved GiB |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -1,4 +1,5 @@
-"""The preim3d web demo, a Gradio Blocks app: `build_demo(editor_or_source)` builds it, `launch(demo)` serves it."""
+"""The preim3d web demo, a Gradio Blocks app:
+`build_demo(editor_or_source)` builds it, `launch(demo)` serves it."""
 
 from .ui import build_demo, launch
 

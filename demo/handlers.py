@@ -217,7 +217,8 @@ class Handlers:
 
     @user_errors
     def load_photo(self, path, face=0):
-        """Photo (or face choice) -> state, crop, reconstruction, faces overview, face choice, yaw, pitch, status."""
+        """Photo (or face choice) -> state, crop, reconstruction, faces overview,
+        face choice, yaw, pitch, status."""
         if path is None:  # the photo was cleared
             return self.cleared()[:-1]
         face = int(face or 0)
@@ -257,7 +258,10 @@ class Handlers:
             return (gr.skip(),) * 8
         codes = load_latent(path)
         ws = codes[:1]
-        status = f"Editing the code from {Path(path).name} (no photo: the aligned crop and paste-back are unavailable)."
+        status = (
+            f"Editing the code from {Path(path).name} "
+            "(no photo: the aligned crop and paste-back are unavailable)."
+        )
         if len(codes) > 1:
             status += f" The file holds {len(codes)} codes; this is the first."
         session = Session(name=Path(path).stem, ws=ws, edited=ws)
@@ -379,7 +383,8 @@ class Handlers:
     # ------------------------------------------------------------------ API endpoints (stateless)
 
     def _code(self, photo, latent, face) -> tuple[torch.Tensor, tuple[float, float]]:
-        """(code, camera pose) to work on: the latent file's first code (frontal), else the photo's face inverted."""
+        """(code, camera pose) to work on: the latent file's first code (frontal),
+        else the photo's face inverted."""
         if latent is not None:
             return load_latent(latent)[:1], (0.0, 0.0)
         if photo is None:
@@ -389,7 +394,8 @@ class Handlers:
 
     @user_errors
     def api_align(self, photo=None, face=0):
-        """Photo -> (aligned 512x512 crop of face `face`, {faces, face, boxes, yaw, pitch}); angles in degrees."""
+        """Photo -> (aligned 512x512 crop of face `face`, {faces, face, boxes, yaw, pitch});
+        angles in degrees."""
         if photo is None:
             raise problem("Give a photo.")
         prepared = self._prepare(photo, int(face or 0))

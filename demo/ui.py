@@ -88,7 +88,8 @@ def load_editor(editor_or_source) -> tuple[Editor | None, str | None]:
 
 
 def build_demo(editor_or_source=None, *, examples=EXAMPLES) -> gr.Blocks:
-    """The demo page around an Editor, or one loaded from a weights source (None: $PREIM3D_WEIGHTS, default folder).
+    """The demo page around an Editor, or one loaded from a weights source
+    (None: $PREIM3D_WEIGHTS, default folder).
 
     Without weights the page still builds: it explains how to get them and its controls are disabled.
     """
@@ -313,7 +314,8 @@ def _strength(name: str, label: str, interactive: bool) -> gr.Slider:
 
 
 def _api_endpoints(h: Handlers) -> None:
-    """The named, stateless endpoints for gradio_client (documented in demo/SPACE.md), on hidden components."""
+    """The named, stateless endpoints for gradio_client (documented in demo/SPACE.md),
+    on hidden components."""
     with gr.Column(visible=False):
         photo = photo_input(label="photo")
         latent = gr.File(label="latent", file_types=[".npz", ".safetensors"])
@@ -349,7 +351,8 @@ def _api_endpoints(h: Handlers) -> None:
 
 
 def launch(demo: gr.Blocks, *, queue_size: int = QUEUE_SIZE, **kwargs):
-    """Start the server with a bounded queue; keywords go to `gr.Blocks.launch` (server_name, server_port, ...)."""
+    """Start the server with a bounded queue; keywords go to `gr.Blocks.launch`
+    (server_name, server_port, ...)."""
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     kwargs.setdefault("max_file_size", MAX_FILE_SIZE)
     return demo.launch(**kwargs)

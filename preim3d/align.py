@@ -138,7 +138,8 @@ class AlignedFace:
         return _apply(self.original_from_crop, points)
 
     def estimate_pose(self) -> tuple[float, float]:
-        """(yaw, pitch) in radians such that `preim3d.camera_vector(yaw, pitch)` views the head as the photo did.
+        """(yaw, pitch) in radians such that `preim3d.camera_vector(yaw, pitch)`
+        views the head as the photo did.
 
         The five points are fitted to the 3-D landmarks by the affine camera above; its two rows,
         made orthonormal (nearest rotation rows, by SVD), are the first two rows of the head's

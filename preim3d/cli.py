@@ -317,7 +317,8 @@ def _run_download(args) -> int:
     print(f"done: the bundle is in {out}.")
     if args.out is not None:
         print(
-            f"preim3d looks in {default_weights_dir()} by default: set {WEIGHTS_ENV}={out} or pass --weights {out}."
+            f"preim3d looks in {default_weights_dir()} by default: set {WEIGHTS_ENV}={out} or pass --weights "
+            f"{out}."
         )
     return 0
 

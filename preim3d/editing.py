@@ -181,7 +181,8 @@ class EditReport:
         if self.hold:
             lines.append(
                 f"The precise edit moves the targets as asked and the held attributes by 0 "
-                f"(step length {self.precise_norm:.2f}, {self.precise_norm / max(self.plain_norm, 1e-12):.2f}x)."
+                f"(step length {self.precise_norm:.2f}, "
+                f"{self.precise_norm / max(self.plain_norm, 1e-12):.2f}x)."
             )
         return "\n".join(lines)
 
@@ -342,7 +343,8 @@ class DirectionBank:
     # ---------------------------------------------------------------- directions and scores
 
     def direction(self, name: str) -> torch.Tensor:
-        """The [14, 512] float32 direction for `name`, sign included: apply(w, {name: s}) = w + s * direction(name)."""
+        """The [14, 512] float32 direction for `name`, sign included:
+        apply(w, {name: s}) = w + s * direction(name)."""
         stored, sign = self.resolve(name)
         return self._directions[stored].clone() if sign > 0 else -self._directions[stored]
 
@@ -352,7 +354,8 @@ class DirectionBank:
         return torch.stack([self.direction(n).reshape(-1) for n in names]).double()
 
     def scores(self, ws: torch.Tensor, names: Iterable[str] | None = None) -> torch.Tensor:
-        """Scores <vec(w), d_a>, float64 on the CPU: [..., K] for ws [..., 14, 512] (all stored names when None)."""
+        """Scores <vec(w), d_a>, float64 on the CPU: [..., K] for ws [..., 14, 512]
+        (all stored names when None)."""
         ws = _check_ws(ws)
         return ws.detach().to("cpu", torch.float64).reshape(*ws.shape[:-2], CODE_DIM) @ self._matrix(names).T
 
@@ -445,11 +448,13 @@ class DirectionBank:
         return out.clone() if out is ws else out
 
     def apply_precise(self, ws: torch.Tensor, edits: Mapping[str, float], hold: Iterable[str] = ()):
-        """`apply(ws, edits, hold, precise=True)`: targets move exactly as asked, held attributes not at all."""
+        """`apply(ws, edits, hold, precise=True)`: targets move exactly as asked,
+        held attributes not at all."""
         return self.apply(ws, edits, hold=hold, precise=True)
 
     def report(self, edits: Mapping[str, float], hold: Iterable[str] = ()) -> EditReport:
-        """How a plain edit would move the targets' and held attributes' scores, and the precise step's size."""
+        """How a plain edit would move the targets' and held attributes' scores,
+        and the precise step's size."""
         coefficients = self._coefficients(edits)
         held = self._held(hold, coefficients)
         if not coefficients:

@@ -163,9 +163,9 @@ class Editor:
             )
             if diff > LATENT_AVG_TOLERANCE:
                 raise WeightsError(
-                    f"The latent average of {Path(generator).name} differs from the one stored in {Path(encoder).name} "
-                    f"(max abs difference {diff:.3g}): use the generator the encoder was trained with (PREIM3D's "
-                    f"eg3d_G_ema.pkl)."
+                    f"The latent average of {Path(generator).name} differs from the one stored in "
+                    f"{Path(encoder).name} (max abs difference {diff:.3g}): use the generator the encoder "
+                    "was trained with (PREIM3D's eg3d_G_ema.pkl)."
                 )
         kwargs.setdefault("source", f"official files {Path(generator).name}, {Path(encoder).name}")
         return cls(
@@ -247,7 +247,8 @@ class Editor:
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
 
     def mesh(self, ws, path=None, resolution: int = 256, **kwargs):
-        """The head's surface as a coloured trimesh.Trimesh, also written to `path` (.glb, .ply, .obj) if given.
+        """The head's surface as a coloured trimesh.Trimesh,
+        also written to `path` (.glb, .ply, .obj) if given.
 
         Keywords go to `preim3d.rendering.extract_mesh` (threshold, trim, progress).
         """

@@ -39,7 +39,8 @@ def _text_width(text: str, font) -> float:
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About `count` round tick values (steps of 1, 2 or 5 times a power of ten), the first <= low, the last >= high."""
+    """About `count` round tick values (steps of 1, 2 or 5 times a power of ten),
+    the first <= low, the last >= high."""
     if not high > low:
         low, high = low - 0.5, high + 0.5
     raw = (high - low) / max(count - 1, 1)
@@ -133,7 +134,8 @@ def heatmap(
     limit: float | None = None,
     cell: int = 40,
 ) -> Image.Image:
-    """A labelled matrix: blue for -limit, white for 0, red for +limit (default the largest |value|), values printed."""
+    """A labelled matrix: blue for -limit, white for 0,
+    red for +limit (default the largest |value|), values printed."""
     finite = [abs(v) for row in values for v in row if math.isfinite(v)]
     limit = limit or max(finite, default=1.0) or 1.0
     font, title_font = _font(11), _font(15)
@@ -181,7 +183,8 @@ def image_grid(
     column_labels: Sequence[str],
     cell: int = 128,
 ) -> Image.Image:
-    """Images in a grid of cell x cell tiles, labelled above each column and left of each row (None = empty)."""
+    """Images in a grid of cell x cell tiles,
+    labelled above each column and left of each row (None = empty)."""
     font = _font(12)
     label_w = int(max((_text_width(r, font) for r in row_labels), default=0)) + 12
     columns = max((len(r) for r in rows), default=0)

@@ -143,7 +143,8 @@ class TriPlaneRenderer:
             yield {key: out[key].cpu() for key in ("image", "image_raw", "image_depth")}
 
     def render(self, ws, c, deterministic: bool = False, progress: Progress = None) -> dict:
-        """ws [1,num_ws,w_dim], c [V,25] → {'image' [V,3,R,R], 'image_raw' [V,3,r,r], 'image_depth' [V,1,r,r]}."""
+        """ws [1,num_ws,w_dim], c [V,25] →
+        {'image' [V,3,R,R], 'image_raw' [V,3,r,r], 'image_depth' [V,1,r,r]}."""
         total = torch.as_tensor(c).reshape(-1, 25).shape[0]
         if total == 0:
             raise ValueError("render needs at least one camera")

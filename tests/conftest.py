@@ -1,4 +1,5 @@
-"""Fixtures shared by the pipeline, download and command-line tests: a tiny bundle, official-style files, a photo."""
+"""Fixtures shared by the pipeline, download and command-line tests:
+a tiny bundle, official-style files, a photo."""
 
 from __future__ import annotations
 

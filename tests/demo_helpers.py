@@ -1,4 +1,5 @@
-"""For the demo tests (gradio_client and browser): the demo served in-process on 127.0.0.1, bad input files."""
+"""For the demo tests (gradio_client and browser):
+the demo served in-process on 127.0.0.1, bad input files."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def serving(editor_or_source, **launch_kwargs):
 
 
 def client_for(url):
-    """A gradio_client Client without its telemetry (on by default, whatever GRADIO_ANALYTICS_ENABLED says)."""
+    """A gradio_client Client without its telemetry
+    (on by default, whatever GRADIO_ANALYTICS_ENABLED says)."""
     from gradio_client import Client
 
     return Client(url, verbose=False, analytics_enabled=False)

@@ -31,7 +31,8 @@ def mean_displacement(a, b):
 
 
 def similarity(angle_deg, scale, centre, size):
-    """3x3 map photo -> canvas: rotate by angle (clockwise on screen), scale, put the photo centre at centre."""
+    """3x3 map photo -> canvas: rotate by angle (clockwise on screen),
+    scale, put the photo centre at centre."""
     t = math.radians(angle_deg)
     rot = scale * np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
     m = np.eye(3)

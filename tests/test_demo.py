@@ -214,7 +214,8 @@ def handlers(editor):
 
 
 def load(handlers, path, face=0, strengths=None, **controls):
-    """What the page does on upload: load the photo, then apply the sliders. Returns (outputs, state, edited)."""
+    """What the page does on upload: load the photo, then apply the sliders.
+    Returns (outputs, state, edited)."""
     outputs = handlers.load_photo(path, face)
     state, edited = edit(handlers, outputs[0], strengths, **controls)
     return outputs, state, edited

@@ -102,7 +102,8 @@ def number(browser, elem_id) -> float:
 
 
 def click_slider(browser, elem_id, fraction):
-    """Click a slider's track at `fraction` of its width, as a person would (pointer events: release fires)."""
+    """Click a slider's track at `fraction` of its width, as a person would
+    (pointer events: release fires)."""
     track = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=range]")
     ActionChains(browser).move_to_element_with_offset(
         track, round((fraction - 0.5) * track.size["width"]), 0

@@ -1,4 +1,5 @@
-"""`preim3d download`: fetching from a local HTTP server on 127.0.0.1 — resume, checks, conversion, licences."""
+"""`preim3d download`: fetching from a local HTTP server on 127.0.0.1 —
+resume, checks, conversion, licences."""
 
 from __future__ import annotations
 

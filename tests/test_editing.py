@@ -27,7 +27,8 @@ def unit(v):
 
 
 def entangled_directions(names, seed=0, shared=0.8):
-    """Unit [1, 7168] directions that share a common component, like real attribute directions (|cos| ~ 0.4)."""
+    """Unit [1, 7168] directions that share a common component,
+    like real attribute directions (|cos| ~ 0.4)."""
     g = torch.Generator().manual_seed(seed)
     common = torch.randn(D, generator=g, dtype=torch.float64)
     out = {}

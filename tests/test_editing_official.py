@@ -1,4 +1,5 @@
-"""The 39 official PREIM3D direction files, from a checkout given in PREIM3D_OFFICIAL_PREIM3D (skipped without).
+"""The 39 official PREIM3D direction files,
+from a checkout given in PREIM3D_OFFICIAL_PREIM3D (skipped without).
 
 PREIM3D_OFFICIAL_PREIM3D is the root of a GitHub mybabyyh/Preim3D checkout; the files are
 editings/interfacegan_directions/inversion/<Attribute>.pt.

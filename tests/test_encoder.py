@@ -79,7 +79,8 @@ class FakeGenerator(torch.nn.Module):
 
 
 def save_official_layout(encoder, path, latent_avg=None, **opts):
-    """A checkpoint shaped like PREIM3D's training checkpoint: prefixed state dict, decoder, opts, latent_avg."""
+    """A checkpoint shaped like PREIM3D's training checkpoint:
+    prefixed state dict, decoder, opts, latent_avg."""
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state["decoder.backbone.mapping.w_avg"] = torch.randn(32)
     state["decoder.decoder.net.0.weight"] = torch.randn(64, 32)

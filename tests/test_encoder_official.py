@@ -95,7 +95,8 @@ def _unavailable(*args, **kwargs):
 
 @contextlib.contextmanager
 def official_code(*folders):
-    """Import from official checkouts: folders first on sys.path, stand-ins for CUDA ops and absent packages."""
+    """Import from official checkouts: folders first on sys.path,
+    stand-ins for CUDA ops and absent packages."""
     saved_path, before = list(sys.path), set(sys.modules)
     sys.path[:0] = [str(Path(f).resolve()) for f in folders]
     stubs = {
@@ -177,7 +178,8 @@ def test_official_checkpoint_layout_gives_the_official_output(tmp_path):
         fast = ours.fast(torch.float32)(x)
     diff, fast_diff = (got - expected).abs().max().item(), (fast - expected).abs().max().item()
     print(
-        f"\nW+ max |official| {expected.abs().max():.3f}; max abs diff ours {diff:.3g}, fast fp32 {fast_diff:.3g}"
+        f"\nW+ max |official| {expected.abs().max():.3f}; max abs diff ours {diff:.3g}, fast fp32 "
+        f"{fast_diff:.3g}"
     )
     assert got.shape == (2, 14, 512)
     assert expected.abs().max() > 0.5 and expected.std() > 0.05  # a non-degenerate output to compare

@@ -228,7 +228,8 @@ CENTRE, RADIUS = np.array([0.08, -0.05, 0.1]), 0.2
 
 
 class SphereDecoder(nn.Module):
-    """Reads designed planes: σ = 10 + 200 (R² − Σ plane channel 0), colours (0.5 + Σ channel 1, 0.25, 0.75)."""
+    """Reads designed planes: σ = 10 + 200 (R² − Σ plane channel 0),
+    colours (0.5 + Σ channel 1, 0.25, 0.75)."""
 
     def forward(self, features):
         total = features.sum(1)

@@ -77,7 +77,8 @@ def sample(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 
 
 def unproject(depth: torch.Tensor, c: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """World points [N, S, S, 3] (float64) of the pixels of an S x S image with ray depths `depth` [N, 1, r, r].
+    """World points [N, S, S, 3] (float64) of the pixels of an S x S image
+    with ray depths `depth` [N, 1, r, r].
 
     P = o + t d with d the unit ray through the pixel centre (module docstring); S defaults to r,
     otherwise t is read bilinearly at the S x S pixel centres.
@@ -94,7 +95,8 @@ def unproject(depth: torch.Tensor, c: torch.Tensor, size: int | None = None) -> 
 
 
 def project(points: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """World points [N, H, W, 3] -> normalised image points uv [N, H, W, 2], camera z and distance r, [N, H, W]."""
+    """World points [N, H, W, 3] -> normalised image points uv [N, H, W, 2],
+    camera z and distance r, [N, H, W]."""
     cam2world, K = _split(c)
     origin = cam2world[:, None, None, :3, 3]
     camera = (points - origin) @ cam2world[:, None, :3, :3]  # R^T (P - o), row-vector form

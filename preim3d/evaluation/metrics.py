@@ -40,7 +40,8 @@ def to_float(image) -> np.ndarray:
 
 
 def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A float [H, W, 3] image resized to (width, height), channel by channel in float32 (no 8-bit rounding)."""
+    """A float [H, W, 3] image resized to (width, height), channel by channel in float32
+    (no 8-bit rounding)."""
     channels = [
         np.asarray(Image.fromarray(x[..., k].astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
         for k in range(3)

@@ -199,11 +199,12 @@ class EvaluationReport:
             "## 3D consistency",
             "",
             "Novel views of each inverted code on a yaw/pitch grid (degrees; pitch in EG3D's polar-angle "
-            "offset, negative = camera above), averaged over photos. Identity: to the input crop, and the mean "
-            "to the other views. Reprojection: each view's pixels are lifted to 3-D with its rendered depth and "
-            "looked up in the frontal view; the error is the mean absolute RGB difference (8-bit levels) on the "
-            f"co-visible pixels (depth test tolerance {settings.get('tolerance')} world units), on the raw "
-            "neural-resolution render and on the super-resolved image (depth upsampled bilinearly).",
+            "offset, negative = camera above), averaged over photos. Identity: to the input crop, and the "
+            "mean to the other views. Reprojection: each view's pixels are lifted to 3-D with its rendered "
+            "depth and looked up in the frontal view; the error is the mean absolute RGB difference (8-bit "
+            f"levels) on the co-visible pixels (depth test tolerance {settings.get('tolerance')} world "
+            "units), on the raw neural-resolution render and on the super-resolved image (depth upsampled "
+            "bilinearly).",
             "",
             markdown_table(
                 grouped_means(self.views, ("yaw_deg", "pitch_deg"), view_keys),
@@ -230,9 +231,10 @@ class EvaluationReport:
                 "Each edit alone, plain (w + strength·d) and precise (holding "
                 f"{settings.get('hold_description')}). Target shift = score change of the target / strength "
                 "(1 = as asked); leakage = |score change| of every other attribute / strength (mean, and the "
-                "largest with its attribute); identity = similarity of the edited render to the reconstruction "
-                "(same camera); step = |Δw|. A plain edit's latent leakage into b is the cosine of the two "
-                "directions, the same for every photo; the identity column is where photos differ.",
+                "largest with its attribute); identity = similarity of the edited render to the "
+                "reconstruction (same camera); step = |Δw|. A plain edit's latent leakage into b is the "
+                "cosine of the two directions, the same for every photo; the identity column is where photos "
+                "differ.",
                 "",
                 markdown_table(
                     self._edit_table(edit_keys),

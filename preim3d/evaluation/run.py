@@ -299,7 +299,8 @@ def _consistency(setup: _Setup, name: str, ws, input_id) -> tuple[list[dict], li
 
 
 def _editing(setup: _Setup, name: str, ws, c_photo, recon_id, tiles: list) -> list[dict]:
-    """Per edit and mode: latent leakage and identity to the reconstruction; the edited renders join `tiles`."""
+    """Per edit and mode: latent leakage and identity to the reconstruction;
+    the edited renders join `tiles`."""
     bank = setup.editor.directions
     rows = []
     for edit, strength in _labelled_edits(bank, setup.edits, setup.labels, name).items():
@@ -395,8 +396,9 @@ def evaluate(
         first_photo = photo if first_photo is None else first_photo
         scores = result.inversion
         log(
-            f"{name}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, identity {scores['identity']:.3f}; "
-            f"novel views: identity to input {np.mean([v['identity_to_input'] for v in result.views]):.3f}"
+            f"{name}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, identity "
+            f"{scores['identity']:.3f}; novel views: identity to input "
+            f"{np.mean([v['identity_to_input'] for v in result.views]):.3f}"
         )
 
     speed = []

@@ -21,7 +21,8 @@ from .ops import fir_filter_2d
 from .stylegan2 import SynthesisBlock
 
 # name → (output resolution, input resolution, block0 channels, block0 upsamples, block1 channels,
-#         resize only when the input is smaller (instead of whenever it differs), has a module-level filter buffer)
+#         resize only when the input is smaller (instead of whenever it differs),
+#         has a module-level filter buffer)
 SR_VARIANTS = {
     "SuperresolutionHybrid2X": (128, 64, 128, False, 64, False, True),
     "SuperresolutionHybrid4X": (256, 128, 128, False, 64, True, True),

@@ -146,7 +146,8 @@ class TriPlaneGenerator(nn.Module):
         return self.backbone.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
     def synthesize_planes(self, ws, noise_mode="const") -> torch.Tensor:
-        """ws → tri-planes [N, 3, 32, 256, 256] (channels 32p … 32p+31 form plane p; float16 in the fast mode)."""
+        """ws → tri-planes [N, 3, 32, 256, 256]
+        (channels 32p … 32p+31 form plane p; float16 in the fast mode)."""
         planes = self._run(lambda fast: self.backbone.synthesis(ws, noise_mode=noise_mode, fast=fast), ws)
         if self._fast(ws):
             planes = planes.half()  # what the fast renderer samples; half the memory in a cache

@@ -21,7 +21,8 @@ from torch import autograd, nn
 
 
 class LatentDiscriminator(nn.Module):
-    """w [..., w_dim] -> logit [..., 1]: `hidden_layers` x (Linear w_dim->w_dim, LeakyReLU 0.2), Linear w_dim->1.
+    """w [..., w_dim] -> logit [..., 1]: `hidden_layers` x (Linear w_dim->w_dim, LeakyReLU 0.2),
+    Linear w_dim->1.
 
     Parameter names (`mlp.0.weight`, ..., `mlp.6.bias`) are those of the official discriminator.
     """

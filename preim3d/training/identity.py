@@ -112,8 +112,8 @@ def arcface_from_state(state: dict[str, torch.Tensor], origin="the ArcFace weigh
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
         raise WeightsError(
-            f"{origin} is not an IR-SE50 ArcFace backbone (TreB1eN layout): missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}, wrong shape {wrong[:3]}."
+            f"{origin} is not an IR-SE50 ArcFace backbone (TreB1eN layout): missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}."
         )
     net.load_state_dict(state)
     return net.eval().requires_grad_(False)
@@ -132,8 +132,8 @@ def init_encoder_from_arcface(
     wrong = [k for k in target if k in state and state[k].shape != target[k].shape]
     if missing or wrong:
         raise WeightsError(
-            f"{origin} do not fit the encoder's stem and body (missing {missing[:3]}, wrong shape {wrong[:3]}): "
-            "use IR-SE50 ArcFace weights with the full-size encoder."
+            f"{origin} do not fit the encoder's stem and body (missing {missing[:3]}, wrong shape "
+            f"{wrong[:3]}): use IR-SE50 ArcFace weights with the full-size encoder."
         )
     encoder.load_state_dict({k: state[k] for k in target}, strict=False)
     return len(target)

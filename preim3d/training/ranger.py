@@ -7,8 +7,9 @@ For each parameter p with gradient g, at step t = 1, 2, ...:
     moments                  m <- b1 m + (1 - b1) g,     v <- b2 v + (1 - b2) g^2
     rectification            rho_inf = 2 / (1 - b2) - 1,  rho_t = rho_inf - 2 t b2^t / (1 - b2^t)
     update, rho_t > 5        p <- p - lr * r_t / (1 - b1^t) * m / (sqrt(v) + eps),
-                             r_t = sqrt((1 - b2^t) (rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
-    update, rho_t <= 5       p <- p - lr / (1 - b1^t) * m           (variance not yet trustworthy: momentum SGD)
+                             r_t = sqrt((1 - b2^t) (rho_t - 4)(rho_t - 2) rho_inf
+                                        / ((rho_inf - 4)(rho_inf - 2) rho_t))
+    update, rho_t <= 5       p <- p - lr / (1 - b1^t) * m   (variance not yet trustworthy: momentum SGD)
     weight decay (if any)    p <- p - lr * wd * p  before the update
     Lookahead, every k steps slow <- slow + alpha (p - slow);  p <- slow
 

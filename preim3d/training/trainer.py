@@ -138,8 +138,8 @@ class Trainer:
         self.encoder_module = self._build_encoder(encoder, arcface_state).to(self.device).train()
         if tuple(self.latent_avg.shape[1:]) != (self.encoder_module.n_styles, self.encoder_module.w_dim):
             raise Preim3DError(
-                f"The encoder predicts [{self.encoder_module.n_styles}, {self.encoder_module.w_dim}] codes but the "
-                f"generator takes {list(self.latent_avg.shape[1:])}: they do not belong together."
+                f"The encoder predicts [{self.encoder_module.n_styles}, {self.encoder_module.w_dim}] codes "
+                f"but the generator takes {list(self.latent_avg.shape[1:])}: they do not belong together."
             )
 
         self.identity = None
@@ -147,7 +147,8 @@ class Trainer:
             if arcface is None and cfg.arcface is None:
                 raise Preim3DError(
                     "The identity losses need ArcFace weights: give --arcface model_ir_se50.pth (IR-SE50 of "
-                    "TreB1eN/InsightFace_Pytorch), or turn them off with --id-lambda 0 --id-lambda-multi-view 0."
+                    "TreB1eN/InsightFace_Pytorch), or turn them off with --id-lambda 0 "
+                    "--id-lambda-multi-view 0."
                 )
             if arcface is None:
                 arcface = arcface_from_state(arcface_state, origin=cfg.arcface)

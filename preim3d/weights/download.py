@@ -68,8 +68,8 @@ def fetch(
             if attempt == retries:
                 raise DownloadError(
                     f"The download of {file.filename} from {url} was interrupted ({exc}); "
-                    f"{part.stat().st_size if part.exists() else 0} bytes are kept in {part}. Run the command "
-                    f"again to resume."
+                    f"{part.stat().st_size if part.exists() else 0} bytes are kept in {part}. Run the "
+                    "command again to resume."
                 ) from exc
     try:
         _verify(file, part)
@@ -174,8 +174,8 @@ def _verify(file: OfficialFile, path: Path) -> None:
         )
     if size < file.min_size:
         raise DownloadError(
-            f"{file.filename} has only {size} bytes; the official file has at least {file.min_size}. The server "
-            f"sent something else; fetch it by hand from {file.page} if this persists."
+            f"{file.filename} has only {size} bytes; the official file has at least {file.min_size}. The "
+            f"server sent something else; fetch it by hand from {file.page} if this persists."
         )
     with open(path, "rb") as f:
         head = f.read(16)
@@ -188,8 +188,8 @@ def _verify(file: OfficialFile, path: Path) -> None:
         digest = file_sha256(path)
         if digest != file.sha256:
             raise DownloadError(
-                f"{file.filename} has SHA-256 {digest}, the official file {file.sha256}: it is damaged or altered "
-                f"and was rejected."
+                f"{file.filename} has SHA-256 {digest}, the official file {file.sha256}: it is damaged or "
+                "altered and was rejected."
             )
 
 

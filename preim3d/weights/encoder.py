@@ -115,8 +115,8 @@ def load_latent_avg(source, device="cpu") -> torch.Tensor:
         where = path
     if not isinstance(value, torch.Tensor) or value.ndim != 3 or value.shape[0] != 1:
         raise WeightsError(
-            f"{where} holds no latent average of shape [1, n_styles, w_dim]. Compute it from the generator with "
-            "preim3d.compute_latent_avg(G) and store it with save_encoder(..., latent_avg=...)."
+            f"{where} holds no latent average of shape [1, n_styles, w_dim]. Compute it from the generator "
+            "with preim3d.compute_latent_avg(G) and store it with save_encoder(..., latent_avg=...)."
         )
     return value.detach().float().to(device)
 
@@ -142,9 +142,9 @@ def convert_encoder(checkpoint, folder, generator, tolerance: float = 1e-3, devi
         diff = (stored - latent_avg).abs().max().item() if stored.shape == latent_avg.shape else math.inf
         if diff > tolerance:
             raise WeightsError(
-                f"The latent average computed from the generator differs from the one stored in {path} (max abs "
-                f"difference {diff:.3g}, tolerance {tolerance:g}): use the generator the encoder was trained with "
-                "(PREIM3D's eg3d_G_ema.pkl)."
+                f"The latent average computed from the generator differs from the one stored in {path} (max "
+                f"abs difference {diff:.3g}, tolerance {tolerance:g}): use the generator the encoder was "
+                "trained with (PREIM3D's eg3d_G_ema.pkl)."
             )
         latent_provenance["checkpoint_latent_avg_max_abs_diff"] = diff
     provenance = dict(source=path.name, sha256=file_sha256(path), format="PREIM3D training checkpoint")
@@ -175,7 +175,8 @@ def read_official_checkpoint(path) -> tuple[dict, dict, torch.Tensor | None]:
         raise WeightsError(f"Encoder weights not found: {path} does not exist. {_WHAT_TO_GIVE}")
     if path.suffix == ".safetensors":
         raise WeightsError(
-            f"{path} is a single safetensors file; pass the bundle folder that holds it and its config.json instead."
+            f"{path} is a single safetensors file; pass the bundle folder that holds it and its config.json "
+            "instead."
         )
     kind = _file_kind(path)
     if kind == "pickle":
@@ -185,8 +186,8 @@ def read_official_checkpoint(path) -> tuple[dict, dict, torch.Tensor | None]:
             else ""
         )
         raise WeightsError(
-            f"{path} is a plain Python pickle, not a torch checkpoint; preim3d never unpickles arbitrary objects, so it "
-            f"refuses this file.{hint} {_WHAT_TO_GIVE}"
+            f"{path} is a plain Python pickle, not a torch checkpoint; preim3d never unpickles arbitrary "
+            f"objects, so it refuses this file.{hint} {_WHAT_TO_GIVE}"
         )
     if kind == "other":
         raise WeightsError(
@@ -228,8 +229,8 @@ def encoder_state_from_checkpoint(state: dict, opts: dict, path) -> dict[str, to
         keys = [k for k in state if isinstance(k, str)]
         if keys and all(k.startswith(_GENERATOR_PREFIXES) for k in keys):
             raise WeightsError(
-                f"{path} holds generator weights ({len(keys)} tensors such as {keys[0]!r}), not an encoder: load it "
-                f"with preim3d.load_generator. {_WHAT_TO_GIVE}"
+                f"{path} holds generator weights ({len(keys)} tensors such as {keys[0]!r}), not an encoder: "
+                f"load it with preim3d.load_generator. {_WHAT_TO_GIVE}"
             )
         raise WeightsError(f"{path} has no 'encoder.*' weights (it holds {_preview(keys)}). {_WHAT_TO_GIVE}")
     for key, value in tensors.items():
@@ -268,7 +269,8 @@ def infer_architecture(tensors: dict[str, torch.Tensor], path) -> dict:
     if out_features % w_dim or pool_size**2 * widths[-1] != head_in or widths[0] % se_hidden:
         raise WeightsError(
             f"{path} has inconsistent encoder shapes (linear.weight {list(shape('linear.weight'))}, "
-            f"output_layer_2.3.weight {list(shape('output_layer_2.3.weight'))}): it is not a PREIM3D W+ encoder."
+            f"output_layer_2.3.weight {list(shape('output_layer_2.3.weight'))}): it is not a PREIM3D W+ "
+            "encoder."
         )
     return dict(
         n_styles=out_features // w_dim,
@@ -333,10 +335,13 @@ def _explain_load_failure(path: Path, exc: Exception) -> str:
             else ""
         )
         return (
-            f"{path} needs the Python object {name} to load, and preim3d never unpickles arbitrary objects, so it "
-            f"refuses this file.{hint} {_WHAT_TO_GIVE}"
+            f"{path} needs the Python object {name} to load, and preim3d never unpickles arbitrary objects, "
+            f"so it refuses this file.{hint} {_WHAT_TO_GIVE}"
         )
-    return f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:300]}). {_WHAT_TO_GIVE}"
+    return (
+        f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:300]}). "
+        f"{_WHAT_TO_GIVE}"
+    )
 
 
 def _preview(items, limit: int = 5) -> str:

@@ -19,7 +19,8 @@ _OFFICIAL_DIGESTS = {f.sha256: Path(f.filename).name for f in DIRECTIONS}
 
 
 def describe(source) -> str:
-    """A multi-line description of `source` (see the module docstring); WeightsError if it is none of those."""
+    """A multi-line description of `source` (see the module docstring);
+    WeightsError if it is none of those."""
     path = Path(os.fspath(source)).expanduser()
     if path.is_file():
         return _describe_file(path)
@@ -91,10 +92,11 @@ def _summary(name: str, section: dict) -> str:
 def _generator_summary(kwargs: dict, rendering: dict, neural_resolution) -> str:
     sr = str(rendering.get("superresolution_module", "?")).rsplit(".", 1)[-1]
     return (
-        f"EG3D tri-plane generator: {kwargs.get('img_resolution')} px images from {neural_resolution} px neural "
-        f"rendering ({rendering.get('depth_resolution')} + {rendering.get('depth_resolution_importance')} depth "
-        f"samples), {sr}; z {kwargs.get('z_dim')}, w {kwargs.get('w_dim')}, channel_base "
-        f"{kwargs.get('channel_base')}, channel_max {kwargs.get('channel_max')}"
+        f"EG3D tri-plane generator: {kwargs.get('img_resolution')} px images from {neural_resolution} px "
+        f"neural rendering ({rendering.get('depth_resolution')} + "
+        f"{rendering.get('depth_resolution_importance')} depth samples), {sr}; "
+        f"z {kwargs.get('z_dim')}, w {kwargs.get('w_dim')}, "
+        f"channel_base {kwargs.get('channel_base')}, channel_max {kwargs.get('channel_max')}"
     )
 
 
@@ -147,8 +149,8 @@ def _describe_generator(path: Path, header: str) -> str:
             f"official EG3D generator {header}",
             f"    {_generator_summary(G.init_kwargs, G.rendering_kwargs, G.neural_rendering_resolution)}; "
             f"{params:.1f} M parameters",
-            f"    pickled class {info['class_name']}, embedded source sha256 {info['embedded_source_sha256']} "
-            "(never executed)",
+            f"    pickled class {info['class_name']}, embedded source sha256 "
+            f"{info['embedded_source_sha256']} (never executed)",
             f"    licence: {EG3D_LICENCE}",
         ]
     )
@@ -168,12 +170,15 @@ def _describe_encoder(path: Path, header: str) -> str:
         {k.split(".", 1)[0] for k in state if isinstance(k, str) and not k.startswith("encoder.")}
     )
     stored = "stores" if latent_avg is not None else "does not store"
+    training_options = ", ".join(
+        f"{k}={opts[k]}" for k in ("encoder_type", "dataset_type", "stylegan_size") if k in opts
+    )
     return "\n".join(
         [
             f"official PREIM3D encoder checkpoint {header}",
             f"    {_encoder_summary(arch)}",
             f"    {stored} a latent average; other weights: {', '.join(others) or 'none'}; training options: "
-            f"{', '.join(f'{k}={opts[k]}' for k in ('encoder_type', 'dataset_type', 'stylegan_size') if k in opts)}",
+            f"{training_options}",
             f"    licence: {OFFICIAL_LICENCE}",
         ]
     )
@@ -187,8 +192,8 @@ def _describe_direction(path: Path, tensor, header: str) -> str:
     return "\n".join(
         [
             f"editing direction {header}",
-            f"    tensor {list(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}, norm {float(tensor.norm()):.4f}; "
-            f"{origin}",
+            f"    tensor {list(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}, norm "
+            f"{float(tensor.norm()):.4f}; {origin}",
             f"    licence: {LICENCES['mit'] if official else 'unknown'}",
         ]
     )

@@ -88,8 +88,8 @@ def resolve_weights(source=None, *, revision: str | None = None) -> WeightsLocat
     raise WeightsNotFoundError(
         f"No preim3d weights found: no source was given, {WEIGHTS_ENV} is not set, and the default folder "
         f"{folder} holds no bundle. Run `{DOWNLOAD_COMMAND}` to fetch the official weights (EG3D's are for "
-        f"non-commercial use only) into that folder, or point to weights you have: a bundle folder or a Hugging "
-        f"Face Hub repo id (the --weights option, the source argument, or {WEIGHTS_ENV})."
+        "non-commercial use only) into that folder, or point to weights you have: a bundle folder or a "
+        f"Hugging Face Hub repo id (the --weights option, the source argument, or {WEIGHTS_ENV})."
     )
 
 
@@ -104,8 +104,9 @@ def locate(source, origin: str, revision: str | None = None) -> WeightsLocation:
             _hub_snapshot(text, revision, origin), "bundle", f"Hugging Face Hub repo {text}"
         )
     raise WeightsNotFoundError(
-        f"The weights source {text!r} ({origin}) does not exist: give a bundle folder, a folder of the official "
-        f"files, or a Hugging Face Hub repo id (owner/name). Run `{DOWNLOAD_COMMAND}` to fetch the official weights."
+        f"The weights source {text!r} ({origin}) does not exist: give a bundle folder, a folder of the "
+        f"official files, or a Hugging Face Hub repo id (owner/name). Run `{DOWNLOAD_COMMAND}` to fetch the "
+        "official weights."
     )
 
 
@@ -137,9 +138,10 @@ def _local(path: Path, origin: str) -> WeightsLocation:
         return WeightsLocation(path, "official", origin, files)
     what = "folder" if path.is_dir() else "file"
     raise WeightsError(
-        f"{path} ({origin}) is a {what} but neither a preim3d bundle (config.json + *.safetensors) nor a folder "
-        f"holding the official files (a generator {' / '.join(_GENERATOR_NAMES)} and the encoder "
-        f"{ENCODER.filename}). Convert single official files with `preim3d convert`, or run `{DOWNLOAD_COMMAND}`."
+        f"{path} ({origin}) is a {what} but neither a preim3d bundle (config.json + *.safetensors) nor a "
+        f"folder holding the official files (a generator {' / '.join(_GENERATOR_NAMES)} and the encoder "
+        f"{ENCODER.filename}). Convert single official files with `preim3d convert`, or run "
+        f"`{DOWNLOAD_COMMAND}`."
     )
 
 
@@ -190,15 +192,15 @@ def _hub_snapshot(repo_id: str, revision: str | None, origin: str) -> Path:
             else "the Hub could not be reached and it is not in the local Hugging Face cache"
         )
         raise WeightsNotFoundError(
-            f"{repo_id!r} ({origin}) is not a local folder, and as a Hugging Face Hub repo it cannot be used: {why}. "
-            f"Connect to the internet once (without HF_HUB_OFFLINE), give a local bundle folder, or run "
-            f"`{DOWNLOAD_COMMAND}`."
+            f"{repo_id!r} ({origin}) is not a local folder, and as a Hugging Face Hub repo it cannot be "
+            f"used: {why}. Connect to the internet once (without HF_HUB_OFFLINE), give a local bundle "
+            f"folder, or run `{DOWNLOAD_COMMAND}`."
         ) from exc
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise WeightsNotFoundError(
             f"{repo_id!r} ({origin}) is neither a local folder nor a Hugging Face Hub repo you can access"
-            f"{f' at revision {revision!r}' if revision else ''} ({type(exc).__name__}). Check the name, log in with "
-            f"`hf auth login` for a private repo, or run `{DOWNLOAD_COMMAND}`."
+            f"{f' at revision {revision!r}' if revision else ''} ({type(exc).__name__}). Check the name, log "
+            f"in with `hf auth login` for a private repo, or run `{DOWNLOAD_COMMAND}`."
         ) from exc
     except (HfHubHTTPError, OSError) as exc:
         raise WeightsError(

@@ -6,7 +6,8 @@
 |           | ffhq512-128.pkl                        | NVIDIA NGC, eg3d/versions/1/files/ffhq512-128.pkl   |
 |           | ffhqrebalanced512-128.pkl              | NVIDIA NGC, .../ffhqrebalanced512-128.pkl           |
 | encoder   | preim3d_ffhq.pt                        | Google Drive 1_s-ywlNPNGg1_ZyzataHt6Y4qS0Pp4ce       |
-| direction | directions/<Attribute>.pt (39 files)   | GitHub mybabyyh/Preim3D, editings/interfacegan_directions/inversion |
+| direction | directions/<Attribute>.pt (39 files)   | GitHub mybabyyh/Preim3D,                            |
+|           |                                        | editings/interfacegan_directions/inversion          |
 
 The default generator is PREIM3D's copy of EG3D (`eg3d_G_ema.pkl`): the encoder was trained against
 it, and converting the encoder checks that the generator's latent average matches the one the
