@@ -37,12 +37,12 @@ from .images import load_image
 from .inversion import compute_latent_avg, invert
 from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
 from .weights.bundle import read_bundle_config
-from .weights.encoder import load_encoder, load_latent_avg, read_official_checkpoint
+from .weights.checks import check_latent_avg
+from .weights.encoder import encoder_from_official, load_encoder, load_latent_avg
 from .weights.generator import load_generator
 from .weights.resolve import WeightsLocation, resolve_weights
 
 LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
-LATENT_AVG_TOLERANCE = 1e-3  # max abs difference, as preim3d.weights.encoder.convert_encoder allows
 
 
 def default_device() -> torch.device:
@@ -154,23 +154,13 @@ class Editor:
         device = torch.device(device) if device is not None else default_device()
         G = load_generator(generator, device)
         latent_avg = compute_latent_avg(G, device=device)
-        stored = read_official_checkpoint(encoder)[2]
+        E, stored = encoder_from_official(encoder, device)
         if stored is not None:
-            diff = (
-                (stored.to(latent_avg) - latent_avg).abs().max().item()
-                if stored.shape == latent_avg.shape
-                else math.inf
-            )
-            if diff > LATENT_AVG_TOLERANCE:
-                raise WeightsError(
-                    f"The latent average of {Path(generator).name} differs from the one stored in "
-                    f"{Path(encoder).name} (max abs difference {diff:.3g}): use the generator the encoder "
-                    "was trained with (PREIM3D's eg3d_G_ema.pkl)."
-                )
+            check_latent_avg(latent_avg, stored, Path(generator).name, Path(encoder).name)
         kwargs.setdefault("source", f"official files {Path(generator).name}, {Path(encoder).name}")
         return cls(
             G,
-            load_encoder(encoder, device),
+            E,
             latent_avg,
             DirectionBank.from_dir(directions) if directions is not None else None,
             device=device,

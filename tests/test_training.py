@@ -533,7 +533,7 @@ def test_arcface_has_the_treb1en_layout_and_initialises_the_encoder(tmp_path):
     with pytest.raises(WeightsError, match="do not fit"):
         init_encoder_from_arcface(micro_encoder(), state)
     torch.save({"input_layer.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(WeightsError, match="not an IR-SE50 ArcFace"):
+    with pytest.raises(WeightsError, match="do not fit an IR-SE50 ArcFace"):
         load_arcface(tmp_path / "other.pth")
 
 
