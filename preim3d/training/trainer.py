@@ -61,6 +61,7 @@ from ..cameras import (
 from ..errors import Preim3DError
 from ..inversion import compute_latent_avg
 from ..networks.encoder import WPlusEncoder
+from ..networks.triplane import TriPlaneGenerator
 from ..rendering import to_uint8
 from ..weights.encoder import load_encoder
 from ..weights.generator import load_generator
@@ -527,7 +528,7 @@ class Trainer:
             self.latent_avg,
             self.out / "bundle",
             provenance=provenance,
-            generator=self.G if hasattr(self.G, "init_kwargs") else None,
+            generator=self.G if isinstance(self.G, TriPlaneGenerator) else None,
         )
         official = export_official(
             self.encoder_module,
