@@ -36,7 +36,14 @@ from .errors import LatentFileError, WeightsError
 from .images import load_image
 from .inversion import compute_latent_avg, invert
 from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, render_turntable, to_uint8
-from .validation import check_angles, check_edits, check_fps, check_frames, check_mesh_resolution
+from .validation import (
+    MIN_PHOTO_SIDE,
+    check_angles,
+    check_edits,
+    check_fps,
+    check_frames,
+    check_mesh_resolution,
+)
 from .weights.bundle import read_bundle_config
 from .weights.encoder import load_encoder, load_latent_avg, read_official_checkpoint
 from .weights.generator import load_generator
@@ -304,7 +311,7 @@ class Editor:
         if not isinstance(pose, str):
             check_angles(*pose)
         edits = check_edits(edits or {})
-        photo = load_image(image)
+        photo = load_image(image, min_side=MIN_PHOTO_SIDE)
         face = self.align(photo, face_index)
         ws = self.invert(face)
         edited = self.edit(ws, edits, precise=precise, hold=hold) if edits or hold else ws.clone()

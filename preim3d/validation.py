@@ -116,10 +116,9 @@ def check_strength(strength, name: str = "") -> float:
     value = _number(strength)
     if value is None or not abs(value) <= STRENGTH_LIMIT:
         of = f" of {name!r}" if name else ""
-        given = repr(strength) if isinstance(strength, str) else _show(strength)
         raise InvalidValueError(
-            f"The strength{of} must be a number from {-STRENGTH_LIMIT:g} to {STRENGTH_LIMIT:g}, not {given} "
-            f"({STRENGTH_LIMIT:g} is already a strong edit)."
+            f"The strength{of} must be a number from {-STRENGTH_LIMIT:g} to {STRENGTH_LIMIT:g}, "
+            f"not {_show(strength)} ({STRENGTH_LIMIT:g} is already a strong edit)."
         )
     return value
 
@@ -157,7 +156,7 @@ def _check_angle(name: str, angle, limit: float, allowed: str) -> None:
             values = [None]
     for value in values:
         if value is None or not abs(value) <= limit:
-            given = repr(angle) if value is None else f"{_show(math.degrees(value))}° ({_show(value)} rad)"
+            given = _show(angle) if value is None else f"{_show(math.degrees(value))}° ({_show(value)} rad)"
             raise InvalidValueError(
                 f"{name} must be a number within {allowed} of the frontal view, not {given}."
             )
@@ -168,22 +167,21 @@ def _check_angle(name: str, angle, limit: float, allowed: str) -> None:
 
 def check_frames(frames, maximum: int = MAX_FRAMES) -> int:
     """A video's frame count: a whole number from 1 to `maximum` (an entry point may allow fewer)."""
-    value = _whole(frames, lambda given: _frames_message(given, maximum))
+
+    def message(given) -> str:
+        return f"frames must be a whole number from 1 to {maximum}, not {given}."
+
+    value = _whole(frames, message)
     if not 1 <= value <= maximum:
-        raise InvalidValueError(_frames_message(value, maximum))
+        raise InvalidValueError(message(value))
     return value
-
-
-def _frames_message(given, maximum: int) -> str:
-    return f"frames must be a whole number from 1 to {maximum}, not {given}."
 
 
 def check_fps(fps) -> float:
     """A video's frame rate, from MIN_FPS to MAX_FPS frames per second."""
     value = _number(fps)
     if value is None or not MIN_FPS <= value <= MAX_FPS:
-        given = repr(fps) if isinstance(fps, str) else _show(fps)
-        raise InvalidValueError(f"fps must be a number from {MIN_FPS:g} to {MAX_FPS:g}, not {given}.")
+        raise InvalidValueError(f"fps must be a number from {MIN_FPS:g} to {MAX_FPS:g}, not {_show(fps)}.")
     return value
 
 
@@ -191,7 +189,10 @@ def check_fps(fps) -> float:
 
 
 def check_mesh_resolution(resolution, device=None, allow_slow: bool = False) -> int:
-    """One of MESH_RESOLUTIONS; above CPU_MESH_RESOLUTION on a CPU `device` only with allow_slow=True."""
+    """One of MESH_RESOLUTIONS; above CPU_MESH_RESOLUTION on a CPU only with allow_slow=True.
+
+    device: where the mesh is made (torch.device or its name); None checks only the allowed set.
+    """
     allowed = f"{', '.join(map(str, MESH_RESOLUTIONS[:-1]))} or {MESH_RESOLUTIONS[-1]}"
 
     def message(given) -> str:
@@ -200,7 +201,7 @@ def check_mesh_resolution(resolution, device=None, allow_slow: bool = False) -> 
     value = _whole(resolution, message)
     if value not in MESH_RESOLUTIONS:
         raise InvalidValueError(message(value))
-    on_cpu = device is None or str(device).split(":")[0] == "cpu"
+    on_cpu = device is not None and str(device).split(":")[0] == "cpu"
     if value > CPU_MESH_RESOLUTION and on_cpu and not allow_slow:
         raise InvalidValueError(
             f"A {value}³ mesh takes several minutes and gigabytes of memory on a CPU: use a resolution of "
@@ -243,10 +244,12 @@ def _whole(value, message) -> int:
     """An int from an int, a whole float (12.0, as forms send numbers) or its text; else message(given)."""
     number = _number(value)
     if number is None or number != int(number):
-        raise InvalidValueError(message(repr(value) if isinstance(value, str) else _show(value)))
+        raise InvalidValueError(message(_show(value)))
     return int(number)
 
 
 def _show(value) -> str:
-    """A number as messages show it: 12, 2.5, 1e+09."""
+    """A value as messages show it: numbers, and text that reads as one, as 12, 2.5, 1e+09; else its repr."""
+    if isinstance(value, str) and _number(value) is not None:
+        value = _number(value)
     return f"{value:g}" if isinstance(value, numbers.Real) and not isinstance(value, bool) else repr(value)
