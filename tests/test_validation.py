@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import preim3d
-from preim3d import align, validation
+from preim3d import align, cli, validation
 from preim3d.errors import InputImageError, InvalidValueError, NoSuchFaceError, Preim3DError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,3 +241,91 @@ def test_mesh_resolution_is_one_of_the_allowed_and_capped_on_a_cpu(editor, ws, m
     )
     editor.mesh(ws, resolution=512, allow_slow=True)
     assert asked == [512]
+
+
+# ------------------------------------------------------------------ the command line: same messages, early
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    """(exit status, stderr) of `preim3d ARGV`; argparse's usage errors exit with 2."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Fail the test if a command loads the models."""
+    monkeypatch.setattr(preim3d.Editor, "from_pretrained", lambda *a, **k: pytest.fail("models were loaded"))
+
+
+@pytest.mark.parametrize(
+    "options, status, expected",
+    [
+        (["--frames", "0"], 2, "argument --frames: frames must be a whole number from 1 to 3600, not 0."),
+        (["--fps", "0"], 2, "argument --fps: fps must be a number from 1 to 120, not 0."),
+        (
+            ["--mesh-resolution", "7"],
+            2,
+            "argument --mesh-resolution: The mesh resolution must be 64, 128, 256",
+        ),
+        (["--face", "0"], 2, "argument --face: Faces are numbered from 1 (face 1 is the first face)"),
+        (["--face", "two"], 2, "argument --face: A face number must be a whole number from 1, not 'two'."),
+        (["--edit", "smile=1e9"], 1, f"The strength of 'smile' {STRENGTH} 1e+09"),
+        (["--edit", "age=nan"], 1, "--edit 'age=nan': write NAME=STRENGTH"),
+        (
+            ["--mesh", "head.glb", "--mesh-resolution", "512", "--device", "cpu"],
+            1,
+            "A 512³ mesh takes several",
+        ),
+    ],
+)
+def test_cli_refuses_bad_values_before_loading_models(
+    tiny_bundle, astronaut_png, tmp_path, capsys, no_models, options, status, expected
+):
+    out = tmp_path / "out"
+    code, err = run_cli(
+        ["edit", str(astronaut_png), "--weights", str(tiny_bundle), "--out", str(out), *options], capsys
+    )
+    assert code == status and expected in err
+    assert not out.exists()
+
+
+def test_cli_messages_are_the_library_messages(editor, ws, tmp_path, capsys, no_models, astronaut_png):
+    library = message(lambda: editor.edit(ws, {"smile": 1e9}))
+    _, err = run_cli(["edit", str(astronaut_png), "--edit", "smile=1e9", "--out", str(tmp_path)], capsys)
+    assert err.strip() == f"preim3d edit: error: {library}"
+    library = message(lambda: editor.turntable(ws, tmp_path / "t.mp4", frames=0))
+    _, err = run_cli(["edit", str(astronaut_png), "--frames", "0", "--out", str(tmp_path)], capsys)
+    assert err.strip().endswith(f"error: argument --frames: {library}")
+
+
+def test_cli_faces_are_numbered_from_1(tiny_bundle, tmp_path, capsys):
+    common = ["--weights", str(tiny_bundle), "--device", "cpu"]
+    code, err = run_cli(
+        ["edit", str(TWO_FACES), "--face", "3", "--out", str(tmp_path / "a"), *common], capsys
+    )
+    assert code == 1
+    assert (
+        err.strip() == "two_faces.jpg: failed: This photo has 2 faces (numbered 1 to 2); there is no face 3."
+    )
+    assert (
+        run_cli(["edit", str(TWO_FACES), "--face", "2", "--out", str(tmp_path / "b"), *common], capsys)[0]
+        == 0
+    )
+    second = preim3d.align_face(TWO_FACES, face=1)
+    aligned = np.asarray(Image.open(tmp_path / "b" / "aligned.png"), dtype=np.float32)
+    assert np.abs(aligned - np.asarray(second.image, dtype=np.float32)).max() == 0
+
+
+def test_cli_tiny_photo_fails_with_the_library_message(tiny_bundle, tmp_path, capsys):
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (3, 3)).save(path)
+    code, err = run_cli(
+        ["edit", str(path), "--weights", str(tiny_bundle), "--device", "cpu", "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 1
+    assert err.strip() == "dot.png: failed: " + message(lambda: preim3d.align_face(path))
