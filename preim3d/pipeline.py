@@ -35,7 +35,7 @@ from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
 from .errors import LatentFileError, WeightsError
 from .images import load_image
 from .inversion import compute_latent_avg, invert
-from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, render_turntable, to_uint8
+from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
 from .validation import (
     MIN_PHOTO_SIDE,
     check_angles,
@@ -253,11 +253,13 @@ class Editor:
             return multiview_grid(self.renderer, _one(ws), yaws, pitches, deterministic=self.deterministic)
 
     def turntable(self, ws, path, frames: int = 120, fps: float = 60, **kwargs) -> Path:
-        """An mp4 of the code on the official turntable path (see `preim3d.rendering.render_turntable`).
+        """An mp4 of the code on the official turntable path (see `preim3d.turntable.render_turntable`).
 
         Keywords: size, depth (add a depth panel), side_by_side (photos or codes shown beside it),
         cameras (another path), progress. frames: 1 to 3600; fps: 1 to 120 (see `preim3d.validation`).
         """
+        from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
+
         frames, fps = check_frames(frames), check_fps(fps)
         kwargs.setdefault("deterministic", self.deterministic)
         with torch.inference_mode():
@@ -268,15 +270,17 @@ class Editor:
         also written to `path` (.glb, .ply, .obj) if given.
 
         resolution: density samples per side, 64, 128, 256 or 512; 512 on a CPU only with
-        allow_slow=True (it takes minutes there). Keywords go to `preim3d.rendering.extract_mesh`
+        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`
         (threshold, trim, progress).
         """
-        from .rendering import export_mesh
+        from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 
         resolution = check_mesh_resolution(resolution, self.device, allow_slow)
-
+        ws = _one(ws)
         with torch.inference_mode():
-            mesh = self.renderer.mesh(_one(ws), resolution=resolution, **kwargs)
+            mesh = extract_mesh(
+                self.generator, ws, resolution=resolution, planes=self.renderer.planes(ws), **kwargs
+            )
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             export_mesh(mesh, path)

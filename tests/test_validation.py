@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import preim3d
+import preim3d.mesh
 from preim3d import align, cli, validation
 from preim3d.errors import InputImageError, InvalidValueError, NoSuchFaceError, Preim3DError
 
@@ -237,7 +238,7 @@ def test_mesh_resolution_is_one_of_the_allowed_and_capped_on_a_cpu(editor, ws, m
     # asked for explicitly, it goes ahead (the extraction itself is replaced: it would take minutes)
     asked = []
     monkeypatch.setattr(
-        preim3d.rendering, "extract_mesh", lambda G, ws, resolution, **kw: asked.append(resolution)
+        preim3d.mesh, "extract_mesh", lambda G, ws, resolution, **kw: asked.append(resolution)
     )
     editor.mesh(ws, resolution=512, allow_slow=True)
     assert asked == [512]
