@@ -64,6 +64,8 @@ _PUBLIC = {
     "WeightsNotFoundError": "preim3d.errors",
     "DownloadError": "preim3d.errors",
     "LatentFileError": "preim3d.errors",
+    "InvalidValueError": "preim3d.errors",
+    "NoSuchFaceError": "preim3d.errors",
 }
 
 __all__ = [*sorted(_PUBLIC), "__version__"]
