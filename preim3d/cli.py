@@ -19,6 +19,7 @@ from .validation import (
     check_fps,
     check_frames,
     check_mesh_resolution,
+    check_refine_steps,
     check_strength,
     face_index_from_number,
 )
@@ -491,6 +492,15 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
         "--paste", action="store_true", help="also write pasted.png: the edit blended into the photo"
     )
     parser.add_argument(
+        "--refine",
+        type=_checked(check_refine_steps),
+        default=0,
+        metavar="STEPS",
+        help="tune the generator to the photo for STEPS steps (0 to 1000; default 0 = off) before "
+        "rendering: a more faithful head, every edit still works; seconds on a GPU, ~10 s a step on "
+        "a CPU; also writes refined.safetensors (Editor.load_refined reads it)",
+    )
+    parser.add_argument(
         "--pose",
         choices=("photo", "frontal"),
         default="photo",
@@ -546,7 +556,7 @@ def _run_edit(args) -> int:
         folder = args.out / _subfolder(photo, photos) if args.input.is_dir() else args.out
         start = time.perf_counter()
         try:
-            written, pose = _edit_one(editor, photo, folder, edits, args)
+            written, pose, note = _edit_one(editor, photo, folder, edits, args)
         except (Preim3DError, ValueError, OSError, RuntimeError) as exc:
             failed += 1
             print(f"{photo.name}: failed: {exc}", file=sys.stderr)
@@ -554,7 +564,8 @@ def _run_edit(args) -> int:
         pose_text = f"yaw {math.degrees(pose[0]):+.0f}°, pitch {math.degrees(pose[1]):+.0f}°"
         edit_text = ", ".join(f"{name} {value:+g}" for name, value in edits.items()) or "no edit"
         print(
-            f"{photo.name}: ok ({pose_text}; {edit_text}{'; precise' if args.precise or args.hold else ''}) "
+            f"{photo.name}: ok ({pose_text}; {edit_text}{'; precise' if args.precise or args.hold else ''}"
+            f"{note}) "
             f"-> {folder}: {', '.join(written)} [{time.perf_counter() - start:.1f} s]"
         )
     if len(photos) > 1:
@@ -592,13 +603,30 @@ def _parse_edit(text: str) -> tuple[str, float]:
     return name.strip(), check_strength(strength, name.strip())
 
 
-def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[list[str], tuple[float, float]]:
-    """Edit one photo and write its outputs into `folder`; returns (file names written, render pose)."""
+def _edit_one(
+    editor, photo: Path, folder: Path, edits: dict, args
+) -> tuple[list[str], tuple[float, float], str]:
+    """Edit one photo and write its outputs into `folder`; returns (file names written, render pose,
+    a note for the summary line)."""
     from PIL import Image
 
     result = editor.edit_photo(
-        photo, edits, precise=args.precise, hold=args.hold, face_index=args.face_index, pose=args.pose
+        photo,
+        edits,
+        precise=args.precise,
+        hold=args.hold,
+        face_index=args.face_index,
+        pose=args.pose,
+        refine=args.refine,
     )
+    viewer = result.head or editor  # the refined head renders everything when --refine is given
+    note = ""
+    if result.head is not None:
+        from .evaluation.metrics import psnr
+
+        before = psnr(result.face.image, editor.render(result.ws, *result.pose))
+        after = psnr(result.face.image, result.reconstruction)
+        note = f"; refined {args.refine} steps, reconstruction {before:.1f} -> {after:.1f} dB"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -612,12 +640,14 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
     about = {"photo": photo.name, "edits": ", ".join(f"{k}={v:g}" for k, v in edits.items())}
     write("inverted.npz", lambda path: editor.save_latent(result.ws, path, {"photo": photo.name}))
     write("edited.npz", lambda path: editor.save_latent(result.edited_ws, path, about))
+    if result.head is not None:
+        write("refined.safetensors", result.head.save)
     if args.paste:
         write("pasted.png", result.pasted().save)
     if args.views == "grid":
-        write("views.png", editor.grid(result.edited_ws).save)
+        write("views.png", viewer.grid(result.edited_ws).save)
     elif args.views == "row":
-        rows = [editor.grid(ws, yaws=_ROW_YAWS, pitches=(0.0,)) for ws in (result.ws, result.edited_ws)]
+        rows = [viewer.grid(ws, yaws=_ROW_YAWS, pitches=(0.0,)) for ws in (result.ws, result.edited_ws)]
         grid = Image.new("RGB", (rows[0].width, rows[0].height * 2))
         grid.paste(rows[0], (0, 0))
         grid.paste(rows[1], (0, rows[0].height))
@@ -627,7 +657,7 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
         name = Path(args.video).name if args.input.is_dir() else args.video
         write(
             name,
-            lambda path: editor.turntable(
+            lambda path: viewer.turntable(
                 result.edited_ws,
                 path,
                 frames=args.frames,
@@ -639,11 +669,11 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
         name = Path(args.mesh).name if args.input.is_dir() else args.mesh
         write(
             name,
-            lambda path: editor.mesh(
+            lambda path: viewer.mesh(
                 result.edited_ws, path, resolution=args.mesh_resolution, allow_slow=args.allow_slow
             ),
         )
-    return written, result.pose
+    return written, result.pose, note
 
 
 # ------------------------------------------------------------------ train

@@ -44,6 +44,7 @@ from .validation import (
     check_fps,
     check_frames,
     check_mesh_resolution,
+    check_refine_steps,
 )
 from .weights.bundle import read_bundle_config
 from .weights.checks import check_latent_avg
@@ -82,6 +83,7 @@ class EditResult:
     pose: tuple[float, float]  # (yaw, pitch) the renders were made from
     reconstruction: Image.Image  # render of ws
     image: Image.Image  # render of edited_ws
+    head: Editor | None = None  # the RefinedHead that made the renders, when refine > 0
 
     def pasted(self, feather: float = 0.15) -> Image.Image:
         """The edited render blended back into the photo (see `preim3d.align.paste_back`)."""
@@ -267,6 +269,27 @@ class Editor:
             )
         return self.directions.apply(torch.as_tensor(ws).cpu(), edits, hold=hold, precise=precise)
 
+    def refine(self, face, ws=None, steps: int = 300, *, pose=None, progress=None, **options):
+        """Pivotal tuning for one photo: a `preim3d.refine.RefinedHead`, an Editor whose generator
+        renders this face's code as the aligned crop, more faithfully than the encoder alone.
+
+        face: an AlignedFace (its crop is the target, its estimated camera the pose) or an aligned
+        512 crop (frontal unless pose=(yaw, pitch) radians is given). ws: the code to keep (default:
+        the encoder's). steps: 0 to 1000 (seconds on a GPU; on a CPU about 10 s each at full size,
+        logged before it starts). progress(done, total) after each step. Keywords: identity (an
+        ArcFace model for the identity term), lpips=False, and `preim3d.refine.RefineSettings`
+        fields (rank, learning_rate, loss weights, ...). The base editor is not changed.
+        """
+        from .refine import refine_head
+
+        return refine_head(self, face, ws, steps, pose=pose, progress=progress, **options)
+
+    def load_refined(self, path):
+        """A refined head saved with `RefinedHead.save`, on these weights (see `refine`)."""
+        from .refine import RefinedHead
+
+        return RefinedHead.load(self, path)
+
     def render(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
         """One code seen from (yaw, pitch) radians off the frontal view, as a PIL image.
 
@@ -345,13 +368,17 @@ class Editor:
         hold: Iterable[str] = (),
         face_index: int | None = None,
         pose="photo",
+        refine: int = 0,
+        progress=None,
     ) -> EditResult:
         """Align, invert, edit and render one photo; returns an EditResult.
 
         face_index: which face, from 0 (None: the default face; see `align`).
         pose: "photo" renders from the camera estimated from the face (so the render lines up with
         the crop and `EditResult.pasted()` fits), "frontal", or a (yaw, pitch) pair in radians.
-        With no edits, the edited code is the reconstruction.
+        With no edits, the edited code is the reconstruction. refine: steps of pivotal tuning
+        (`refine`) before rendering, 0 = none; the result's `head` then renders anything else.
+        progress(done, total) after each tuning step.
         """
         # values first, so a bad one fails before the slow steps
         if isinstance(pose, str) and pose not in ("photo", "frontal"):
@@ -359,6 +386,7 @@ class Editor:
         if not isinstance(pose, str):
             check_angles(*pose)
         edits = check_edits(edits or {})
+        refine = check_refine_steps(refine)
         photo = load_image(image, min_side=MIN_PHOTO_SIDE)
         face = self.align(photo, face_index)
         ws = self.invert(face)
@@ -366,6 +394,8 @@ class Editor:
         if isinstance(pose, str):
             pose = face.estimate_pose() if pose == "photo" else (0.0, 0.0)
         yaw, pitch = (float(v) for v in pose)
+        head = self.refine(face, ws, refine, progress=progress) if refine else None
+        viewer = head or self
         return EditResult(
             photo=photo,
             face=face,
@@ -373,8 +403,9 @@ class Editor:
             edited_ws=edited,
             edits=edits,
             pose=(yaw, pitch),
-            reconstruction=self.render(ws, yaw, pitch),
-            image=self.render(edited, yaw, pitch),
+            reconstruction=viewer.render(ws, yaw, pitch),
+            image=viewer.render(edited, yaw, pitch),
+            head=head,
         )
 
     # ------------------------------------------------------------------ latent files

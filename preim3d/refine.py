@@ -3,26 +3,32 @@
 One encoder pass puts a photo's code w in the *inversion manifold*, where the editing directions
 were fitted, but misses some of the person's identity and detail. Pivotal tuning (PTI, Roich et
 al. 2022) keeps w fixed and tunes the generator's weights θ until G_θ(w, c) renders the photo x
-from the photo's camera c. Here the pivot is the encoder's code, so every edit of w still works;
+from the photo's camera c. Here the pivot is the encoder's code, so the edits of w keep working;
 the tuning runs as small per-photo deltas (LoRA, or full-rank) on a copy of the generator that
 shares every base tensor, so the base generator never changes.
 
-The objective at step t (images in [-1, 1], as rendered; each term only where it is switched on):
+The objective at step t (images in [-1, 1]; each term only where it is switched on; G and D
+without θ are the untuned image and depth, rendered once before the first step):
 
-    L =  λ_pix · mean (G_θ(w, c) − x)²                          the aligned crop from its camera
-       + λ_lpips · LPIPS(G_θ(w, c), x)                          with the optional `lpips` package
-       + λ_id · (1 − ⟨f(G_θ(w, c)), f(x)⟩)                      with an ArcFace model f, if given
-       + λ_views · mean |D_θ(w, c_v) − D(w, c_v)|               depth at side cameras c_v (cycled,
-                                                                one a step, low resolution)
-       + λ_loc · [t mod k = 0] · (mean (G_θ(w_r, c) − G(w_r, c))² + LPIPS(·, ·))
+    L =  λ_pix · mean (G_θ(w, c) − x)²                              the aligned crop, its camera
+       + λ_lpips · LPIPS(G_θ(w, c), x)                              with the optional `lpips` package
+       + λ_id · (1 − ⟨f(G_θ(w, c)), f(x)⟩)                          with an ArcFace model f, if given
+       + λ_views · mean |D_θ(w, c_v) − D(w, c_v)|                   side cameras c_v, one a step
+       + λ_edits · mean |Δ_θ − Δ| / mean |Δ|        Δ = G(w + e, c) − G(w, c), one edit e a step
+       + λ_loc · [t mod k_l = 0] · (mean (G_θ(w_r, c) − G(w_r, c))² + LPIPS(·, ·))
 
-G and D without θ are the untuned renders (image, depth), computed once before the first step.
-The locality term is PTI's: w_r = w + α (w_z − w) / ‖w_z − w‖ with w_z = mapping(z, ψ = 0.5),
-α = 30, over a small pool of codes, every k-th step. The side cameras look at the head from
-yaw offsets (default ±0.6, ±1.0 rad) around the photo's view: the photo does not constrain what
-they see, so they keep the untuned head's geometry there, and the tuned head stays a plausible head
-from every angle. Both regularisers render with fixed depth samples (deterministic=True); the photo
-term uses the official random samples, so that the tuned head renders well with either.
+* views: depth maps at low resolution from yaw offsets (default ±0.6, ±1.0 rad) around the
+  photo's view. The photo says nothing about what they see, so there the tuned head keeps the
+  untuned head's geometry, and stays a plausible head from every angle.
+* edits: an edit e (± edit_strength along a unit editing direction: each of the editor's own
+  directions in turn, or random ones) must change the tuned render (Δ_θ) as it changed the untuned
+  one (Δ), so that every slider moves the refined head about as much as before. The error is
+  relative to the change (so a small edit counts as much as a large one), and its edit rides in
+  the same batch as the pivot; Δ is rendered, with the deltas switched off, at the edit's first use.
+* locality (PTI's): renders of codes w_r = w + α (w_z − w) / ‖w_z − w‖, w_z = mapping(z, ψ = 0.5),
+  α = 30, from a small pool, stay as they were.
+Every tuning render uses fixed depth samples (deterministic=True), so the terms compare like with
+like. Adam with a cosine-decaying learning rate.
 
 Parameters tuned: the weight and bias of every modulated convolution (tri-plane backbone and
 super-resolution, ToRGB included) and of the decoder's two layers; the style affines, the mapping
@@ -37,6 +43,7 @@ first step is timed and the estimate for all steps is logged before the rest.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -47,15 +54,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .cameras import camera_vector
+from .errors import LatentFileError, WeightsError
 from .networks.renderer import camera_rays
 from .networks.stylegan2 import SynthesisLayer, ToRGBLayer
+from .pipeline import LATENT_KEY, Editor
 
 log = logging.getLogger("preim3d.refine")
 
@@ -80,9 +91,12 @@ class RefineSettings:
     view_weight: float = 1.0
     view_yaws: tuple[float, ...] = (-1.0, -0.6, 0.6, 1.0)  # radians, offsets from the photo's yaw
     view_resolution: int = 32  # px of the side views' depth maps (at most the neural resolution)
+    edit_weight: float = 1.0
+    edit_directions: int = 8  # random unit directions for the edit term when the editor has none
+    edit_strength: float = 3.0  # length in W+ of the edits kept (the directions are unit vectors)
     locality_weight: float = 0.1  # PTI's λ for its L2 and LPIPS terms
-    locality_every: int = 10
-    locality_codes: int = 4
+    locality_every: int = 2  # PTI's code regularises every step; its codes ride in the pivot's batch
+    locality_codes: int = 2
     fast: bool = True  # bfloat16 autocast on a GPU (ignored on a CPU)
     seed: int = 0  # of the low-rank factors' start and the locality codes
 
@@ -90,10 +104,11 @@ class RefineSettings:
         self.view_yaws = tuple(float(v) for v in self.view_yaws)
         if int(self.steps) != self.steps or self.steps < 0:
             raise ValueError(f"steps must be a whole number >= 0, got {self.steps!r}")
-        if self.rank < 0 or self.locality_every < 1 or self.locality_codes < 1 or self.view_resolution < 4:
+        counts = (self.rank, self.edit_directions, self.locality_codes)
+        if min(counts) < 0 or self.locality_every < 1 or self.view_resolution < 4:
             raise ValueError(
-                "need rank >= 0, locality_every >= 1, locality_codes >= 1 and view_resolution >= 4; got "
-                f"{self.rank}, {self.locality_every}, {self.locality_codes} and {self.view_resolution}"
+                "need rank, edit_directions and locality_codes >= 0, locality_every >= 1 and "
+                f"view_resolution >= 4; got {self}"
             )
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
@@ -146,8 +161,25 @@ class WeightDelta(nn.Module):
         """ΔW, flattened to [out, in] for a low-rank delta."""
         return self.lora_b @ self.lora_a if self.low_rank else self.delta
 
+    active = True  # deltas_off switches it off for a moment
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return weight
         return weight + self.difference().view(weight.shape).to(weight.dtype)
+
+
+@contextlib.contextmanager
+def deltas_off(G: nn.Module):
+    """Within it, a tuned copy computes what the base generator computes."""
+    deltas = [m for m in G.modules() if isinstance(m, WeightDelta)]
+    for delta in deltas:
+        delta.active = False
+    try:
+        yield G
+    finally:
+        for delta in deltas:
+            delta.active = True
 
 
 def tunable_parameters(G: nn.Module) -> list[str]:
@@ -216,7 +248,7 @@ def generator_fingerprint(G: nn.Module, samples: int = 4096) -> str:
 
 
 @functools.cache
-def _perceptual_loss(device: str):
+def perceptual_loss(device: str):
     """LPIPS (AlexNet) on `device`, or None (logged once) when the package or its weights are missing."""
     from .training.losses import PerceptualLoss
 
@@ -259,6 +291,18 @@ def locality_codes(G, ws: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     return ws + LOCALITY_ALPHA * direction / norms
 
 
+def edit_steps(
+    directions: torch.Tensor | None, count: int, strength: float, seed: int, shape
+) -> torch.Tensor:
+    """The edits the tuning keeps [2K, num_ws, w_dim]: + and − strength times each unit direction of
+    `directions` [K, num_ws, w_dim], or of `count` seeded random unit directions when it is None."""
+    if directions is None:
+        directions = torch.randn(count, *shape, generator=torch.Generator().manual_seed(seed))
+    directions = torch.as_tensor(directions, dtype=torch.float32).reshape(-1, *shape)
+    directions = directions / directions.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
+    return strength * torch.stack([directions, -directions], 1).flatten(0, 1)
+
+
 # --- Tuning ----------------------------------------------------------------------------------------------
 
 
@@ -269,19 +313,19 @@ def refine_generator(
     pose: tuple[float, float] = (0.0, 0.0),
     settings: RefineSettings | None = None,
     *,
+    directions: torch.Tensor | None = None,
     identity=None,
     lpips: bool = True,
-    deterministic: bool = False,
     progress: Progress = None,
 ) -> Refinement:
     """Tune a copy of G so that G(ws, c) renders `target` (see the module docstring).
 
     ws [1, num_ws, w_dim] (kept as it is); target [1, 3, R, R] in [-1, 1] at the generator's image
     resolution; pose: (yaw, pitch) radians of the target's camera c (`preim3d.camera_vector`).
-    identity: an ArcFace model (IdentityLoss, ArcFaceBackbone or weights path) for the identity
-    term. lpips=False leaves LPIPS out even when installed. deterministic: fixed depth samples for
-    the photo term too. progress(done, total) after each step. Returns a Refinement whose generator
-    is the tuned copy (in G's precision mode).
+    directions: unit editing directions [K, num_ws, w_dim] whose edits the tuning keeps (default
+    random ones). identity: an ArcFace model (IdentityLoss, ArcFaceBackbone or weights path) for
+    the identity term. lpips=False leaves LPIPS out even when installed. progress(done, total)
+    after each step. Returns a Refinement whose generator is the tuned copy (in G's precision mode).
     """
     settings = settings or RefineSettings()
     device = next(G.parameters()).device
@@ -298,10 +342,11 @@ def refine_generator(
     autocast = settings.fast and device.type == "cuda"
 
     with torch.inference_mode(False), torch.enable_grad():
-        terms = _Objective(tuned, ws, target, pose, settings, identity, lpips, deterministic, autocast)
+        terms = _Objective(tuned, ws, target, pose, settings, directions, identity, lpips, autocast)
         optimizer = torch.optim.Adam(
             [p for p in tuned.parameters() if p.requires_grad], settings.learning_rate
         )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(settings.steps, 1))
         history: dict[str, list[torch.Tensor]] = {}
         start = time.perf_counter()
         for step in range(settings.steps):
@@ -309,6 +354,7 @@ def refine_generator(
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
+            schedule.step()
             for key, value in losses.items():
                 history.setdefault(key, []).append(value.detach())
             if step == 0 and device.type == "cpu" and settings.steps > 1:
@@ -337,13 +383,12 @@ def refine_generator(
 class _Objective:
     """The loss of one tuning step (module docstring); the untuned targets are rendered once, at init."""
 
-    def __init__(self, G, ws, target, pose, settings, identity, lpips, deterministic, autocast):
-        self.G, self.ws, self.target, self.s = G, ws, target, settings
+    def __init__(self, G, ws, target, pose, settings, directions, identity, lpips, autocast):
+        self.G, self.ws, self.target, self.s, self.autocast = G, ws, target, settings, autocast
         yaw, pitch = (float(v) for v in pose)
         self.c = camera_vector(yaw, pitch, device=ws.device)
-        self.deterministic, self.autocast = deterministic, autocast
         device = ws.device
-        self.lpips = _perceptual_loss(str(device)) if lpips and settings.lpips_weight > 0 else None
+        self.lpips = perceptual_loss(str(device)) if lpips and settings.lpips_weight > 0 else None
         self.identity = (
             _identity_loss(identity, device)
             if identity is not None and settings.identity_weight > 0
@@ -356,35 +401,64 @@ class _Objective:
                 ("lpips", self.lpips is not None),
                 ("identity", self.identity is not None),
                 ("views", settings.view_weight > 0 and bool(settings.view_yaws)),
-                ("locality", settings.locality_weight > 0),
+                (
+                    "edits",
+                    settings.edit_weight > 0 and (directions is not None or settings.edit_directions > 0),
+                ),
+                ("locality", settings.locality_weight > 0 and settings.locality_codes > 0),
             )
             if on
         )
         with torch.no_grad(), self._precision():  # the deltas are zero: these are the untuned renders
+            planes = G.synthesize_planes(ws)
             if "views" in self.used:
                 yaws = (yaw + torch.tensor(settings.view_yaws)).clamp(-1.2, 1.2)
                 self.view_cameras = camera_vector(yaws, pitch, device=device)
                 self.view_size = min(settings.view_resolution, G.neural_rendering_resolution)
-                planes = G.synthesize_planes(ws)
                 self.view_depths = raw_depth(G, planes, self.view_cameras, self.view_size).float()
+            if "edits" in self.used:
+                steps = edit_steps(
+                    directions, settings.edit_directions, settings.edit_strength, settings.seed, ws.shape[1:]
+                )
+                self.edit_ws = ws + steps.to(device)
+                self.image = self._render(ws, planes).float()
+                self.edit_changes: dict[int, torch.Tensor] = {}  # rendered at first use
             if "locality" in self.used:
                 self.locality_ws = locality_codes(G, ws, settings.locality_codes, settings.seed)
-                self.locality_images = torch.cat(
-                    [self._render(w[None], deterministic=True) for w in self.locality_ws]
-                ).float()
+                self.locality_images = torch.cat([self._render(w[None]) for w in self.locality_ws]).float()
 
     def _precision(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast)
 
-    def _render(self, ws, planes=None, deterministic=False):
+    def _render(self, ws, planes=None):
         planes = self.G.synthesize_planes(ws) if planes is None else planes
-        return self.G.render_planes(planes, ws, self.c, deterministic=deterministic)["image"]
+        return self.G.render_planes(planes, ws, self.c, deterministic=True)["image"]
+
+    def _edit_change(self, k: int) -> torch.Tensor:
+        """How edit k changed the untuned render (the deltas' parametrizations switched off)."""
+        if k not in self.edit_changes:
+            with torch.no_grad(), self._precision(), deltas_off(self.G):
+                self.edit_changes[k] = self._render(self.edit_ws[k : k + 1]).float() - self.image
+        return self.edit_changes[k]
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
         s, losses = self.s, {}
+        # One batch: the pivot, this step's edit and, every k-th step, a locality code. At batch 1 a
+        # GPU is bound by kernel launches, so the extra codes cost far less than renders of their own.
+        codes = [self.ws]
+        if "edits" in self.used:
+            k = step % len(self.edit_ws)
+            codes.append(self.edit_ws[k : k + 1])
+        locality = "locality" in self.used and step % s.locality_every == 0
+        if locality:
+            j = step // s.locality_every % len(self.locality_ws)
+            codes.append(self.locality_ws[j : j + 1])
+        ws = torch.cat(codes)
         with self._precision():
-            planes = self.G.synthesize_planes(self.ws)
-            image = self._render(self.ws, planes, self.deterministic).float()
+            planes = self.G.synthesize_planes(ws)
+            images = self.G.render_planes(planes, ws, self.c.expand(len(ws), -1), deterministic=True)["image"]
+            images = images.float()
+            image = images[:1]
             losses["pixel"] = F.mse_loss(image, self.target)
             total = s.pixel_weight * losses["pixel"]
             if self.lpips is not None:
@@ -394,18 +468,21 @@ class _Objective:
                 losses["identity"] = self.identity(image, self.target)[0]
                 total = total + s.identity_weight * losses["identity"]
             if "views" in self.used:
-                k = step % len(self.view_cameras)
-                depth = raw_depth(self.G, planes, self.view_cameras[k : k + 1], self.view_size).float()
-                losses["views"] = (depth - self.view_depths[k : k + 1]).abs().mean()
+                v = step % len(self.view_cameras)
+                depth = raw_depth(self.G, planes[:1], self.view_cameras[v : v + 1], self.view_size).float()
+                losses["views"] = (depth - self.view_depths[v : v + 1]).abs().mean()
                 total = total + s.view_weight * losses["views"]
-            if "locality" in self.used and step % s.locality_every == 0:
-                k = step // s.locality_every % len(self.locality_ws)
-                other = self._render(self.locality_ws[k][None], deterministic=True).float()
-                locality = F.mse_loss(other, self.locality_images[k : k + 1])
+            if "edits" in self.used:
+                expected = self._edit_change(k)
+                error = (images[1:2] - image - expected).abs().mean()
+                losses["edits"] = error / expected.abs().mean().clamp_min(1e-8)
+                total = total + s.edit_weight * losses["edits"]
+            if locality:
+                other, before = images[-1:], self.locality_images[j : j + 1]
+                losses["locality"] = F.mse_loss(other, before)
                 if self.lpips is not None:
-                    locality = locality + self.lpips(other, self.locality_images[k : k + 1])
-                losses["locality"] = locality
-                total = total + s.locality_weight * locality
+                    losses["locality"] = losses["locality"] + self.lpips(other, before)
+                total = total + s.locality_weight * losses["locality"]
         losses["total"] = total
         return losses
 
@@ -416,3 +493,195 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+# --- A refined head: an Editor with the tuned generator ------------------------------------------------
+
+HEAD_FORMAT = "preim3d refined head"
+HEAD_VERSION = "1"
+DELTA_PREFIX = "delta."
+
+
+def crop_target(image, resolution: int) -> torch.Tensor:
+    """An aligned crop (AlignedFace or PIL image) → [1, 3, R, R] in [-1, 1] at the generator's resolution,
+    resized with PIL's antialiasing LANCZOS filter when R is not the crop's size."""
+    from PIL import Image
+
+    image = getattr(image, "image", image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"refine needs an aligned face or its crop as a PIL image, not {type(image).__name__}"
+        )
+    image = image.convert("RGB")
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    return pixels.float() / 127.5 - 1
+
+
+class RefinedHead(Editor):
+    """An Editor whose generator is tuned for one photo: it renders, edits, makes grids, turntables,
+    meshes and depth maps exactly as the Editor it came from (same code, same encoder, latent average
+    and directions), with the tuned weights. Its tri-planes go through the base editor's cache,
+    under keys of their own.
+
+        head = editor.refine(face)                  # face = editor.align("me.jpg")
+        head.render(head.ws, *head.pose)            # the photo's reconstruction, now faithful
+        head.turntable(head.edit(head.ws, {"smile": 2}), "smile.mp4")
+        head.save("me.head.safetensors")            # deltas + code + settings, a few MB
+        head = editor.load_refined("me.head.safetensors")
+
+    Attributes: base (the Editor), ws (the photo's code [1, 14, 512], never changed by the tuning),
+    pose (the photo's (yaw, pitch)), settings (RefineSettings), losses (the terms used), history
+    (per-step loss values; empty for a loaded head), seconds (tuning time).
+    """
+
+    def __init__(
+        self, base: Editor, generator: nn.Module, ws, pose, settings: RefineSettings, losses, **info
+    ):
+        self.__dict__.update(vars(base))  # device, encoder, latent average, directions, render options
+        self.base = base
+        self.generator = generator
+        generator.weights_key = weights_digest(generator)
+        self.renderer = base.renderer.for_generator(generator)
+        self.ws = (
+            torch.as_tensor(ws).detach().to("cpu", torch.float32).reshape(1, -1, base.latent_avg.shape[-1])
+        )
+        self.pose = tuple(float(v) for v in pose)
+        self.settings = settings
+        self.losses = tuple(losses)
+        self.history: dict[str, list[float]] = info.get("history", {})
+        self.seconds: float = info.get("seconds", 0.0)
+
+    def __repr__(self) -> str:
+        return f"RefinedHead({self.settings.steps} steps, losses {', '.join(self.losses)}, of {self.base!r})"
+
+    def refine(self, *args, **kwargs) -> RefinedHead:
+        """Refine another photo, from the base weights (see `Editor.refine`)."""
+        return self.base.refine(*args, **kwargs)
+
+    def reconstruction(self):
+        """The photo's code rendered from the photo's camera, as a PIL image."""
+        return self.render(self.ws, *self.pose)
+
+    def save_pretrained(self, folder):
+        raise TypeError(
+            "A refined head is saved with head.save(path) (its deltas and code, beside the base weights); "
+            "head.base.save_pretrained(folder) writes the base weights."
+        )
+
+    def save(self, path) -> Path:
+        """Write the deltas, the code and the settings as one .safetensors file; returns its path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ValueError(f"A refined head is saved as .safetensors, not {path.name!r}.")
+        tensors = {
+            DELTA_PREFIX + k: v.to("cpu", torch.float32).contiguous()
+            for k, v in delta_state(self.generator).items()
+        }
+        tensors[LATENT_KEY] = self.ws.contiguous()
+        metadata = {
+            "format": HEAD_FORMAT,
+            "version": HEAD_VERSION,
+            "settings": self.settings.to_json(),
+            "pose": json.dumps(list(self.pose)),
+            "losses": json.dumps(list(self.losses)),
+            "generator": generator_fingerprint(self.base.generator),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, editor: Editor, path) -> RefinedHead:
+        """A head saved by `save`, on `editor`'s weights (which must be the ones it was refined on)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        base = getattr(editor, "base", editor)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # missing, damaged or not safetensors
+            raise LatentFileError(f"{path} is not a readable refined head ({exc}).") from exc
+        if metadata.get("format") != HEAD_FORMAT:
+            raise LatentFileError(f"{path} is not a refined head saved by preim3d (RefinedHead.save).")
+        if metadata.get("version") != HEAD_VERSION:
+            raise LatentFileError(
+                f"{path} is a refined head of format version {metadata.get('version')}; "
+                f"this preim3d reads version {HEAD_VERSION}."
+            )
+        if metadata.get("generator") != generator_fingerprint(base.generator):
+            raise WeightsError(
+                f"{path} was refined on other generator weights than these ({base.source}): load it with "
+                "the weights it was made with, or refine the photo again."
+            )
+        try:
+            settings = RefineSettings.from_json(metadata["settings"])
+            pose = json.loads(metadata["pose"])
+            losses = json.loads(metadata["losses"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise LatentFileError(f"{path}: damaged refined-head metadata ({exc}).") from exc
+        generator = tuned_copy(base.generator, settings.rank, settings.seed)
+        expected = delta_state(generator)
+        stored = {k[len(DELTA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(DELTA_PREFIX)}
+        wrong = [k for k in expected if k not in stored or stored[k].shape != expected[k].shape]
+        if wrong or set(stored) - set(expected) or LATENT_KEY not in tensors:
+            raise LatentFileError(
+                f"{path}: its deltas do not fit this generator ({len(wrong)} missing or misshapen)."
+            )
+        with torch.no_grad():
+            for name, value in expected.items():
+                value.copy_(stored[name])
+        return cls(base, generator.requires_grad_(False), tensors[LATENT_KEY], pose, settings, losses)
+
+
+def refine_head(
+    editor: Editor,
+    face,
+    ws=None,
+    steps: int = 300,
+    *,
+    pose=None,
+    identity=None,
+    lpips=True,
+    progress: Progress = None,
+    **settings,
+) -> RefinedHead:
+    """`Editor.refine`: pivotal tuning of editor's generator for one aligned face (module docstring)."""
+    from .validation import check_angles, check_refine_steps
+
+    base = getattr(editor, "base", editor)
+    steps = check_refine_steps(steps)
+    if pose is None:
+        pose = face.estimate_pose() if hasattr(face, "estimate_pose") else (0.0, 0.0)
+    check_angles(*pose)
+    settings = RefineSettings(steps=steps, **settings)
+    ws = base.invert(face) if ws is None else torch.as_tensor(ws).detach().to("cpu", torch.float32)
+    target = crop_target(face, base.generator.img_resolution)
+    bank = base.directions
+    directions = None if bank is None else torch.stack([bank.direction(name) for name in bank.names])
+    result = refine_generator(
+        base.generator,
+        ws,
+        target,
+        pose,
+        settings,
+        directions=directions,
+        identity=identity,
+        lpips=lpips,
+        progress=progress,
+    )
+    return RefinedHead(
+        base,
+        result.generator,
+        ws,
+        pose,
+        settings,
+        result.losses,
+        history=result.history,
+        seconds=result.seconds,
+    )

@@ -68,8 +68,10 @@ def depth_to_uint8(depth, depth_range=None) -> np.ndarray:
 class TriPlaneRenderer:
     """Renders latents from many cameras, running the tri-plane backbone once per latent.
 
-    `planes(ws)` caches the backbone's output under a content hash of ws (and the generator's
-    precision mode), keeping the `cache_size` most recently used latents (0 disables caching).
+    `planes(ws)` caches the backbone's output under a content hash of ws, the generator's precision
+    mode and its `weights_key` (set by generators tuned for one photo, see `preim3d.refine`), keeping
+    the `cache_size` most recently used latents (0 disables caching). `for_generator(G2)` renders
+    another generator through the same cache.
     `render(ws, c)` renders V cameras in batches of `batch_size` views from the planes
     [1,3,32,256,256]; `G.render_planes` broadcasts the batch-1 planes and ws over the views without
     copying them (and modulates the super-resolution once). Everything runs under no_grad on the
@@ -108,7 +110,12 @@ class TriPlaneRenderer:
         """
         ws = self._latent(ws)
         digest = hashlib.blake2b(ws.cpu().numpy().tobytes(), digest_size=16).hexdigest()
-        key = (tuple(ws.shape), digest, getattr(self.G, "precision", None))
+        key = (
+            tuple(ws.shape),
+            digest,
+            getattr(self.G, "precision", None),
+            getattr(self.G, "weights_key", None),
+        )
         planes = self._cache.get(key)
         if planes is not None:
             self._cache.move_to_end(key)
@@ -147,6 +154,12 @@ class TriPlaneRenderer:
             if progress is not None:
                 progress(done, total)
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+    def for_generator(self, G) -> TriPlaneRenderer:
+        """A renderer of G with this one's batch size that shares this one's cache (and its bound)."""
+        other = TriPlaneRenderer(G, self.batch_size, self.cache_size)
+        other._cache = self._cache
+        return other
 
     def clear(self) -> None:
         """Forget every cached tri-plane."""

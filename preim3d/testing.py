@@ -103,10 +103,20 @@ _OFFSET_STD = 0.5
 
 def tiny_generator(seed: int = 0):
     """A TriPlaneGenerator of the tiny configuration with seeded random weights, in eval mode."""
+    return _random_generator(TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION, seed)
+
+
+def full_size_generator(seed: int = 0):
+    """A TriPlaneGenerator of the released ffhq512-128 configuration with seeded random weights, its
+    density calibrated as the tiny one's, in eval mode (for benchmarks: as slow as the real one)."""
+    return _random_generator(FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION, seed)
+
+
+def _random_generator(kwargs: dict, neural_resolution: int, seed: int):
     from .networks.triplane import TriPlaneGenerator
 
-    G = TriPlaneGenerator(**copy.deepcopy(TINY_GENERATOR_KWARGS))
-    G.neural_rendering_resolution = TINY_NEURAL_RESOLUTION
+    G = TriPlaneGenerator(**copy.deepcopy(kwargs))
+    G.neural_rendering_resolution = neural_resolution
     fill_random(G, seed)
     _calibrate_density(G.eval().requires_grad_(False), seed)
     return G
