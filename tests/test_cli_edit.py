@@ -1,17 +1,19 @@
 """The `preim3d edit`, `convert` and `info` commands, end to end on the tiny random-weight bundle."""
 
+import re
 import subprocess
 import sys
 
 import imageio_ffmpeg
 import numpy as np
+import pytest
 import torch
 import trimesh
 from PIL import Image
 
 from preim3d import cli
 from preim3d.editing import DirectionBank
-from preim3d.pipeline import load_latent
+from preim3d.pipeline import Editor, load_latent
 
 
 def test_edit_one_photo_writes_every_output(tiny_bundle, astronaut_png, tmp_path, capsys):
@@ -178,3 +180,22 @@ def test_python_dash_m_runs_the_command_line():
     assert done.returncode == 0
     for command in ("download", "convert", "edit", "info"):
         assert command in done.stdout
+
+
+def test_edit_with_refine_renders_and_saves_the_refined_head(tiny_bundle, astronaut_png, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["edit", str(astronaut_png), "--edit", "smile=2", "--weights", str(tiny_bundle), "--device", "cpu"]
+    code = cli.main([*args, "--refine", "2", "--out", str(out)])
+    line = capsys.readouterr().out.strip()
+    assert code == 0 and "refined 2 steps, reconstruction" in line
+    before, after = (float(v) for v in re.search(r"reconstruction ([\d.]+) -> ([\d.]+) dB", line).groups())
+    assert after > before
+    assert {"refined.safetensors", "inverted.npz", "reconstruction.png"} <= {p.name for p in out.iterdir()}
+    head = Editor.from_pretrained(tiny_bundle, device="cpu").load_refined(out / "refined.safetensors")
+    assert head.settings.steps == 2 and torch.equal(head.ws, load_latent(out / "inverted.npz"))
+    with pytest.raises(SystemExit) as info:
+        cli.main([*args, "--refine", "5000", "--out", str(out)])
+    assert (
+        info.value.code == 2
+        and "refine steps must be a whole number from 0 to 1000" in capsys.readouterr().err
+    )
