@@ -39,6 +39,8 @@ from preim3d import (
     save_latent,
 )
 
+from .refine import RefineHandlers
+
 if TYPE_CHECKING:
     from preim3d.align import FaceDetection
 
@@ -79,6 +81,7 @@ class Session:
     edits: dict[str, float] = field(default_factory=dict)
     precise: bool = False
     hold: tuple[str, ...] = ()
+    refined: str | None = None  # ticket of this session's refined head (demo.refine.HeadStore)
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,10 @@ def slider_attributes(editor: Editor | None) -> tuple[list[tuple[str, str]], lis
     return quick, more
 
 
-class Handlers:
+class Handlers(RefineHandlers):
     """The callbacks of one demo page, around one Editor (None when no weights were found)."""
+
+    refine = user_errors(RefineHandlers.refine)
 
     def __init__(self, editor: Editor | None, unavailable: str | None = None, examples: Sequence = ()):
         self.editor = editor
@@ -299,7 +304,7 @@ class Handlers:
         """The edited code from another camera; its tri-planes come from the renderer's cache."""
         if session is None:
             return None
-        return self._editor().render(session.edited, math.radians(yaw), math.radians(pitch))
+        return self.viewer(session).render(session.edited, math.radians(yaw), math.radians(pitch))
 
     def photo_view(self, session: Session | None):
         """(yaw, pitch) slider values of the photo's own camera."""
@@ -323,12 +328,12 @@ class Handlers:
 
     @user_errors
     def grid(self, session):
-        return self._editor().grid(self._need(session).edited)
+        return self.viewer(self._need(session)).grid(session.edited)
 
     @user_errors
     def depth(self, session, yaw, pitch):
         session = self._need(session)
-        depth = self._editor().depth(session.edited, math.radians(yaw), math.radians(pitch))
+        depth = self.viewer(session).depth(session.edited, math.radians(yaw), math.radians(pitch))
         size = self._editor().generator.img_resolution
         return depth.resize(
             (size, size), Image.Resampling.BICUBIC
@@ -337,7 +342,7 @@ class Handlers:
     @user_errors
     def pasted(self, session):
         session = self._need(session, photo=True)
-        render = self._editor().render(
+        render = self.viewer(session).render(
             session.edited, *session.pose
         )  # from the photo's camera, so it lines up
         return paste_back(session.photo, render, session.face)
@@ -346,7 +351,7 @@ class Handlers:
     def turntable(self, session, frames, side_by_side, depth, progress=PROGRESS):
         session = self._need(session)
         path = self._output(f"{session.name}-turntable.mp4")
-        self._editor().turntable(
+        self.viewer(session).turntable(
             session.edited,
             path,
             frames=int(frames),
@@ -361,7 +366,7 @@ class Handlers:
     def mesh(self, session, resolution, progress=PROGRESS):
         session = self._need(session)
         path = self._output(f"{session.name}.glb")
-        self._editor().mesh(
+        self.viewer(session).mesh(
             session.edited,
             path,
             resolution=int(resolution),
@@ -416,26 +421,36 @@ class Handlers:
         return str(save_latent(ws, self._output(f"{Path(photo).stem}.npz"), {"source": Path(photo).name}))
 
     @user_errors
-    def api_edit(self, photo=None, latent=None, edits=None, yaw=None, pitch=None, precise=False, face=0):
+    def api_edit(
+        self, photo=None, latent=None, edits=None, yaw=None, pitch=None, precise=False, face=0, refine_steps=0
+    ):
         """Photo or latent + edits -> edited image from (yaw, pitch) degrees; None = the photo's own view."""
-        ws, pose = self._code(photo, latent, face)
+        viewer, ws, pose = self.api_viewer(photo, latent, face, refine_steps)
         pose = (
             pose[0] if yaw is None else math.radians(yaw),
             pose[1] if pitch is None else math.radians(pitch),
         )
-        return self._editor().render(self._edit(ws, parse_edits(edits), bool(precise)), *pose)
+        return viewer.render(self._edit(ws, parse_edits(edits), bool(precise)), *pose)
 
     @user_errors
     def api_turntable(
-        self, photo=None, latent=None, edits=None, precise=False, frames=120, face=0, progress=PROGRESS
+        self,
+        photo=None,
+        latent=None,
+        edits=None,
+        precise=False,
+        frames=120,
+        face=0,
+        refine_steps=0,
+        progress=PROGRESS,
     ):
         """Photo or latent + edits -> H.264 turntable video of `frames` frames at 30 fps."""
         frames = int(frames or 120)
         if not 1 <= frames <= MAX_FRAMES:
             raise problem(f"frames must be between 1 and {MAX_FRAMES}, not {frames}.")
-        ws, _ = self._code(photo, latent, face)
+        viewer, ws, _ = self.api_viewer(photo, latent, face, refine_steps, progress)
         path = self._output("turntable.mp4")
-        self._editor().turntable(
+        viewer.turntable(
             self._edit(ws, parse_edits(edits), bool(precise)),
             path,
             frames=frames,
@@ -445,16 +460,18 @@ class Handlers:
         return str(path)
 
     @user_errors
-    def api_mesh(self, photo=None, latent=None, edits=None, precise=False, resolution=128, face=0):
+    def api_mesh(
+        self, photo=None, latent=None, edits=None, precise=False, resolution=128, face=0, refine_steps=0
+    ):
         """Photo or latent + edits -> binary glTF (.glb) mesh of the head at `resolution`^3 samples."""
         resolution = int(resolution or 128)
         if resolution not in MESH_RESOLUTIONS:
             raise problem(
                 f"resolution must be one of {', '.join(map(str, MESH_RESOLUTIONS))}, not {resolution}."
             )
-        ws, _ = self._code(photo, latent, face)
+        viewer, ws, _ = self.api_viewer(photo, latent, face, refine_steps)
         path = self._output("head.glb")
-        self._editor().mesh(self._edit(ws, parse_edits(edits), bool(precise)), path, resolution=resolution)
+        viewer.mesh(self._edit(ws, parse_edits(edits), bool(precise)), path, resolution=resolution)
         return str(path)
 
 

@@ -28,6 +28,7 @@ from .handlers import (
     problem,
     slider_attributes,
 )
+from .refine import refine_controls, wire_refine
 
 EXAMPLES = tuple(
     sorted(
@@ -109,7 +110,7 @@ def build_demo(editor_or_source=None, *, examples=EXAMPLES) -> gr.Blocks:
                 "Then restart this app.",
                 elem_id="weights-missing",
             )
-        state = gr.State(None)
+        state = gr.State(None, delete_callback=h.release)  # the session's refined head goes with it
 
         with gr.Row(equal_height=False):
             with gr.Column():
@@ -127,12 +128,14 @@ def build_demo(editor_or_source=None, *, examples=EXAMPLES) -> gr.Blocks:
                 if examples and ready:
                     gr.Examples([[str(p)] for p in examples], inputs=[photo], label="Examples (click one)")
             aligned = gr.Image(label="Aligned crop", interactive=False, height=VIEW_HEIGHT, elem_id="aligned")
-            reconstruction = gr.Image(
-                label="Reconstruction (photo's view)",
-                interactive=False,
-                height=VIEW_HEIGHT,
-                elem_id="reconstruction",
-            )
+            with gr.Column():
+                reconstruction = gr.Image(
+                    label="Reconstruction (photo's view)",
+                    interactive=False,
+                    height=VIEW_HEIGHT,
+                    elem_id="reconstruction",
+                )
+                refine = refine_controls(editor)
             with gr.Column():
                 edited = gr.Image(
                     label="Edited", interactive=False, format="png", height=VIEW_HEIGHT, elem_id="edited"
@@ -292,6 +295,15 @@ def build_demo(editor_or_source=None, *, examples=EXAMPLES) -> gr.Blocks:
         reset.click(
             h.reset, [state], [*sliders, precise, hold, yaw, pitch], queue=False, api_visibility="private"
         ).then(apply_edits, edit_inputs, [state, edited], **ui)
+        wire_refine(
+            on_gpu(h.refine),
+            refine,
+            state,
+            reconstruction,
+            cleared_by=[photo.change, latent_in.upload],
+            then=(apply_edits, edit_inputs, [state, edited]),
+            **ui,
+        )
         grid_button.click(on_gpu(h.grid), [state], [grid], **ui)
         video_button.click(on_gpu(h.turntable), [state, frames, beside, depth_panel], [video], **ui)
         mesh_button.click(on_gpu(h.mesh), [state, resolution], [model, glb], **ui)
@@ -326,6 +338,7 @@ def _api_endpoints(h: Handlers) -> None:
         precise = gr.Checkbox(False, label="precise")
         frames = gr.Number(120, precision=0, label="frames")
         resolution = gr.Number(128, precision=0, label="resolution")
+        refine_steps = gr.Number(0, precision=0, label="refine_steps")
         crop = gr.Image(label="crop", format="png")
         info = gr.JSON(label="info")
         code = gr.File(label="code")
@@ -336,17 +349,25 @@ def _api_endpoints(h: Handlers) -> None:
     trigger.click(on_gpu(h.api_align), [photo, face], [crop, info], api_name="align", **GPU)
     trigger.click(on_gpu(h.api_invert), [photo, face], [code], api_name="invert", **GPU)
     trigger.click(
-        on_gpu(h.api_edit), [photo, latent, edits, yaw, pitch, precise, face], [image], api_name="edit", **GPU
+        on_gpu(h.api_edit),
+        [photo, latent, edits, yaw, pitch, precise, face, refine_steps],
+        [image],
+        api_name="edit",
+        **GPU,
     )
     trigger.click(
         on_gpu(h.api_turntable),
-        [photo, latent, edits, precise, frames, face],
+        [photo, latent, edits, precise, frames, face, refine_steps],
         [video],
         api_name="turntable",
         **GPU,
     )
     trigger.click(
-        on_gpu(h.api_mesh), [photo, latent, edits, precise, resolution, face], [mesh], api_name="mesh", **GPU
+        on_gpu(h.api_mesh),
+        [photo, latent, edits, precise, resolution, face, refine_steps],
+        [mesh],
+        api_name="mesh",
+        **GPU,
     )
 
 
