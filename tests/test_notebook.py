@@ -47,6 +47,7 @@ PARAMETERS = {
     "FRAMES": str(FRAMES),
     "FPS": "8",
     "MESH_RESOLUTION": "64",
+    "REFINE_STEPS": "2",
 }
 # what those edits must do to the attribute scores: age = -Young; Male is held
 EXPECTED_SCORE_CHANGES = {"Smiling": 4.0, "Young": -3.0, "Wearing_Lipstick": 2.0, "Male": 0.0}
@@ -148,7 +149,7 @@ def test_notebook_runs_against_a_tiny_bundle(tiny_bundle, kernel_env, monkeypatc
     assert "Using the example photo" in stdout(nb, "photo")  # no Colab upload here: the astronaut
 
     # pictures shown at each step; the grid is VIEWS views of the reconstruction over those of the edit
-    for tag in ("photo", "align", "invert", "edit", "view", "grid"):
+    for tag in ("photo", "align", "invert", "refine", "edit", "view", "grid"):
         shown = images(nb, tag)
         assert shown and all(im.width > 0 and im.height > 0 for im in shown), f"step {tag!r} showed no image"
     assert len(images(nb, "edit")) == 2  # render comparison, edit pasted into the photo
@@ -157,6 +158,13 @@ def test_notebook_runs_against_a_tiny_bundle(tiny_bundle, kernel_env, monkeypatc
     for name in ("reconstruction.png", "edited.png", "view.png"):
         assert Image.open(out / name).size == (RESOLUTION, RESOLUTION)
     assert Image.open(out / "edited_photo.png").size == (512, 512)  # the astronaut photo's size
+
+    # step 6b refined the head, and the later steps rendered with it
+    assert "The cells below use the refined head" in stdout(nb, "refine")
+    from preim3d.pipeline import Editor
+
+    head = Editor.from_pretrained(tiny_bundle, device="cpu").load_refined(out / "refined.safetensors")
+    assert head.settings.steps == 2 and torch.equal(head.ws, load_latent(out / "latent.npz"))
 
     # the sliders, the free-text edit and HOLD reached the precise edit
     assert "holding Male" in stdout(nb, "edit")
@@ -189,9 +197,15 @@ def test_notebook_runs_against_a_tiny_bundle(tiny_bundle, kernel_env, monkeypatc
     assert html(nb, "mesh"), "the mesh preview was not shown"
 
     with zipfile.ZipFile(kernel_env / "preim3d_results.zip") as archive:
-        assert {"turntable.mp4", "head.glb", "edited.png", "grid.png", "latent.npz", "edited.npz"} <= set(
-            archive.namelist()
-        )
+        assert {
+            "turntable.mp4",
+            "head.glb",
+            "edited.png",
+            "grid.png",
+            "latent.npz",
+            "edited.npz",
+            "refined.safetensors",
+        } <= set(archive.namelist())
 
 
 def test_notebook_downloads_nothing_until_the_licences_are_accepted(kernel_env):
