@@ -14,11 +14,18 @@ and directions — built from the same classes as the real models, only narrow a
 The weights are random but seeded (same seed, same bytes), scaled so images vary with the code
 and the camera, and the density is calibrated to have a surface at the official mesh threshold.
 Nothing here is meaningful as a face model.
+
+For benchmarks and conformance checks: `ffhq512_generator` (the released architecture with seeded
+random weights), `random_inputs`, `psnr`, and `build_official_eg3d`, which puts the same weights
+into the official EG3D generator of a checkout named by $PREIM3D_OFFICIAL_EG3D.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -110,6 +117,17 @@ def tiny_generator(seed: int = 0):
     fill_random(G, seed)
     _calibrate_density(G.eval().requires_grad_(False), seed)
     return G
+
+
+def ffhq512_generator(seed: int = 11):
+    """A TriPlaneGenerator of the released ffhq512-128 configuration with `fill_random` weights, in eval
+    mode: full-size work for benchmarks (the density is not calibrated; it has no face's surface)."""
+    from .networks.triplane import TriPlaneGenerator
+
+    G = TriPlaneGenerator(**copy.deepcopy(FFHQ512_GENERATOR_KWARGS))
+    G.neural_rendering_resolution = FFHQ512_NEURAL_RESOLUTION
+    fill_random(G, seed)
+    return G.eval().requires_grad_(False)
 
 
 def _calibrate_density(G, seed: int) -> None:
@@ -210,3 +228,57 @@ def make_tiny_bundle(folder, seed: int = 0) -> Path:
     save_latent_avg(compute_latent_avg(G, batch_size=5000), folder, provenance=provenance)
     tiny_directions(seed + 2).save(folder)
     return folder
+
+
+def random_inputs(batch: int, z_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded z [batch, z_dim] and cameras c [batch, 25] (yaw, pitch spread around the frontal view)."""
+    from .cameras import camera_vector
+
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, z_dim, generator=gen)
+    yaw = (torch.rand(batch, generator=gen) - 0.5) * 0.8
+    pitch = (torch.rand(batch, generator=gen) - 0.5) * 0.4
+    return z, camera_vector(yaw, pitch)
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR of x against ref, in dB, over the reference's value range."""
+    x, ref = x.double().cpu(), ref.double().cpu()
+    mse = (x - ref).square().mean().item()
+    span = (ref.max() - ref.min()).item()
+    return math.inf if mse == 0 else 10 * math.log10(span * span / mse)
+
+
+# --- The official EG3D generator, from a checkout the user points to (nothing official is vendored) ---
+
+OFFICIAL_EG3D_ENV = "PREIM3D_OFFICIAL_EG3D"  # the eg3d/ folder holding `training/` and `torch_utils/`
+
+
+def official_eg3d_path() -> Path | None:
+    """The checkout named by $PREIM3D_OFFICIAL_EG3D, or None when it is unset or not an EG3D checkout."""
+    value = os.environ.get(OFFICIAL_EG3D_ENV)
+    return Path(value) if value and (Path(value) / "training" / "triplane.py").is_file() else None
+
+
+def build_official_eg3d(kwargs: dict, resolution: int, seed: int, device="cpu", plugins: bool = False):
+    """The official TriPlaneGenerator of the checkout, built with `kwargs`, holding our `fill_random`
+    weights (the state-dict names are equal) and rendering at `resolution`, in eval mode on `device`.
+
+    Unless `plugins`, the official code runs its reference PyTorch ops instead of building its CUDA
+    extensions (which need a compiler set-up and fail on many machines).
+    """
+    path = official_eg3d_path()
+    if path is None:
+        raise RuntimeError(f"set {OFFICIAL_EG3D_ENV} to the eg3d/ folder of an official EG3D checkout")
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    from training.triplane import TriPlaneGenerator
+
+    G = TriPlaneGenerator(**copy.deepcopy(kwargs)).eval().requires_grad_(False)
+    if not plugins:
+        from torch_utils.ops import bias_act, upfirdn2d
+
+        bias_act._init = upfirdn2d._init = lambda: False
+    fill_random(G, seed)
+    G.neural_rendering_resolution = resolution
+    return G.to(device)

@@ -13,17 +13,18 @@ import os
 
 import pytest
 from eg3d_reference import FFHQ512, TINY, psnr
-from official_eg3d import build_official, official_path, run_generator, save_official_formats
+from official_eg3d import run_generator, save_official_formats
 
 from preim3d import load_generator
+from preim3d.testing import build_official_eg3d, official_eg3d_path
 
-pytestmark = pytest.mark.skipif(official_path() is None, reason="PREIM3D_OFFICIAL_EG3D is not set")
+pytestmark = pytest.mark.skipif(official_eg3d_path() is None, reason="PREIM3D_OFFICIAL_EG3D is not set")
 DEVICE = os.environ.get("PREIM3D_TEST_DEVICE", "cpu")
 
 
 @pytest.mark.parametrize("config", [TINY, FFHQ512], ids=["tiny", "ffhq512-128"])
 def test_outputs_match_the_official_generator(config, tmp_path):
-    official = build_official(config, seed=11, device=DEVICE)
+    official = build_official_eg3d(*config, seed=11, device=DEVICE)
     reference = run_generator(official, config, seed=12, batch=2, device=DEVICE)
     files = save_official_formats(official, tmp_path)
     del official

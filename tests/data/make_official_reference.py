@@ -13,14 +13,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from eg3d_reference import TINY  # noqa: E402
-from official_eg3d import build_official, official_path, run_generator  # noqa: E402
+from official_eg3d import run_generator  # noqa: E402
+
+from preim3d.testing import build_official_eg3d, official_eg3d_path  # noqa: E402
 
 WEIGHT_SEED, INPUT_SEED, BATCH = 3, 5, 2
 
 if __name__ == "__main__":
-    if official_path() is None:
+    if official_eg3d_path() is None:
         sys.exit("Set PREIM3D_OFFICIAL_EG3D to the eg3d/ folder of an official EG3D checkout.")
-    out = run_generator(build_official(TINY, WEIGHT_SEED), TINY, INPUT_SEED, BATCH)
+    out = run_generator(build_official_eg3d(*TINY, WEIGHT_SEED), TINY, INPUT_SEED, BATCH)
     save_file(
         {k: v.contiguous() for k, v in out.items()},
         str(HERE / "eg3d_tiny_official.safetensors"),
