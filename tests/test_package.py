@@ -43,3 +43,17 @@ def test_the_package_says_it_is_typed():
     assert (PACKAGE_DIR / "py.typed").is_file()
     pyproject = (PACKAGE_DIR.parent / "pyproject.toml").read_text()
     assert 'preim3d = ["py.typed"]' in pyproject  # shipped in the wheel as package data
+
+
+def test_networks_print_their_shapes():
+    from preim3d.testing import tiny_encoder, tiny_generator
+
+    G, E = tiny_generator(), tiny_encoder()
+    printed = " ".join(repr(G).split())  # a module with children prints its settings on a line of their own
+    assert "SynthesisLayer( in_channels=16, out_channels=16, resolution=8, up=True" in printed
+    assert "ToRGBLayer( in_channels=16, out_channels=96, conv_clamp=None" in printed
+    assert "SuperResolution( variant=SuperresolutionHybrid2X, input_resolution=64" in printed
+    assert "MappingNetwork( z_dim=32, c_dim=25, w_dim=512, num_ws=14, num_layers=2" in printed
+    assert "neural_rendering_resolution=32, precision=fp32" in printed
+    assert "EqualLinear(in_features=512, out_features=7168, lr_mul=1)" in repr(E)
+    assert "_FastUnit(in_channels=8, depth=8, stride=2)" in repr(E.fast())

@@ -37,6 +37,10 @@ class SuperResolution(nn.Module):
     Inputs not at `input_resolution` are first resized (bilinear, antialiased when `sr_antialias`).
     Every convolution is clamped to ±256 when the configuration asks for half precision
     (sr_num_fp16_res > 0), as the official code does, whatever precision it actually runs in.
+
+    Args: variant (an official class name of the table); channels (of the feature image);
+    img_resolution (R, which must be the variant's); sr_num_fp16_res; sr_antialias. Other keywords
+    of the official modules are accepted and ignored.
     """
 
     def __init__(self, variant, channels, img_resolution, sr_num_fp16_res, sr_antialias, **_ignored):
@@ -71,3 +75,9 @@ class SuperResolution(nn.Module):
         x, img = self.block0(features, rgb, ws, noise_mode, fast)
         _, img = self.block1(x, img, ws, noise_mode, fast)
         return img
+
+    def extra_repr(self):
+        return (
+            f"variant={self.variant}, input_resolution={self.input_resolution}, "
+            f"sr_antialias={self.sr_antialias}"
+        )

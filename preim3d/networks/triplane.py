@@ -58,6 +58,13 @@ class TriPlaneGenerator(nn.Module):
     mixed-precision safeguards, and the plane sampler and decoder run in float16 (ray weights and
     depths stay float32). Should a float16 network pass overflow, it is recomputed in float32
     (with a warning). Set it with `G.set_precision(...)`.
+
+    Args (the official ones): z_dim, c_dim, w_dim; img_resolution and img_channels of the final
+    image; sr_num_fp16_res (the official half-precision setting of the super-resolution, which
+    decides its clamping); mapping_kwargs (MappingNetwork); rendering_kwargs (ray range, depth
+    samples, box size, super-resolution module, camera defaults, …); sr_kwargs (SuperResolution);
+    the other keywords go to the backbone's SynthesisNetwork (channel_base, channel_max, …).
+    `config` holds them all; the neural rendering resolution is an attribute set after construction.
     """
 
     def __init__(
@@ -128,6 +135,13 @@ class TriPlaneGenerator(nn.Module):
     @property
     def num_ws(self) -> int:
         return self.backbone.num_ws
+
+    def extra_repr(self):
+        return (
+            f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, "
+            f"img_resolution={self.img_resolution}, "
+            f"neural_rendering_resolution={self.neural_rendering_resolution}, precision={self.precision}"
+        )
 
     def set_precision(self, precision: str) -> TriPlaneGenerator:
         if precision not in PRECISIONS:
