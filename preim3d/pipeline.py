@@ -37,6 +37,14 @@ from .errors import LatentFileError, WeightsError
 from .images import load_image
 from .inversion import compute_latent_avg, invert
 from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
+from .validation import (
+    MIN_PHOTO_SIDE,
+    check_angles,
+    check_edits,
+    check_fps,
+    check_frames,
+    check_mesh_resolution,
+)
 from .weights.bundle import read_bundle_config
 from .weights.checks import check_latent_avg
 from .weights.encoder import (
@@ -231,7 +239,11 @@ class Editor:
     # ------------------------------------------------------------------ stages
 
     def align(self, image, face_index: int | None = None, **kwargs) -> AlignedFace:
-        """Detect and crop one face (`preim3d.align_face`); face_index picks among `detect_faces`' list."""
+        """Detect and crop one face (`preim3d.align_face`).
+
+        face_index picks among `detect_faces`' list, from 0; users number faces from 1 (see
+        `preim3d.validation.face_index_from_number`).
+        """
         return align_face(image, face=face_index, **kwargs)
 
     def invert(self, faces) -> torch.Tensor:
@@ -256,7 +268,11 @@ class Editor:
         return self.directions.apply(torch.as_tensor(ws).cpu(), edits, hold=hold, precise=precise)
 
     def render(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
-        """One code seen from (yaw, pitch) radians off the frontal view, as a PIL image."""
+        """One code seen from (yaw, pitch) radians off the frontal view, as a PIL image.
+
+        Angles: |yaw| <= π, |pitch| <= π/2 (here and in `depth`, `views`, `grid`); the model knows
+        views within about ±0.8 rad yaw and ±0.6 rad pitch.
+        """
         return self.views(ws, [yaw], [pitch])[0]
 
     def depth(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
@@ -284,22 +300,26 @@ class Editor:
         """An mp4 of the code on the official turntable path (see `preim3d.turntable.render_turntable`).
 
         Keywords: size, depth (add a depth panel), side_by_side (photos or codes shown beside it),
-        cameras (another path), progress.
+        cameras (another path), progress. frames: 1 to 3600; fps: 1 to 120 (see `preim3d.validation`).
         """
         from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
 
+        frames, fps = check_frames(frames), check_fps(fps)
         kwargs.setdefault("deterministic", self.deterministic)
         with torch.inference_mode():
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
 
-    def mesh(self, ws, path=None, resolution: int = 256, **kwargs):
+    def mesh(self, ws, path=None, resolution: int = 256, *, allow_slow: bool = False, **kwargs):
         """The head's surface as a coloured trimesh.Trimesh,
         also written to `path` (.glb, .ply, .obj) if given.
 
-        Keywords go to `preim3d.mesh.extract_mesh` (threshold, trim, progress).
+        resolution: density samples per side, 64, 128, 256 or 512; 512 on a CPU only with
+        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`
+        (threshold, trim, progress).
         """
         from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 
+        resolution = check_mesh_resolution(resolution, self.device, allow_slow)
         ws = _one(ws)
         with torch.inference_mode():
             mesh = extract_mesh(
@@ -328,18 +348,22 @@ class Editor:
     ) -> EditResult:
         """Align, invert, edit and render one photo; returns an EditResult.
 
+        face_index: which face, from 0 (None: the default face; see `align`).
         pose: "photo" renders from the camera estimated from the face (so the render lines up with
         the crop and `EditResult.pasted()` fits), "frontal", or a (yaw, pitch) pair in radians.
         With no edits, the edited code is the reconstruction.
         """
-        photo = load_image(image)
+        # values first, so a bad one fails before the slow steps
+        if isinstance(pose, str) and pose not in ("photo", "frontal"):
+            raise ValueError(f"pose must be 'photo', 'frontal' or (yaw, pitch), not {pose!r}")
+        if not isinstance(pose, str):
+            check_angles(*pose)
+        edits = check_edits(edits or {})
+        photo = load_image(image, min_side=MIN_PHOTO_SIDE)
         face = self.align(photo, face_index)
         ws = self.invert(face)
-        edits = dict(edits or {})
         edited = self.edit(ws, edits, precise=precise, hold=hold) if edits or hold else ws.clone()
         if isinstance(pose, str):
-            if pose not in ("photo", "frontal"):
-                raise ValueError(f"pose must be 'photo', 'frontal' or (yaw, pitch), not {pose!r}")
             pose = face.estimate_pose() if pose == "photo" else (0.0, 0.0)
         yaw, pitch = (float(v) for v in pose)
         return EditResult(

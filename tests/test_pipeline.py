@@ -107,7 +107,7 @@ def test_views_grid_turntable_and_mesh(editor, result, tmp_path):
     reader = imageio_ffmpeg.read_frames(str(video))
     assert next(reader)["size"] == (256, 128)  # photo | edit, two 128 px panels
 
-    mesh = editor.mesh(ws, tmp_path / "head.glb", resolution=32)
+    mesh = editor.mesh(ws, tmp_path / "head.glb", resolution=64)
     assert (tmp_path / "head.glb").read_bytes()[:4] == b"glTF"
     loaded = trimesh.load(tmp_path / "head.glb", force="mesh")
     assert len(loaded.faces) == len(mesh.faces) > 0
@@ -125,7 +125,7 @@ def test_renders_of_one_code_share_its_triplanes(editor, result, monkeypatch):
     editor.renderer.clear()
     editor.render(result.ws, 0.2, 0.0)
     editor.grid(result.ws, yaws=(0.1,), pitches=(0.0,))
-    editor.mesh(result.ws, resolution=16)
+    editor.mesh(result.ws, resolution=64)
     assert len(calls) == 1
     editor.depth(result.edited_ws)
     assert len(calls) == 2
