@@ -40,8 +40,6 @@ from .validation import (
     MIN_PHOTO_SIDE,
     check_angles,
     check_edits,
-    check_fps,
-    check_frames,
     check_mesh_resolution,
 )
 from .weights.bundle import read_bundle_config
@@ -260,7 +258,6 @@ class Editor:
         """
         from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
 
-        frames, fps = check_frames(frames), check_fps(fps)
         kwargs.setdefault("deterministic", self.deterministic)
         with torch.inference_mode():
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
