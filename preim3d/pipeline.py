@@ -11,6 +11,7 @@
     editor.turntable(ws_edit, "turntable.mp4")
     editor.mesh(ws_edit, "head.glb")
     editor.save_latent(ws_edit, "me.npz")
+    editor.save_pretrained("my-bundle")                    # Editor.from_pretrained("my-bundle") loads it
 
 Codes returned to the caller are float32 CPU tensors (small, and usable with autograd); the
 networks run on `editor.device`. Renders of one code share its tri-planes through the renderer's
@@ -43,12 +44,19 @@ from .validation import (
     check_mesh_resolution,
 )
 from .weights.bundle import read_bundle_config
-from .weights.encoder import load_encoder, load_latent_avg, read_official_checkpoint
-from .weights.generator import load_generator
+from .weights.checks import check_latent_avg
+from .weights.encoder import (
+    OFFICIAL_LICENCE,
+    encoder_from_official,
+    load_encoder,
+    load_latent_avg,
+    save_encoder,
+    save_latent_avg,
+)
+from .weights.generator import EG3D_LICENCE, load_generator, save_generator
 from .weights.resolve import WeightsLocation, resolve_weights
 
 LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
-LATENT_AVG_TOLERANCE = 1e-3  # max abs difference, as preim3d.weights.encoder.convert_encoder allows
 
 
 def default_device() -> torch.device:
@@ -82,7 +90,10 @@ class Editor:
     """Generator, encoder, latent average and directions on one device, with a caching renderer.
 
     Build it with `from_pretrained` (bundle folder, Hub repo id, folder of official files, or the
-    default weights), `from_bundle`, `from_official`, or directly from loaded networks.
+    default weights), `from_bundle`, `from_official`, or directly from loaded networks; write it
+    as a bundle with `save_pretrained`. `provenance` and `licences` map component names
+    ("generator", "encoder", "latent_avg") to where the weights came from and their terms; the
+    loaders fill them and `save_pretrained` writes them.
     precision="fast" runs the generator's backbone and super-resolution and the encoder in float16
     on CUDA (float32 elsewhere). deterministic=True renders with fixed depth samples instead of
     the official random ones, so renders repeat without seeding.
@@ -101,16 +112,22 @@ class Editor:
         batch_size: int = 8,
         cache_size: int = 4,
         source: str | None = None,
+        provenance: Mapping[str, dict] | None = None,
+        licences: Mapping[str, str] | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.generator = generator.to(self.device).eval().set_precision(precision)
         encoder = encoder.to(self.device).eval()
         self.encoder = encoder.fast() if precision == "fast" else encoder
+        # save_pretrained writes the encoder's own weights (the fast copy has its batch norms folded).
+        self._encoder_weights = encoder.cpu() if precision == "fast" else encoder
         self.latent_avg = latent_avg.to(self.device, torch.float32)
         self.directions = directions
         self.deterministic = deterministic
         self.renderer = TriPlaneRenderer(self.generator, batch_size=batch_size, cache_size=cache_size)
         self.source = source
+        self.provenance = {"generator": dict(getattr(generator, "source_info", {})), **(provenance or {})}
+        self.licences = dict(licences or {})
 
     # ------------------------------------------------------------------ construction
 
@@ -137,8 +154,11 @@ class Editor:
     def from_bundle(cls, folder, device=None, **kwargs) -> Editor:
         """Load a local bundle folder; its directions are optional (without them, `edit` is unavailable)."""
         device = torch.device(device) if device is not None else default_device()
-        has_directions = "directions" in read_bundle_config(folder)
+        sections = {k: v for k, v in read_bundle_config(folder).items() if isinstance(v, dict)}
+        has_directions = "directions" in sections
         kwargs.setdefault("source", str(folder))
+        kwargs.setdefault("provenance", {k: v.get("provenance", {}) for k, v in sections.items()})
+        kwargs.setdefault("licences", {k: v["licence"] for k, v in sections.items() if "licence" in v})
         return cls(
             load_generator(folder, device),
             load_encoder(folder, device),
@@ -160,28 +180,52 @@ class Editor:
         device = torch.device(device) if device is not None else default_device()
         G = load_generator(generator, device)
         latent_avg = compute_latent_avg(G, device=device)
-        stored = read_official_checkpoint(encoder)[2]
+        E, stored = encoder_from_official(encoder, device)
         if stored is not None:
-            diff = (
-                (stored.to(latent_avg) - latent_avg).abs().max().item()
-                if stored.shape == latent_avg.shape
-                else math.inf
-            )
-            if diff > LATENT_AVG_TOLERANCE:
-                raise WeightsError(
-                    f"The latent average of {Path(generator).name} differs from the one stored in "
-                    f"{Path(encoder).name} (max abs difference {diff:.3g}): use the generator the encoder "
-                    "was trained with (PREIM3D's eg3d_G_ema.pkl)."
-                )
+            check_latent_avg(latent_avg, stored, Path(generator).name, Path(encoder).name)
         kwargs.setdefault("source", f"official files {Path(generator).name}, {Path(encoder).name}")
+        kwargs.setdefault(
+            "provenance",
+            {
+                "encoder": {"source": Path(encoder).name, "format": "PREIM3D training checkpoint"},
+                "latent_avg": {"computed_from": Path(generator).name},
+            },
+        )
+        kwargs.setdefault("licences", {"generator": EG3D_LICENCE, "encoder": OFFICIAL_LICENCE})
         return cls(
             G,
-            load_encoder(encoder, device),
+            E,
             latent_avg,
             DirectionBank.from_dir(directions) if directions is not None else None,
             device=device,
             **kwargs,
         )
+
+    def save_pretrained(self, folder) -> Path:
+        """Write the weights as a bundle in `folder` (new or empty), which `Editor.from_pretrained`
+        loads back: generator, encoder, latent average and directions (if any), each with its
+        provenance and licence. Returns the folder."""
+        folder = Path(folder)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise ValueError(
+                f"save_pretrained writes a new bundle: {folder} exists and is not an empty folder."
+            )
+        save_generator(
+            self.generator,
+            folder,
+            self.provenance.get("generator"),
+            self.licences.get("generator", EG3D_LICENCE),
+        )
+        save_encoder(
+            self._encoder_weights,
+            folder,
+            provenance=self.provenance.get("encoder"),
+            licence=self.licences.get("encoder"),
+        )
+        save_latent_avg(self.latent_avg, folder, provenance=self.provenance.get("latent_avg"))
+        if self.directions is not None:
+            self.directions.save(folder)
+        return folder
 
     def __repr__(self) -> str:
         n = len(self.directions) if self.directions is not None else 0
