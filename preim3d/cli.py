@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import InvalidValueError, Preim3DError, WeightsError
+from .errors import InvalidValueError, Preim3DError, Preim3DWarning, WeightsError
 from .validation import (
     check_angles,
     check_fps,
     check_frames,
     check_mesh_resolution,
+    check_mesh_threshold,
     check_strength,
     face_index_from_number,
 )
@@ -483,6 +485,14 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
         help="density samples per side of the mesh: 64, 128, 256 (default) or 512",
     )
     parser.add_argument(
+        "--mesh-threshold",
+        type=_checked(check_mesh_threshold),
+        default="auto",
+        metavar="SIGMA",
+        help="density level of the mesh's surface: a number, or 'auto' (default): the official 10, or "
+        "the middle of the density's range where it never reaches 10, with a warning",
+    )
+    parser.add_argument(
         "--allow-slow",
         action="store_true",
         help="allow a 512 mesh on a CPU (it takes minutes there)",
@@ -640,7 +650,11 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
         write(
             name,
             lambda path: editor.mesh(
-                result.edited_ws, path, resolution=args.mesh_resolution, allow_slow=args.allow_slow
+                result.edited_ws,
+                path,
+                resolution=args.mesh_resolution,
+                threshold=args.mesh_threshold,
+                allow_slow=args.allow_slow,
             ),
         )
     return written, result.pose
@@ -890,7 +904,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        with warnings.catch_warnings():  # restores the usual display afterwards
+            warnings.showwarning = _warning_display(args.command, warnings.showwarning)
+            return args.run(args)
     except Preim3DError as exc:
         print(f"preim3d {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _warning_display(command: str, usual):
+    """Show preim3d's own warnings as one line like its errors; others as Python shows them."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Preim3DWarning):
+            print(f"preim3d {command}: warning: {message}", file=sys.stderr)
+        else:
+            usual(message, category, filename, lineno, file, line)
+
+    return show

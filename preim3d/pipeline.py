@@ -311,8 +311,9 @@ class Editor:
         also written to `path` (.glb, .ply, .obj) if given.
 
         resolution: density samples per side, 64, 128, 256 or 512; 512 on a CPU only with
-        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`
-        (threshold, trim, progress).
+        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`:
+        threshold ("auto", the default: the official level 10, or one from the density with a
+        MeshLevelWarning where it never gets there; or a density σ), trim, progress.
         """
         from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 
