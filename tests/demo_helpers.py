@@ -97,9 +97,9 @@ def bad_files(folder: Path) -> dict[str, Path]:
 
 
 BAD_INPUT_MESSAGES = {
-    "text": "is not an image that can be read",
-    "text named .png": "is not an image that can be read",
+    "text": "is not an image format PIL can read",
+    "text named .png": "is not an image format PIL can read",
     "no face": "No face was found in this photo",
     "over 100 MP": "10500x10000 = 105,000,000 pixels, more than the limit",
-    "decompression bomb": "is too large to open safely",
+    "decompression bomb": "is too large to decode safely",
 }

@@ -25,7 +25,7 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from PIL import Image
 
-from demo.handlers import Handlers, slider_attributes
+from demo.handlers import Handlers, slider_groups
 from demo.ui import EXAMPLES
 from preim3d.align import align_face, detect_faces
 from preim3d.pipeline import Editor, load_latent
@@ -53,8 +53,8 @@ def client(editor):
 
 @pytest.fixture(scope="module")
 def astronaut(editor, astronaut_png):
-    """The photo's aligned face, its code and its pose, computed here without the demo."""
-    face = align_face(astronaut_png)
+    """The photo's first detected face aligned, its code and its pose, computed here without the demo."""
+    face = align_face(astronaut_png, detect_faces(astronaut_png)[0])
     return face, editor.invert(face), face.estimate_pose()
 
 
@@ -86,19 +86,19 @@ def test_align_returns_the_crop_and_the_faces(client, astronaut, astronaut_png):
     crop, info = client.predict(photo=handle_file(astronaut_png), api_name="/align")
     face, _, (yaw, pitch) = astronaut
     assert Image.open(crop).size == (512, 512)
-    assert np.array_equal(pixels(crop), pixels(face.image))
-    assert info["faces"] == 1 and info["face"] == 0
+    assert np.array_equal(pixels(crop), pixels(face.image))  # the face listed first is the face aligned
+    assert info["faces"] == 1 and info["face"] == 1  # faces are numbered from 1, as on the page
     assert info["boxes"] == [pytest.approx(f.box, abs=0.1) for f in detect_faces(astronaut_png)]
     left, top, right, bottom = info["boxes"][0]
     assert left < (face.box[0] + face.box[2]) / 2 < right and top < (face.box[1] + face.box[3]) / 2 < bottom
     assert (info["yaw"], info["pitch"]) == pytest.approx((math.degrees(yaw), math.degrees(pitch)))
 
     first, info = client.predict(photo=handle_file(TWO_FACES), api_name="/align")
-    second, info_second = client.predict(photo=handle_file(TWO_FACES), face=1, api_name="/align")
-    assert info["faces"] == info_second["faces"] == 2 and info_second["face"] == 1
+    second, info_second = client.predict(photo=handle_file(TWO_FACES), face=2, api_name="/align")
+    assert info["faces"] == info_second["faces"] == 2 and (info["face"], info_second["face"]) == (1, 2)
     assert np.abs(pixels(first) - pixels(second)).mean() > 5  # the mirrored, smaller copy
-    with pytest.raises(AppError, match="There is no face 2: 2 found"):
-        client.predict(photo=handle_file(TWO_FACES), face=2, api_name="/align")
+    faces = detect_faces(TWO_FACES)
+    assert np.array_equal(pixels(second), pixels(align_face(TWO_FACES, faces[1]).image))
 
 
 def test_edit_from_a_photo_renders_the_edit_from_the_photos_view(client, editor, astronaut, astronaut_png):
@@ -173,6 +173,59 @@ def test_bad_input_gets_a_readable_message(client, tmp_path, astronaut_png):
         client.predict(latent=handle_file(tmp_path / "ws.npz"), api_name="/edit")
 
 
+def test_bad_values_get_a_message_and_the_server_stays_up(client, editor, astronaut, astronaut_png, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (3, 2), (200, 180, 150)).save(tiny)  # dlib fails on such images: refused before it
+    photo = handle_file(astronaut_png)
+    refused = {
+        "only 3x2 pixels": dict(photo=handle_file(tiny), api_name="/edit"),
+        "frames must be a whole number from 1 to 480, not 0": dict(
+            photo=photo, frames=0, api_name="/turntable"
+        ),
+        "The strength of 'smile' must be between -10 and 10": dict(
+            photo=photo, edits={"smile": 1e9}, api_name="/edit"
+        ),
+        "yaw must be between -46 and 46 degrees": dict(photo=photo, yaw=1e9, api_name="/edit"),
+        "pitch must be between -34 and 34 degrees": dict(photo=photo, pitch=-90, api_name="/edit"),
+        "There is no face 2: 1 found, numbered 1": dict(photo=photo, face=2, api_name="/align"),
+        "There is no face 0": dict(photo=photo, face=0, api_name="/edit"),
+        "resolution must be one of 64, 128, 256, 512": dict(photo=photo, resolution=100, api_name="/mesh"),
+    }
+    for message, request in refused.items():
+        with pytest.raises(AppError, match=message):
+            client.predict(**request)
+    _, ws, pose = astronaut  # and the next request is answered as usual
+    image = client.predict(photo=photo, edits={"smile": 10}, yaw=46, api_name="/edit")
+    expected = editor.render(editor.edit(ws, {"smile": 10}), math.radians(46), pose[1])
+    assert np.array_equal(pixels(image), pixels(expected))
+
+
+def test_an_unexpected_error_is_shown_and_logged_with_its_traceback(
+    editor, astronaut_png, monkeypatch, caplog
+):
+    handlers = Handlers(editor)
+    monkeypatch.setattr(editor, "invert", lambda face: 1 / 0)
+    with pytest.raises(gr.Error, match=r"Something went wrong on the server \(ZeroDivisionError"):
+        handlers.api_invert(str(astronaut_png))
+    (record,) = [r for r in caplog.records if r.name == "demo"]
+    assert "api_invert failed" in record.message and record.exc_info[0] is ZeroDivisionError
+
+
+def test_an_edit_is_answered_while_a_turntable_renders(editor, astronaut_png):
+    with serving(editor) as (url, demo):
+        lanes = {fn.api_name: fn.concurrency_id for fn in demo.fns.values()}
+        assert lanes["turntable"] == lanes["mesh"] == "long" and lanes["edit"] == lanes["align"] == "gpu"
+        client = client_for(url)
+        code = handle_file(client.predict(photo=handle_file(astronaut_png), api_name="/invert"))
+        video = client.submit(latent=code, frames=24, api_name="/turntable")
+        while video.status().code.name not in ("PROCESSING", "PROGRESS"):  # the video is being made
+            assert not video.done()
+            time.sleep(0.05)
+        client.predict(latent=code, edits={"smile": 3}, yaw=10, api_name="/edit")
+        assert not video.done()  # the edit did not wait for the video
+        assert Path(video.result(timeout=600)).suffix == ".mp4"
+
+
 def test_twenty_requests_at_once_are_all_answered(client, editor, astronaut_png):
     code = client.predict(photo=handle_file(astronaut_png), api_name="/invert")
     yaws = list(range(-38, 40, 4))
@@ -210,7 +263,9 @@ def test_the_queue_is_bounded(editor, astronaut_png):
 
 @pytest.fixture
 def handlers(editor):
-    return Handlers(editor, examples=EXAMPLES)
+    h = Handlers(editor, examples=EXAMPLES)
+    h.attributes = [a for names in slider_groups(editor).values() for a, _ in names]  # as the page lays out
+    return h
 
 
 def load(handlers, path, face=0, strengths=None, **controls):
@@ -221,8 +276,11 @@ def load(handlers, path, face=0, strengths=None, **controls):
     return outputs, state, edited
 
 
-def edit(handlers, state, strengths=None, yaw=0.0, pitch=0.0, precise=False, hold=()):
-    values = [(strengths or {}).get(name, 0) for name in handlers.attributes]
+def edit(handlers, state, strengths=None, yaw=0, pitch=0, precise=False, hold=()):
+    """The sliders at `strengths` ({attribute or friendly name: value}), then the page's edit event."""
+    bank = handlers.editor.directions
+    by_attribute = {bank.resolve(name)[0]: value for name, value in (strengths or {}).items()}
+    values = [by_attribute.get(name, 0) for name in handlers.attributes]
     return handlers.apply_edits(state, yaw, pitch, precise, list(hold), *values)
 
 
@@ -231,12 +289,12 @@ def test_upload_shows_crop_reconstruction_and_the_photos_view(handlers, editor, 
     (state, crop, reconstruction, faces, choice, yaw, pitch, status), _, _ = load(handlers, astronaut_png)
     assert np.array_equal(pixels(crop), pixels(face.image))
     assert np.array_equal(pixels(reconstruction), pixels(editor.render(ws, *pose)))
-    assert (yaw, pitch) == pytest.approx(tuple(math.degrees(v) for v in pose), abs=0.06)
-    assert "yaw" in status and not faces["visible"] and not choice["visible"]  # one face: no choice shown
+    assert (yaw, pitch) == tuple(round(math.degrees(v)) for v in pose)  # whole degrees, as the sliders step
+    assert f"yaw {yaw}°" in status and not faces["visible"] and not choice["visible"]  # one face: no choice
 
-    _, _, _, faces, choice, *_ = handlers.load_photo(str(TWO_FACES), 1)
-    assert faces["visible"] and choice["visible"] and choice["value"] == 1
-    assert [value for _, value in choice["choices"]] == [0, 1]
+    _, _, _, faces, choice, *_, status = handlers.load_photo(str(TWO_FACES), 2)
+    assert faces["visible"] and choice["visible"] and choice["value"] == 2 and "editing face 2" in status
+    assert choice["choices"] == [("Face 1", 1), ("Face 2", 2)]
     assert faces["value"].size == (768, 439)  # the 896 x 512 photo with the faces boxed, at most 768 px
 
 
@@ -289,10 +347,15 @@ def test_precise_hold_reset_and_paste(handlers, editor, astronaut, astronaut_png
     assert precise.edits == {"Male": 4.0} and precise.hold == ("Wearing_Lipstick",)
     with pytest.raises(gr.Error, match="cannot be both edited and held"):
         edit(handlers, precise, {"Male": 4}, hold=["female"])
+    # the hold list offers the names the sliders show, and they work as held attributes
+    _, lipstick_held, _ = load(
+        handlers, astronaut_png, strengths={"Male": 4}, precise=True, hold=["lipstick"]
+    )
+    torch.testing.assert_close(lipstick_held.edited, precise.edited)
 
     *zeros, precise_off, hold, yaw, pitch = handlers.reset(precise)
     assert zeros == [0] * len(handlers.attributes) and precise_off is False and hold == []
-    assert (yaw, pitch) == pytest.approx(tuple(math.degrees(v) for v in pose), abs=0.06)
+    assert (yaw, pitch) == tuple(round(math.degrees(v)) for v in pose)
 
     pasted = handlers.pasted(plain)
     photo = Image.open(astronaut_png)
@@ -327,22 +390,32 @@ def test_grid_depth_video_mesh_and_latent_round_trip(handlers, editor, astronaut
     assert handlers.apply_edits(None, 0, 0, False, [], *[1] * len(handlers.attributes)) == (None, None)
 
 
-def test_every_direction_gets_one_slider(editor):
-    quick, more = slider_attributes(editor)
-    assert [name for name, _ in quick] == ["smile", "age", "glasses", "beard", "Male", "lipstick"]
-    assert more == []  # the tiny bank's six directions all have quick sliders
-    bank = editor.directions
+def test_every_direction_gets_one_slider_in_its_group(editor):
+    groups = slider_groups(editor)
+    assert groups == {  # the tiny bank's six directions are the main sliders, with readable labels
+        "Main": [
+            ("Smiling", "Smile"),
+            ("Young", "Age (older →)"),
+            ("Eyeglasses", "Glasses"),
+            ("No_Beard", "Beard"),
+            ("Male", "Male (← female)"),
+            ("Wearing_Lipstick", "Lipstick"),
+        ]
+    }
     extra = {
         name: torch.randn(14, 512, generator=torch.Generator().manual_seed(i))
-        for i, name in enumerate(["Bangs", "Wavy_Hair", "Gray_Hair"])
+        for i, name in enumerate(["Bangs", "Wavy_Hair", "Rosy_Cheeks", "Has_Freckles"])
     }
-    wide = Editor(
-        editor.generator, editor.encoder, editor.latent_avg, bank.with_directions(extra), device="cpu"
-    )
-    quick, more = slider_attributes(wide)
-    assert more == [("Bangs", "Bangs"), ("Wavy_Hair", "Wavy Hair"), ("Gray_Hair", "Gray Hair")]
-    covered = [wide.directions.resolve(name)[0] for name, _ in quick + more]
-    assert sorted(covered) == sorted(wide.directions.names)
+    bank = editor.directions.with_directions(extra)
+    wide = Editor(editor.generator, editor.encoder, editor.latent_avg, bank, device="cpu")
+    groups = slider_groups(wide)
+    assert groups["Hair"] == [("Bangs", "Bangs"), ("Wavy_Hair", "Wavy hair")]
+    assert groups["Makeup and accessories"] == [("Rosy_Cheeks", "Rosy cheeks")]
+    assert groups["Other"] == [("Has_Freckles", "Has freckles")]  # a direction fitted by the user
+    covered = [name for members in groups.values() for name, _ in members]
+    assert sorted(covered) == sorted(bank.names)
+    # without weights, the official attributes are laid out, ready to be enabled after a download
+    assert sum(len(m) for m in slider_groups(None).values()) == 39
 
 
 def test_all_network_work_is_wrapped_for_zerogpu(editor, monkeypatch):
