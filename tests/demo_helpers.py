@@ -4,9 +4,14 @@ the demo served in-process on 127.0.0.1, bad input files."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
+import time
+import urllib.request
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,3 +108,46 @@ BAD_INPUT_MESSAGES = {
     "over 100 MP": "10500x10000 = 105,000,000 pixels, more than the limit",
     "decompression bomb": "is too large to decode safely",
 }
+
+
+def start_app(
+    folder: Path, tmp_path: Path, python=sys.executable, **env_vars
+) -> tuple[subprocess.Popen, dict]:
+    """`python app.py` in `folder` as a user starts it, with no weights but those given in env_vars;
+    returns the process and the page's config once it answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREIM3D_WEIGHTS"}
+    env.update(
+        PREIM3D_HOME=str(tmp_path / "home"),
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        PYTHONUNBUFFERED="1",
+        **env_vars,
+    )
+    process = subprocess.Popen(
+        [str(python), "app.py"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
+                config = json.loads(response.read())
+                config["url"] = f"http://127.0.0.1:{port}/"
+                return process, config
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"app.py did not start:\n{process.communicate()[0]}") from None
+            time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> str:
+    """Stop an app started by `start_app`; returns what it printed."""
+    process.terminate()
+    return process.communicate(timeout=30)[0]

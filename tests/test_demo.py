@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import gradio as gr
@@ -19,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from demo_helpers import BAD_INPUT_MESSAGES, bad_files, client_for, free_port, loopback_only, serving
+from demo_helpers import BAD_INPUT_MESSAGES, bad_files, client_for, loopback_only, serving, start_app, stop
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
@@ -467,50 +463,15 @@ def test_without_weights_the_page_explains_and_is_disabled(tmp_path):
         Handlers(None, "No preim3d weights found ... run `preim3d download`").api_edit(photo=str(EXAMPLES[0]))
 
 
-def start_app(tmp_path, **env_vars) -> tuple[subprocess.Popen, str]:
-    """`python app.py` as a user starts it; returns the process and the page's config once it answers."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREIM3D_WEIGHTS"}
-    env.update(
-        PREIM3D_HOME=str(tmp_path / "home"),
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        PYTHONUNBUFFERED="1",
-        **env_vars,
-    )
-    process = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
-                return process, json.loads(response.read())
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"app.py did not start:\n{process.communicate()[0]}") from None
-            time.sleep(0.5)
-
-
-def stop(process: subprocess.Popen) -> str:
-    process.terminate()
-    return process.communicate(timeout=30)[0]
-
-
 def by_id(config, elem_id):
     return next((c for c in config["components"] if c["props"].get("elem_id") == elem_id), None)
 
 
 def test_app_py_starts_without_weights(tmp_path):
-    process, config = start_app(tmp_path)
+    process, config = start_app(ROOT, tmp_path)
     output = stop(process)
+    # the terminal says that no weights were found, and how to get them
+    assert "no weights loaded" in output and "preim3d download" in output and "Download button" in output
     banner = by_id(config, "weights-missing")["props"]["value"]
     assert "preim3d download" in banner and str(tmp_path / "home" / "weights") in banner
     assert by_id(config, "photo")["props"]["interactive"] is False
@@ -518,8 +479,9 @@ def test_app_py_starts_without_weights(tmp_path):
 
 
 def test_app_py_reads_the_weights_from_preim3d_weights(tmp_path, tiny_bundle):
-    process, config = start_app(tmp_path, PREIM3D_WEIGHTS=str(tiny_bundle))
+    process, config = start_app(ROOT, tmp_path, PREIM3D_WEIGHTS=str(tiny_bundle))
     output = stop(process)
+    assert f"serving Editor(device=cpu, image 128px, 6 directions, source='{tiny_bundle}" in output
     assert by_id(config, "weights-missing") is None
     assert by_id(config, "photo")["props"]["interactive"] is True
     assert by_id(config, "edit-smile") is not None
