@@ -50,6 +50,17 @@ from preim3d import (
     save_latent,
 )
 from preim3d.editing import ATTRIBUTE_GROUPS, attribute_label, friendly_name
+from preim3d.validation import (
+    CPU_MESH_RESOLUTION,
+    MESH_RESOLUTIONS,
+    MIN_PHOTO_SIDE,
+    check_angles,
+    check_edits,
+    check_face_index,
+    check_frames,
+    check_mesh_resolution,
+    face_index_from_number,
+)
 
 if TYPE_CHECKING:
     from preim3d.align import FaceDetection
@@ -58,21 +69,19 @@ log = logging.getLogger("demo")
 
 # The sliders most people reach for first, shown above the grouped ones; a bank without one skips it.
 QUICK_EDITS = ("Smiling", "Young", "Eyeglasses", "No_Beard", "Male", "Wearing_Lipstick")
-STRENGTH_LIMIT = 10.0  # the official web demo's attribute sliders span -10 ... 10
-# Camera ranges of the official web demo, 0.8 and 0.6 rad, in the whole degrees the sliders show.
+# The sliders' camera range: the official web demo's 0.8 and 0.6 rad, where the model knows the views,
+# in whole degrees. (The HTTP API takes any angle `preim3d.validation` allows.)
 YAW_LIMIT = round(math.degrees(0.8))
 PITCH_LIMIT = round(math.degrees(0.6))
 VIDEO_FPS = 30
 DEFAULT_FRAMES = 120
-MAX_FRAMES = 480
-MESH_RESOLUTIONS = (64, 128, 256, 512)
+MAX_FRAMES = 480  # the page's and the API's limit: 16 s of video, under `preim3d.validation`'s
 OUTPUT_MAX_AGE = 3600  # seconds a written video, mesh or latent file is kept (gradio serves its own copy)
 PROGRESS = gr.Progress()  # as a default it marks the progress argument; updates reach the calling event
 NO_FACE = (
     "No face was found in this photo. Use a photo where one face looks roughly toward the camera, "
     "is not hidden, and is at least 64 pixels wide."
 )
-MIN_PHOTO_SIDE = 64  # px: a smaller photo cannot hold a face the aligner accepts (and upsets dlib)
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: gradio may hash state values
@@ -136,42 +145,26 @@ def handled(fn: Callable) -> Callable:
 
 
 def face_index(number, count: int) -> int:
-    """A face number as users count (1 = the first face listed) -> the library's 0-based index."""
-    number = 1 if number is None else number
-    if isinstance(number, bool) or not float(number).is_integer():
-        raise ValueError(f"face must be a whole number from 1 to {count}, not {number!r}.")
-    if not 1 <= int(number) <= count:
-        found = "1 found, numbered 1" if count == 1 else f"{count} found, numbered 1 to {count}"
-        raise ValueError(f"There is no face {int(number)}: {found}.")
-    return int(number) - 1
+    """A face number as users count (1 = the first face listed; None: 1) -> the library's 0-based index."""
+    return check_face_index(face_index_from_number(1 if number is None else number), count)
 
 
-def check_angle(value, name: str, limit: float) -> float:
-    """A yaw or pitch in degrees, finite and within ±limit."""
-    value = float(value)
-    if not -limit <= value <= limit:  # also refuses nan
-        raise ValueError(f"{name} must be between {-limit:g} and {limit:g} degrees, not {value:g}.")
-    return value
+def check_view(yaw, pitch) -> tuple[float, float]:
+    """Yaw and pitch in degrees, as the page and the API take them, checked as the library checks radians."""
+
+    def radians(value):
+        try:
+            return value if isinstance(value, bool) else math.radians(float(value))
+        except (TypeError, ValueError, OverflowError):
+            return value  # not a number: check_angles says so
+
+    check_angles(radians(yaw), radians(pitch))
+    return float(yaw), float(pitch)
 
 
-def check_frames(frames) -> int:
-    """A turntable's frame count: a whole number from 1 to MAX_FRAMES; None means the default."""
-    if frames is None:
-        return DEFAULT_FRAMES
-    if isinstance(frames, bool) or not float(frames).is_integer() or not 1 <= frames <= MAX_FRAMES:
-        raise ValueError(f"frames must be a whole number from 1 to {MAX_FRAMES}, not {frames!r}.")
-    return int(frames)
-
-
-def check_strengths(edits: dict[str, float]) -> dict[str, float]:
-    """Edit strengths finite and within ±STRENGTH_LIMIT, as the page's sliders are."""
-    for name, strength in edits.items():
-        if not -STRENGTH_LIMIT <= strength <= STRENGTH_LIMIT:
-            raise ValueError(
-                f"The strength of {name!r} must be between {-STRENGTH_LIMIT:g} and {STRENGTH_LIMIT:g}, "
-                f"not {strength:g}."
-            )
-    return edits
+def mesh_resolutions(device) -> list[int]:
+    """The mesh resolutions the page offers on `device`: a CPU takes minutes for the finest."""
+    return [r for r in MESH_RESOLUTIONS if device.type != "cpu" or r <= CPU_MESH_RESOLUTION]
 
 
 def parse_edits(edits) -> dict[str, float]:
@@ -187,10 +180,7 @@ def parse_edits(edits) -> dict[str, float]:
         raise ValueError(
             f'edits must be an object such as {{"smile": 2, "age": -1}}, not {type(edits).__name__}.'
         )
-    try:
-        return check_strengths({str(name): float(strength) for name, strength in edits.items()})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Each edit strength must be a number: {exc}") from exc
+    return check_edits(edits)
 
 
 def uploaded_path(payload) -> str | None:
@@ -206,16 +196,12 @@ def uploaded_path(payload) -> str | None:
 def read_photo(path) -> Image.Image:
     """The uploaded photo as RGB, big enough to hold a face; messages name the file the user chose."""
     try:
-        photo = load_image(path)
+        return load_image(path, min_side=MIN_PHOTO_SIDE)
     except InputImageError as exc:
-        message = str(exc).replace(f"the file {str(path)!r}", f"the photo {Path(path).name}")
+        message = str(exc)
+        for file in (f"the file {str(path)!r}", f"The file {str(path)!r}"):
+            message = message.replace(file, f"the photo {Path(path).name}")
         raise InputImageError(message[:1].upper() + message[1:]) from exc
-    if min(photo.size) < MIN_PHOTO_SIDE:
-        raise InputImageError(
-            f"The photo {Path(path).name} is only {photo.width}x{photo.height} pixels: a face needs at least "
-            f"{MIN_PHOTO_SIDE} pixels each way. Use a larger photo."
-        )
-    return photo
 
 
 # ---------------------------------------------------------------------------------- sliders
@@ -356,12 +342,12 @@ class Handlers:
     def _edit(self, ws, edits: dict[str, float], precise: bool, hold=()) -> torch.Tensor:
         if not edits and not hold:
             return ws.clone()
-        return self._editor().edit(ws, check_strengths(edits), precise=precise, hold=hold)
+        return self._editor().edit(ws, edits, precise=precise, hold=hold)
 
     def _render(self, ws, yaw: float, pitch: float) -> Image.Image:
-        """A view from (yaw, pitch) degrees; its time feeds the estimates of long jobs."""
+        """A view from (yaw, pitch) radians; its time feeds the estimates of long jobs."""
         start = time.perf_counter()
-        image = self._editor().render(ws, math.radians(yaw), math.radians(pitch))
+        image = self._editor().render(ws, yaw, pitch)
         self.pace.frames_done(time.perf_counter() - start, 1)
         return image
 
@@ -409,7 +395,7 @@ class Handlers:
             face=prepared.face,
         )
         yaw, pitch = degrees(prepared.pose)
-        reconstruction = self._render(prepared.ws, yaw, pitch)
+        reconstruction = self._render(prepared.ws, *prepared.pose)  # the photo's own camera, exactly
         several = len(prepared.faces) > 1
         status = f"Estimated view of the photo: yaw {yaw}°, pitch {pitch}°."
         if several:
@@ -457,7 +443,7 @@ class Handlers:
         """Slider values -> state with the edited code, edited view from (yaw, pitch) degrees."""
         if session is None:
             return None, None
-        edits = {name: float(s) for name, s in zip(self.attributes, strengths) if s}
+        edits = {friendly_name(name): float(s) for name, s in zip(self.attributes, strengths) if s}
         hold = tuple(hold or ())
         session = replace(
             session,
@@ -473,9 +459,7 @@ class Handlers:
         """The edited code from another camera; its tri-planes come from the renderer's cache."""
         if session is None:
             return None
-        return self._render(
-            session.edited, check_angle(yaw, "yaw", YAW_LIMIT), check_angle(pitch, "pitch", PITCH_LIMIT)
-        )
+        return self._render(session.edited, *map(math.radians, check_view(yaw, pitch)))
 
     def photo_view(self, session: Session | None):
         """(yaw, pitch) slider values of the photo's own camera."""
@@ -512,7 +496,7 @@ class Handlers:
     @handled
     def depth(self, session, yaw, pitch):
         session = self._need(session)
-        yaw, pitch = check_angle(yaw, "yaw", YAW_LIMIT), check_angle(pitch, "pitch", PITCH_LIMIT)
+        yaw, pitch = check_view(yaw, pitch)
         depth = self._editor().depth(session.edited, math.radians(yaw), math.radians(pitch))
         size = self._editor().generator.img_resolution  # the neural rendering resolution is small
         return depth.resize((size, size), Image.Resampling.BICUBIC)
@@ -525,7 +509,7 @@ class Handlers:
 
     def _turntable(self, ws, name: str, frames, progress, **kwargs) -> str:
         """The long lane's video; reports frames done and the time left."""
-        frames = check_frames(frames)
+        frames = check_frames(DEFAULT_FRAMES if frames is None else frames, MAX_FRAMES)
         path = self._output(name)
         start = time.perf_counter()
         progress((0, frames), desc=f"Rendering {frames} frames, {about(self.pace.turntable(frames))}")
@@ -541,11 +525,7 @@ class Handlers:
         return str(path)
 
     def _mesh(self, ws, name: str, resolution, progress) -> str:
-        if resolution is None or int(resolution) != resolution or int(resolution) not in MESH_RESOLUTIONS:
-            raise ValueError(
-                f"resolution must be one of {', '.join(map(str, MESH_RESOLUTIONS))}, not {resolution}."
-            )
-        resolution = int(resolution)
+        resolution = check_mesh_resolution(resolution, self._editor("long").device)
         path = self._output(name)
         start = time.perf_counter()
         progress((0, 1), desc=f"Sampling {resolution}³ points, {about(self.pace.mesh(resolution))}")
@@ -629,9 +609,10 @@ class Handlers:
     def api_edit(self, photo=None, latent=None, edits=None, yaw=None, pitch=None, precise=False, face=1):
         """Photo or latent + edits -> edited image from (yaw, pitch) degrees; None = the photo's own view."""
         edits = parse_edits(edits)
+        check_view(0 if yaw is None else yaw, 0 if pitch is None else pitch)  # before the work
         ws, pose = self._code(photo, latent, face)
-        yaw = math.degrees(pose[0]) if yaw is None else check_angle(yaw, "yaw", YAW_LIMIT)
-        pitch = math.degrees(pose[1]) if pitch is None else check_angle(pitch, "pitch", PITCH_LIMIT)
+        yaw = pose[0] if yaw is None else math.radians(float(yaw))
+        pitch = pose[1] if pitch is None else math.radians(float(pitch))
         return self._render(self._edit(ws, edits, bool(precise)), yaw, pitch)
 
     @handled
@@ -646,7 +627,8 @@ class Handlers:
         progress=PROGRESS,
     ):
         """Photo or latent + edits -> H.264 turntable video of `frames` frames at 30 fps."""
-        frames, edits = check_frames(frames), parse_edits(edits)
+        frames = check_frames(DEFAULT_FRAMES if frames is None else frames, MAX_FRAMES)
+        edits = parse_edits(edits)
         ws, _ = self._code(photo, latent, face)
         return self._turntable(self._edit(ws, edits, bool(precise)), "turntable.mp4", frames, progress)
 

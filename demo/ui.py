@@ -24,17 +24,17 @@ import gradio as gr
 
 from preim3d import default_device
 from preim3d.editing import friendly_name
+from preim3d.validation import STRENGTH_LIMIT
 
 from .handlers import (
     DEFAULT_FRAMES,
     MAX_FRAMES,
-    MESH_RESOLUTIONS,
     PITCH_LIMIT,
-    STRENGTH_LIMIT,
     VIDEO_FPS,
     YAW_LIMIT,
     Handlers,
     hold_choices,
+    mesh_resolutions,
     slider_groups,
 )
 from .weights import WeightsDownload, files_table, licence_text, load_editor
@@ -72,8 +72,9 @@ class Page:
     `controls` are disabled while no weights are loaded and enabled once they are.
     """
 
-    def __init__(self, ready: bool):
+    def __init__(self, ready: bool, device):
         self.ready = ready
+        self.device = device  # where the networks run: what the page offers depends on it
         self.controls: list[gr.components.Component] = []
         self.sliders: dict[str, gr.Slider] = {}
 
@@ -102,10 +103,8 @@ def build_demo(
     """
     editor, missing = load_editor(editor_or_source)
     h = Handlers(editor, missing, examples)
-    page = Page(ready=editor is not None)
-    live = (
-        (editor.device if editor is not None else default_device()).type == "cuda" if live is None else live
-    )
+    page = Page(ready=editor is not None, device=editor.device if editor is not None else default_device())
+    live = page.device.type == "cuda" if live is None else live
     with gr.Blocks(
         title="preim3d: 3D face editing", analytics_enabled=False, delete_cache=(3600, 3600)
     ) as demo:
@@ -329,7 +328,7 @@ def mesh_tab(page: Page, h: Handlers) -> None:
         with gr.Row():
             resolution = page.control(
                 gr.Radio(
-                    list(MESH_RESOLUTIONS),
+                    mesh_resolutions(page.device),
                     value=128,
                     interactive=page.ready,
                     label="Grid resolution (higher: finer and slower)",
