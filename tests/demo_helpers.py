@@ -47,11 +47,11 @@ def loopback_only():
 
 
 @contextmanager
-def serving(editor_or_source, **launch_kwargs):
+def serving(editor_or_source, build_kwargs=None, **launch_kwargs):
     """Yields (url, demo) of the demo launched on a free local port; closes it afterwards."""
     from demo import build_demo, launch
 
-    demo = build_demo(editor_or_source)
+    demo = build_demo(editor_or_source, **(build_kwargs or {}))
     _, url, _ = launch(
         demo,
         server_name="127.0.0.1",
@@ -151,3 +151,31 @@ def stop(process: subprocess.Popen) -> str:
     """Stop an app started by `start_app`; returns what it printed."""
     process.terminate()
     return process.communicate(timeout=30)[0]
+
+
+@contextmanager
+def weights_to_download(server, official_folder, home: Path):
+    """The tiny official files served where the Download button fetches them (PREIM3D_*_URL pointing at
+    `server`), `home` as PREIM3D_HOME, and no PREIM3D_WEIGHTS. Yields the table of files to fetch."""
+    from weights_server import fixture_table
+
+    from preim3d.weights import sources
+
+    table, bodies = fixture_table(official_folder)
+    for file in table:
+        server.serve(file, bodies[file.filename])
+    saved = {
+        key: os.environ.get(key)
+        for key in [*sources.BASE_URL_ENV.values(), "PREIM3D_HOME", "PREIM3D_WEIGHTS"]
+    }
+    os.environ.update({sources.BASE_URL_ENV[host]: url for host, url in server.base_urls.items()})
+    os.environ["PREIM3D_HOME"] = str(home)
+    os.environ.pop("PREIM3D_WEIGHTS", None)
+    try:
+        yield table
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

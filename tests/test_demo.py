@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from demo_helpers import BAD_INPUT_MESSAGES, bad_files, client_for, loopback_only, serving, start_app, stop
+from demo_helpers import (
+    BAD_INPUT_MESSAGES,
+    bad_files,
+    client_for,
+    loopback_only,
+    serving,
+    start_app,
+    stop,
+    weights_to_download,
+)
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
@@ -464,6 +473,32 @@ def test_without_weights_the_page_explains_and_is_disabled(tmp_path):
     assert sliders and not any(c["props"]["interactive"] for c in sliders)
     with pytest.raises(gr.Error, match="preim3d download"):
         Handlers(None, "No preim3d weights found ... run `preim3d download`").api_edit(photo=str(EXAMPLES[0]))
+
+
+def test_download_weights_endpoint_fetches_converts_and_serves(
+    server, tiny_official_files, tmp_path, astronaut_png
+):
+    with (
+        weights_to_download(server, tiny_official_files, tmp_path / "home") as table,
+        serving(tmp_path / "missing", build_kwargs={"weights_files": table}) as (url, _),
+    ):
+        client = client_for(url)
+        assert (
+            "/download_weights" in client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        )
+        with pytest.raises(AppError, match="no weights are loaded|No preim3d weights|does not exist"):
+            client.predict(photo=handle_file(astronaut_png), api_name="/edit")
+        with pytest.raises(AppError, match="Tick the box to accept the licences"):
+            client.predict(accept_licences=False, api_name="/download_weights")
+        assert server.requests == []  # nothing fetched before the licences were accepted
+        status = client.predict(accept_licences=True, api_name="/download_weights")
+        assert "Downloaded and loaded" in status and str(tmp_path / "home" / "weights") in status
+        assert len(server.requests) == len(table)  # each file once, from the PREIM3D_*_URL mirrors
+        image = client.predict(photo=handle_file(astronaut_png), edits={"smile": 2}, api_name="/edit")
+        assert Image.open(image).size == (128, 128)  # served without a restart
+        with pytest.raises(AppError, match="already loaded"):
+            client.predict(accept_licences=True, api_name="/download_weights")
+    assert sorted(p.name for p in (tmp_path / "home" / "weights").iterdir())[0] == "config.json"
 
 
 def by_id(config, elem_id):
