@@ -202,13 +202,15 @@ def _attribute_section(page: Page, h: Handlers, editor) -> None:
     groups = slider_groups(editor)
     main, others = groups.get("Main", []), {g: a for g, a in groups.items() if g != "Main"}
     _sliders(page, main, columns=3)
+    page.more, page.groups = None, {}
     if others:
         count = sum(len(a) for a in others.values())
-        with gr.Accordion(f"More attributes ({count}, by group)", open=False, elem_id="more-attributes"):
+        with gr.Accordion(more_label(count), open=False, elem_id="more-attributes") as page.more:
             with gr.Tabs():
                 for group, attributes in others.items():
-                    with gr.Tab(group):
+                    with gr.Tab(group) as tab:
                         _sliders(page, attributes, columns=3)
+                    page.groups[tab] = [name for name, _ in attributes]
     h.attributes = list(page.sliders)  # the order the handlers read the slider values in
     page.precise = page.control(
         gr.Checkbox(
@@ -229,6 +231,10 @@ def _attribute_section(page: Page, h: Handlers, editor) -> None:
         )
     )
     page.reset = page.control(gr.Button("Reset edits and view", interactive=page.ready, elem_id="reset"))
+
+
+def more_label(count: int) -> str:
+    return f"More attributes ({count}, by group)"
 
 
 def _sliders(page: Page, attributes: list[tuple[str, str]], columns: int) -> None:
@@ -475,9 +481,16 @@ def _wire_download(page: Page, h: Handlers, download: WeightsDownload) -> None:
         updates[page.hold] = gr.update(interactive=True, choices=hold_choices(h.editor))
         updates[page.weights_panel] = gr.update(visible=False)
         updates[page.examples] = gr.update(visible=True)
+        # the downloaded bank may lack some attributes: hide the groups left empty
+        shown = {tab: [name for name in names if name in visible] for tab, names in page.groups.items()}
+        updates |= {tab: gr.update(visible=bool(names)) for tab, names in shown.items()}
+        if page.more is not None:
+            count = sum(len(names) for names in shown.values())
+            updates[page.more] = gr.update(visible=bool(count), label=more_label(count))
         return updates
 
-    targets = [*page.controls, page.weights_panel, page.examples]
+    targets = [*page.controls, page.weights_panel, page.examples, *page.groups]
+    targets += [page.more] if page.more is not None else []
     page.download_button.click(
         download.download, [page.accept], [page.download_status], concurrency_id="weights", **PAGE
     ).success(enable, None, targets, queue=False, **PAGE)

@@ -426,6 +426,21 @@ def test_every_direction_gets_one_slider_in_its_group(editor):
     assert sum(len(m) for m in slider_groups(None).values()) == 39
 
 
+def test_on_a_gpu_the_view_follows_a_dragged_slider_without_piling_up(editor):
+    from demo import build_demo
+
+    for live, moved in ((True, "input"), (False, "release")):  # live is the default on CUDA only
+        demo = build_demo(editor, live=live)
+        ids = {c["props"].get("elem_id"): c["id"] for c in demo.get_config_file()["components"]}
+        for handler, slider in (("apply_edits", "edit-smile"), ("render_view", "yaw")):
+            (fn,) = [f for f in demo.fns.values() if f.name == handler and (ids[slider], moved) in f.targets]
+            # the latest value wins; one render at a time in the short lane, beside the long jobs
+            assert (
+                fn.trigger_mode == "always_last" and fn.concurrency_id == "gpu" and fn.concurrency_limit == 1
+            )
+            assert fn.show_progress == ("hidden" if live else "minimal")
+
+
 def test_all_network_work_is_wrapped_for_zerogpu(editor, monkeypatch):
     import demo.ui
 
