@@ -22,8 +22,6 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _status_mb(key: str) -> float:
     """A memory line of /proc/self/status (VmRSS, VmHWM) in MB."""
@@ -37,18 +35,26 @@ def child(resolution: int, device: str, tiny: bool) -> dict:
     """Make one mesh and measure it (run in a fresh process)."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from eg3d_reference import FFHQ512, TINY, fill_random, inputs
-
     from preim3d import TriPlaneGenerator
     from preim3d.mesh import export_mesh, extract_mesh
+    from preim3d.testing import (
+        FFHQ512_GENERATOR_KWARGS,
+        FFHQ512_NEURAL_RESOLUTION,
+        TINY_GENERATOR_KWARGS,
+        TINY_NEURAL_RESOLUTION,
+        fill_random,
+        random_inputs,
+    )
 
-    kwargs, neural = TINY if tiny else FFHQ512
+    if tiny:
+        kwargs, neural = TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION
+    else:
+        kwargs, neural = FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION
     G = TriPlaneGenerator(**kwargs).eval().requires_grad_(False)
     fill_random(G, 11)
     G.neural_rendering_resolution = neural
     G = G.to(device)
-    z, c = inputs(1, G.z_dim, 3)
+    z, c = random_inputs(1, G.z_dim, 3)
     with torch.no_grad():
         ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
         planes = G.synthesize_planes(ws)
