@@ -23,7 +23,7 @@ _PUBLIC = {
     "EditResult": "preim3d.pipeline",
     "save_latent": "preim3d.pipeline",
     "load_latent": "preim3d.pipeline",
-    "default_device": "preim3d.pipeline",
+    "default_device": "preim3d.distributed",
     "resolve_weights": "preim3d.weights.resolve",
     "download_official": "preim3d.weights.download",
     "convert_official": "preim3d.weights.convert",

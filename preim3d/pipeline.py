@@ -31,6 +31,7 @@ from PIL import Image
 
 from .align import AlignedFace, align_face, paste_back
 from .cameras import camera_vector
+from .distributed import default_device
 from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
 from .errors import LatentFileError, WeightsError
 from .images import load_image
@@ -43,15 +44,6 @@ from .weights.resolve import WeightsLocation, resolve_weights
 
 LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
 LATENT_AVG_TOLERANCE = 1e-3  # max abs difference, as preim3d.weights.encoder.convert_encoder allows
-
-
-def default_device() -> torch.device:
-    """CUDA if available, then Apple's MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
