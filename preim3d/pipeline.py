@@ -36,7 +36,7 @@ from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
 from .errors import LatentFileError, WeightsError
 from .images import load_image
 from .inversion import compute_latent_avg, invert
-from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, render_turntable, to_uint8
+from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
 from .weights.bundle import read_bundle_config
 from .weights.encoder import load_encoder, load_latent_avg, read_official_checkpoint
 from .weights.generator import load_generator
@@ -241,11 +241,13 @@ class Editor:
             return multiview_grid(self.renderer, _one(ws), yaws, pitches, deterministic=self.deterministic)
 
     def turntable(self, ws, path, frames: int = 120, fps: float = 60, **kwargs) -> Path:
-        """An mp4 of the code on the official turntable path (see `preim3d.rendering.render_turntable`).
+        """An mp4 of the code on the official turntable path (see `preim3d.turntable.render_turntable`).
 
         Keywords: size, depth (add a depth panel), side_by_side (photos or codes shown beside it),
         cameras (another path), progress.
         """
+        from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
+
         kwargs.setdefault("deterministic", self.deterministic)
         with torch.inference_mode():
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
@@ -254,12 +256,15 @@ class Editor:
         """The head's surface as a coloured trimesh.Trimesh,
         also written to `path` (.glb, .ply, .obj) if given.
 
-        Keywords go to `preim3d.rendering.extract_mesh` (threshold, trim, progress).
+        Keywords go to `preim3d.mesh.extract_mesh` (threshold, trim, progress).
         """
-        from .rendering import export_mesh
+        from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 
+        ws = _one(ws)
         with torch.inference_mode():
-            mesh = self.renderer.mesh(_one(ws), resolution=resolution, **kwargs)
+            mesh = extract_mesh(
+                self.generator, ws, resolution=resolution, planes=self.renderer.planes(ws), **kwargs
+            )
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             export_mesh(mesh, path)
