@@ -487,16 +487,29 @@ def _add_folder_run_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument(
         "--batch-size", type=int, default=8, help="photos inverted and rendered together (default 8)"
     )
+    _add_workers_argument(runs)
+    _add_debug_argument(runs)
     runs.add_argument(
+        "--timings", type=Path, metavar="FILE.json", help="write the seconds each stage took, per process"
+    )
+
+
+def _add_workers_argument(parser) -> None:
+    parser.add_argument(
         "--workers",
         type=int,
         metavar="N",
         help="processes aligning photos ahead, per GPU process (default: half the CPU cores of each)",
     )
-    runs.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
-    runs.add_argument(
-        "--timings", type=Path, metavar="FILE.json", help="write the seconds each stage took, per process"
-    )
+
+
+def _add_debug_argument(parser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
+
+
+def _check_workers(args) -> None:
+    if args.workers is not None and args.workers < 0:
+        raise Preim3DError(f"--workers must be 0 or more, got {args.workers}.")
 
 
 def _run_edit(args) -> int:
@@ -509,8 +522,7 @@ def _run_edit(args) -> int:
             raise Preim3DError(f"--{option} {value}: the file name must end in {' or '.join(suffixes)}.")
     if args.batch_size < 1:
         raise Preim3DError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    if args.workers is not None and args.workers < 0:
-        raise Preim3DError(f"--workers must be 0 or more, got {args.workers}.")
+    _check_workers(args)
     from .batch import list_photos
 
     list_photos(args.input)  # a missing input or an empty folder is reported before any loading
@@ -713,6 +725,9 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
         "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)",
     )
     parser.add_argument("--device", help="cuda, mps or cpu (default: the first available, in that order)")
+    runs = parser.add_argument_group("several GPUs: torchrun --nproc_per_node=N -m preim3d evaluate ...")
+    _add_workers_argument(runs)
+    _add_debug_argument(runs)
 
 
 def _degrees(text: str, option: str) -> list[float]:
@@ -737,27 +752,40 @@ def _run_evaluate(args) -> int:
     if args.repeats < 1:
         raise Preim3DError(f"--repeats must be at least 1, got {args.repeats}.")
     yaws, pitches = _degrees(args.yaws, "yaws"), _degrees(args.pitches, "pitches")
+    _check_workers(args)
     edits = dict(_parse_edit(text) for text in args.edit) or None
     location = resolve_weights(args.weights)
 
+    from .batch import default_workers
+    from .distributed import OBJECT_TIMEOUT, start_processes
     from .evaluation import evaluate
     from .pipeline import Editor
 
-    editor = Editor.from_pretrained(location, device=args.device)
-    report = evaluate(
-        editor,
-        args.photos,
-        args.labels,
-        args.out,
-        yaws=yaws,
-        pitches=pitches,
-        edits=edits,
-        hold=args.hold,
-        arcface=args.arcface,
-        weights=location.path,
-        repeats=args.repeats,
-        log=print,
-    )
+    processes = start_processes(args.device, timeout=OBJECT_TIMEOUT)
+    try:
+        editor = Editor.from_pretrained(location, device=processes.device)
+        report = evaluate(
+            editor,
+            args.photos,
+            args.labels,
+            args.out if processes.main else None,
+            yaws=yaws,
+            pitches=pitches,
+            edits=edits,
+            hold=args.hold,
+            arcface=args.arcface,
+            weights=location.path,
+            repeats=args.repeats,
+            log=print,
+            processes=processes,
+            workers=default_workers(processes.world_size) if args.workers is None else args.workers,
+            debug=args.debug,
+        )
+        processes.barrier()  # torchrun stops the others when one leaves with an error
+    finally:
+        processes.close()
+    if report is None:  # another process writes the report
+        return 0
     if not report.photos:
         raise Preim3DError(f"No face could be aligned in any photo of {args.photos}; nothing was measured.")
     width = max(len(row["metric"]) for row in report.summary())
