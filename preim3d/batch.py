@@ -80,9 +80,10 @@ def align_photo(path, face=None, keep_photo: bool = False) -> Aligned:
     """Read and align one photo (what each worker process runs)."""
     from .align import align_face
     from .images import load_image
+    from .validation import MIN_PHOTO_SIDE
 
     start = time.perf_counter()
-    photo = load_image(path)
+    photo = load_image(path, min_side=MIN_PHOTO_SIDE)
     aligned = align_face(photo, face=face)
     return Aligned(aligned, photo if keep_photo else None, time.perf_counter() - start)
 

@@ -58,7 +58,7 @@ class EditOptions:
     edits: dict[str, float] = field(default_factory=dict)
     precise: bool = False
     hold: list[str] = field(default_factory=list)
-    face: int | None = None  # index into preim3d.align.detect_faces' list (0 = the default face)
+    face: int | None = None  # index into preim3d.align.detect_faces' list (0-based; None: the default)
     pose: str = "photo"  # "photo" or "frontal"
     views: str | None = None  # "grid" or "row"
     video: str | None = None  # file name of the turntable video (.mp4)
@@ -66,6 +66,7 @@ class EditOptions:
     fps: float = 60
     mesh: str | None = None  # file name of the mesh (.glb, .ply, .obj)
     mesh_resolution: int = 256
+    allow_slow: bool = False  # a 512 mesh on a CPU
     paste: bool = False
 
     def summary(self) -> str:
@@ -123,7 +124,9 @@ def photo_outputs(editor, result: EditResult, options: EditOptions, name: str, s
         outputs.append(
             Output(
                 mesh,
-                lambda path: editor.mesh(result.edited_ws, path, resolution=options.mesh_resolution),
+                lambda path: editor.mesh(
+                    result.edited_ws, path, resolution=options.mesh_resolution, allow_slow=options.allow_slow
+                ),
                 True,
                 False,
                 "--mesh-resolution",

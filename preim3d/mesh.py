@@ -18,7 +18,7 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
-from .networks.renderer import sample_triplanes
+from .networks.decoder import sample_triplanes
 from .rendering import Progress
 
 # --- Extraction ----------------------------------------------------------------------------------------

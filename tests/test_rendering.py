@@ -17,7 +17,7 @@ from torch import nn
 
 from preim3d.cameras import camera_vector, turntable_path
 from preim3d.mesh import export_mesh, extract_mesh, srgb_to_linear
-from preim3d.networks.renderer import sample_triplanes
+from preim3d.networks.decoder import sample_triplanes
 from preim3d.networks.triplane import TriPlaneGenerator
 from preim3d.rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
 from preim3d.turntable import _resize, render_turntable
