@@ -259,3 +259,32 @@ def test_written_files_appear_whole_or_not_at_all(tmp_path):
         write_atomically(target, half_then_fail)
     assert Image.open(target).size == (4, 4)  # the old file is still there, whole
     assert sorted(p.name for p in target.parent.iterdir()) == ["image.png"]
+
+
+def test_a_face_number_some_photos_lack_fails_those_photos_only(astronaut_png, tiny_bundle, tmp_path, capsys):
+    """Good, one-face, faceless and tiny photos with --face 2: a line each, the folder goes on to the end."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a_two_faces.jpg").write_bytes(
+        (Path(__file__).parent.parent / "examples" / "two_faces.jpg").read_bytes()
+    )
+    Image.open(astronaut_png).save(folder / "b_one_face.png")
+    Image.new("RGB", (160, 120), (128, 128, 128)).save(folder / "c_no_face.png")
+    Image.open(astronaut_png).resize((40, 40)).save(folder / "d_tiny.png")
+    out = tmp_path / "out"
+    assert cli.main(edit_args(folder, out, tiny_bundle, "--workers", "0", "--face", "2")) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()[:-1] + captured.err.splitlines()  # the last: the count
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "a_two_faces.jpg",
+        "b_one_face.png",
+        "c_no_face.png",
+        "d_tiny.png",
+    ]
+    assert any(line.startswith("a_two_faces.jpg: done") for line in lines)
+    assert "b_one_face.png: failed: This photo has 1 face (numbered 1); there is no face 2.\n" in captured.err
+    assert "c_no_face.png: failed: No face was found" in captured.err
+    assert "d_tiny.png: failed: " in captured.err and "40" in captured.err
+    assert "Traceback" not in captured.err and "unexpected" not in captured.err
+    assert "1 of 4 photos edited, 3 failed" in captured.out
+    assert [p.name for p in out.iterdir() if p.is_dir()] == ["a_two_faces"]
