@@ -363,8 +363,8 @@ class _FolderRun:
             self.add(stage, time.perf_counter() - begin)
 
     def _finish_writing(self, limit: int) -> None:
-        """Wait for the oldest photos' files until at most `limit` photos are being written."""
-        while len(self.writing) > limit:
+        """Report the photos whose files are written, in order; wait until at most `limit` are left."""
+        while self.writing and (len(self.writing) > limit or self.writing[0][1].done()):
             photo, future = self.writing.popleft()
             begin = time.perf_counter()
             future.result()
@@ -416,6 +416,8 @@ class _FolderRun:
         self.complain(f"{photo.path.name}: failed: {reason}")
 
     def _record(self, record: PhotoRecord) -> None:
+        if not self.records:  # the pipeline's start-up: worker processes, the device's first batch
+            self.add("until the first photo", time.perf_counter() - self.started)
         self.records.append(record)
         if self.manifest is not None:
             self.manifest.log(record, self.processes.rank)
