@@ -182,9 +182,7 @@ class Trainer:
         self.encoder = self.encoder_module
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.encoder = DistributedDataParallel(
-                self.encoder_module, device_ids=ids, gradient_as_bucket_view=True
-            )
+            self.encoder = DistributedDataParallel(self.encoder_module, device_ids=ids)
 
         self.stream = None
         if cfg.real_batches > 0:
