@@ -1,7 +1,7 @@
 """`preim3d edit` on a photo or a folder of photos, on one process or several (torchrun).
 
-    photo_outputs(editor, result, options)   what one photo gets: [Output(name, save, ...)]
-    edit_folder(editor, source, out, options, processes=...)   the driver; returns the exit status
+    photo_outputs(editor, result, options, name, single)   what one photo gets: [Output(name, save, ...)]
+    edit_folder(editor, source, out, options, processes=...)  the driver: (exit status, timings)
 
 The driver streams: photos are aligned ahead in CPU worker processes (`batch.AlignmentPool`), inverted
 and rendered on the device `batch_size` at a time, and their files are written by threads while the

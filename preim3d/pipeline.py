@@ -66,7 +66,7 @@ LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
 class EditResult:
     """What `Editor.edit_photo` made: the face, both codes and the renders from the photo's camera."""
 
-    photo: Image.Image  # the input, upright RGB
+    photo: Image.Image | None  # the input, upright RGB (None where a folder run did not keep it)
     face: AlignedFace
     ws: torch.Tensor  # [1, 14, 512] inverted code
     edited_ws: torch.Tensor  # [1, 14, 512] after the edits
