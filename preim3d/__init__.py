@@ -89,8 +89,10 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .errors import DownloadError as DownloadError
     from .errors import FaceTooSmallError as FaceTooSmallError
     from .errors import InputImageError as InputImageError
+    from .errors import InvalidValueError as InvalidValueError
     from .errors import LatentFileError as LatentFileError
     from .errors import NoFaceError as NoFaceError
+    from .errors import NoSuchFaceError as NoSuchFaceError
     from .errors import Preim3DError as Preim3DError
     from .errors import UnknownAttributeError as UnknownAttributeError
     from .errors import WeightsError as WeightsError
