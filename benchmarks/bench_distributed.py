@@ -17,7 +17,7 @@ multi-view loss, fp32):
     mean loss over windows of 20 steps.
 
 Batch editing (`preim3d edit FOLDER` with a full-size random-weight bundle; --photos variants of
-the example photos, resized, turned, mirrored, brightened, as PNG and JPEG; one edit; the default
+the example photo, resized, turned, mirrored, brightened, as JPEG and PNG; one edit; the default
 outputs): photos/s on 1 GPU and on N GPUs, where each process's time goes, and whether the N-GPU
 run wrote the same files as the 1-GPU run.
 
@@ -267,7 +267,7 @@ def make_photos(folder: Path, count: int) -> None:
             6 * turn, Image.Resampling.BICUBIC
         )
         photo = ImageEnhance.Brightness(photo).enhance(1 + 0.15 * light)
-        photo.save(folder / (f"photo_{i:04d}.jpg" if i % 3 else f"photo_{i:04d}.png"), quality=92)
+        photo.save(folder / (f"photo_{i:04d}.jpg" if i % 8 else f"photo_{i:04d}.png"), quality=92)
 
 
 def edit_run(n, args, env, work, bundle, photos) -> dict:
@@ -302,6 +302,12 @@ def same_files(a: Path, b: Path) -> bool:
         return False
     _, mismatch, errors = filecmp.cmpfiles(a, b, [str(n) for n in names], shallow=False)
     return not mismatch and not errors
+
+
+def save(results: dict, details: Path | None) -> None:
+    if details:
+        details.mkdir(parents=True, exist_ok=True)
+        (details / "bench_distributed.json").write_text(json.dumps(results, indent=1))
 
 
 def print_tables(results: dict, args) -> None:
@@ -405,6 +411,19 @@ def main():
     if args.models:
         paths.insert(0, str(dlib_shim(args.models, work)))
     env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])])
+    if not args.skip_editing:  # before the long training runs: the editing runs need dlib's model
+        found = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from preim3d.align import dlib_model_path; dlib_model_path({DLIB_FILES[0]!r})",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if found.returncode != 0:
+            sys.exit(f"dlib's {DLIB_FILES[0]} is not installed: give its folder with --models DIR.")
     n = args.gpus
     results = {"date": str(datetime.date.today()), "torch": torch.__version__, "tiny": args.tiny}
     if torch.cuda.is_available() and not args.tiny:
@@ -416,6 +435,7 @@ def main():
         same_global = train_run(1, n * args.batch, args.steps, 0, args, env, work)
         other_seed = train_run(1, n * args.batch, args.steps, 1, args, env, work)
         results["training"] = {"one": one, "many": many, "same_global": same_global, "other_seed": other_seed}
+        save(results, details)
 
     if not args.skip_editing:
         bundle, photos = work / "bundle", work / "photos"
@@ -426,6 +446,7 @@ def main():
         many = edit_run(n, args, env, work, bundle, photos)
         identical = same_files(work / "edited_1", work / f"edited_{n}")
         results["editing"] = {"one": one, "many": many, "identical_files": identical}
+        save(results, details)
 
     command = f"python benchmarks/bench_distributed.py {' '.join(sys.argv[1:])}"
     where = results.get("gpu", "CPU (tiny networks, gloo)")
@@ -433,9 +454,6 @@ def main():
         f"\n{results['date']}, {where}, torch {torch.__version__}, `{command}`, {time.time() - started:.0f} s"
     )
     print_tables(results, args)
-    if details:
-        details.mkdir(parents=True, exist_ok=True)
-        (details / "bench_distributed.json").write_text(json.dumps(results, indent=1))
     shutil.rmtree(work, ignore_errors=True)
 
 

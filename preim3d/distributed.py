@@ -51,10 +51,6 @@ class Processes:
         """The first process: the one that talks and writes shared files."""
         return self.rank == 0
 
-    @property
-    def backend(self) -> str | None:
-        return dist.get_backend() if self.world_size > 1 else None
-
     def shard(self, items: Sequence, chunk: int = 1) -> list:
         """This process's share of `items`: consecutive chunks of `chunk` items dealt round-robin.
 
@@ -69,14 +65,6 @@ class Processes:
             return [obj]
         out = [None] * self.world_size if self.main else None
         dist.gather_object(obj, out, dst=0, group=self.objects_group)
-        return out
-
-    def all_gather(self, obj) -> list:
-        """Every process's `obj`, in rank order, on every process."""
-        if self.world_size == 1:
-            return [obj]
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj, group=self.objects_group)
         return out
 
     def broadcast(self, obj):
