@@ -66,6 +66,7 @@ class EditOptions:
     fps: float = 60
     mesh: str | None = None  # file name of the mesh (.glb, .ply, .obj)
     mesh_resolution: int = 256
+    mesh_threshold: float | str = "auto"  # the surface's density level (see preim3d.mesh)
     allow_slow: bool = False  # a 512 mesh on a CPU
     paste: bool = False
 
@@ -125,7 +126,11 @@ def photo_outputs(editor, result: EditResult, options: EditOptions, name: str, s
             Output(
                 mesh,
                 lambda path: editor.mesh(
-                    result.edited_ws, path, resolution=options.mesh_resolution, allow_slow=options.allow_slow
+                    result.edited_ws,
+                    path,
+                    resolution=options.mesh_resolution,
+                    threshold=options.mesh_threshold,
+                    allow_slow=options.allow_slow,
                 ),
                 True,
                 False,
