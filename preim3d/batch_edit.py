@@ -119,7 +119,7 @@ def photo_outputs(editor, result: EditResult, options: EditOptions, name: str, s
                 result.edited_ws, path, frames=options.frames, fps=options.fps, side_by_side=side
             )
 
-        outputs.append(Output(video, turntable, True, False, "--frames"))
+        outputs.append(Output(video, turntable, True, False))
     if options.mesh:
         mesh = options.mesh if single else Path(options.mesh).name
         outputs.append(
