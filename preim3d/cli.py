@@ -652,18 +652,25 @@ def _run_edit(args) -> int:
             allow_slow=args.allow_slow,
             paste=args.paste,
         )
-        status, timings = edit_folder(
-            editor,
-            args.input,
-            args.out,
-            options,
-            processes=processes,
-            resume=args.resume,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            debug=args.debug,
-            manifest_options={"weights": str(location.path)},
-        )
+        try:
+            status, timings = edit_folder(
+                editor,
+                args.input,
+                args.out,
+                options,
+                processes=processes,
+                resume=args.resume,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                debug=args.debug,
+                manifest_options={"weights": str(location.path)},
+            )
+        except KeyboardInterrupt:
+            text = "preim3d edit: interrupted; the files written are complete"
+            if args.input.is_dir():
+                text += "; the same command with --resume continues where it stopped"
+            print(text, file=sys.stderr)
+            return 130
         if args.timings is not None and processes.main:
             args.timings.parent.mkdir(parents=True, exist_ok=True)
             args.timings.write_text(json.dumps(timings, indent=1))

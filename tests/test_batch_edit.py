@@ -158,8 +158,11 @@ def test_an_interrupted_run_resumes_without_redoing_work(
         return make_outputs(editor, result, options, name, single)
 
     monkeypatch.setattr(batch_edit, "photo_outputs", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(edit_args(photos, out, tiny_bundle, "--workers", "0"))
+    assert cli.main(edit_args(photos, out, tiny_bundle, "--workers", "0")) == 130
+    assert (
+        "interrupted; the files written are complete; the same command with --resume"
+        in capsys.readouterr().err
+    )
     assert sorted(p.name for p in out.iterdir()) == [
         ".progress",
         "a_astronaut",
