@@ -241,11 +241,13 @@ def make_bundle(folder: Path, tiny: bool) -> None:
     G = TriPlaneGenerator(**FFHQ512_GENERATOR_KWARGS)
     fill_random(G, 11)
     G.neural_rendering_resolution = FFHQ512_NEURAL_RESOLUTION
-    G = G.eval().requires_grad_(False).cuda()
+    G = G.eval().requires_grad_(False).to("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     encoder = WPlusEncoder().eval()
-    with torch.no_grad():  # offsets of about a real encoder's spread (default init gives far larger ones)
-        encoder.linear.weight.mul_(0.5 / encoder.linear.weight.std() / encoder.linear.weight.shape[1] ** 0.5)
+    with torch.no_grad():  # offsets of about a real encoder's spread (0.5), not the default init's
+        spread = encoder(torch.rand(2, 3, 256, 256) * 2 - 1).std()
+        encoder.linear.weight.mul_(0.5 / spread)
+        encoder.linear.bias.zero_()
     save_generator(G, folder)
     save_encoder(encoder, folder)
     save_latent_avg(compute_latent_avg(G), folder)
