@@ -376,7 +376,7 @@ def main():
     parser.add_argument("--steps", type=int, default=200, help="training steps compared (default 200)")
     parser.add_argument("--speed-steps", type=int, default=50, help="steps of the 1-GPU speed run")
     parser.add_argument("--warmup", type=int, default=10, help="untimed first steps (default 10)")
-    parser.add_argument("--photos", type=int, default=1024, help="photos edited (default 1024)")
+    parser.add_argument("--photos", type=int, default=768, help="photos edited (default 768)")
     parser.add_argument("--edit-batch", type=int, default=8, help="preim3d edit --batch-size (default 8)")
     parser.add_argument(
         "--models", type=Path, help="folder holding dlib's shape_predictor_68_face_landmarks.dat"
