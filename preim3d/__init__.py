@@ -26,7 +26,7 @@ _PUBLIC = {
     "EditResult": "preim3d.pipeline",
     "save_latent": "preim3d.pipeline",
     "load_latent": "preim3d.pipeline",
-    "default_device": "preim3d.pipeline",
+    "default_device": "preim3d.distributed",
     "resolve_weights": "preim3d.weights.resolve",
     "download_official": "preim3d.weights.download",
     "convert_official": "preim3d.weights.convert",
@@ -83,6 +83,7 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .cameras import keyframe_path as keyframe_path
     from .cameras import turntable_path as turntable_path
     from .cameras import yaw_sweep as yaw_sweep
+    from .distributed import default_device as default_device
     from .editing import CELEBA_ATTRIBUTES as CELEBA_ATTRIBUTES
     from .editing import DirectionBank as DirectionBank
     from .editing import fit_direction as fit_direction
@@ -111,7 +112,6 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .networks.triplane import TriPlaneGenerator as TriPlaneGenerator
     from .pipeline import Editor as Editor
     from .pipeline import EditResult as EditResult
-    from .pipeline import default_device as default_device
     from .pipeline import load_latent as load_latent
     from .pipeline import save_latent as save_latent
     from .rendering import TriPlaneRenderer as TriPlaneRenderer

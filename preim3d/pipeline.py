@@ -32,6 +32,7 @@ from PIL import Image
 
 from .align import AlignedFace, align_face, paste_back
 from .cameras import camera_vector
+from .distributed import default_device
 from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
 from .errors import LatentFileError, WeightsError
 from .images import load_image
@@ -59,20 +60,11 @@ from .weights.resolve import WeightsLocation, resolve_weights
 LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
 
 
-def default_device() -> torch.device:
-    """CUDA if available, then Apple's MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 @dataclass
 class EditResult:
     """What `Editor.edit_photo` made: the face, both codes and the renders from the photo's camera."""
 
-    photo: Image.Image  # the input, upright RGB
+    photo: Image.Image | None  # the input, upright RGB (None where a folder run did not keep it)
     face: AlignedFace
     ws: torch.Tensor  # [1, 14, 512] inverted code
     edited_ws: torch.Tensor  # [1, 14, 512] after the edits
@@ -272,6 +264,18 @@ class Editor:
         views within about ±0.8 rad yaw and ±0.6 rad pitch.
         """
         return self.views(ws, [yaw], [pitch])[0]
+
+    def render_each(self, ws, yaws, pitches) -> list[Image.Image]:
+        """Several codes ws [N, 14, 512], each seen from its own (yaws[i], pitches[i]) radians: N images.
+
+        Renders `renderer.batch_size` codes at a time, which is faster than one `render` per code.
+        """
+        c = camera_vector(
+            torch.as_tensor(yaws, dtype=torch.float32), torch.as_tensor(pitches, dtype=torch.float32)
+        )
+        with torch.inference_mode():
+            batches = self.renderer.render_codes(ws, c, deterministic=self.deterministic)
+            return [Image.fromarray(image) for out in batches for image in to_uint8(out["image"])]
 
     def depth(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
         """The depth map of one view (neural rendering resolution, near = bright) as a grayscale image."""

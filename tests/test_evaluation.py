@@ -14,6 +14,7 @@ from skimage import data
 from preim3d import cli
 from preim3d.align import align_face
 from preim3d.cameras import camera_vector
+from preim3d.distributed import Processes
 from preim3d.editing import CODE_DIM, DirectionBank
 from preim3d.evaluation import evaluate
 from preim3d.evaluation.consistency import reproject
@@ -410,6 +411,49 @@ def test_report_files_are_complete(report):
     assert missing == ([] if lpips_status() is None else ["lpips"])
     views = list(csv.DictReader(open(out / "views.csv")))
     assert len(views) == 6 and {"yaw_deg", "reprojection_raw", "identity_to_input"} <= set(views[0])
+
+
+class TwoProcessesInTurn(Processes):
+    """Two processes run one after the other: the second hands its share to the first's gather."""
+
+    handed = None
+
+    def gather(self, obj):
+        if self.rank == 1:
+            TwoProcessesInTurn.handed = obj
+            return None
+        return [obj, TwoProcessesInTurn.handed]
+
+
+def test_two_processes_each_measure_every_other_photo_into_the_same_report(report, photo_folder, tiny_bundle):
+    one, _ = report
+    folder, labels = photo_folder
+    editor = Editor.from_bundle(tiny_bundle, device="cpu")
+    lines = {0: [], 1: []}
+    reports = {
+        rank: evaluate(
+            editor,
+            folder,
+            labels,
+            edits={"smile": 3.0, "age": 2.0},
+            repeats=1,
+            processes=TwoProcessesInTurn(rank=rank, world_size=2),
+            log=lines[rank].append,
+            **GRID,
+        )
+        for rank in (1, 0)
+    }
+    assert reports[1] is None
+    assert [line.split(":")[0] for line in lines[0] + lines[1]] == [
+        "astronaut.png",
+        "wall.png",
+        "speed",
+        "mirrored.png",
+    ]
+    two = reports[0]
+    for part in ("photos", "skipped", "inversion", "views", "edits", "leakage", "attributes"):
+        assert getattr(two, part) == getattr(one, part), part
+    assert np.array_equal(np.asarray(two.figures["examples.png"]), np.asarray(one.figures["examples.png"]))
 
 
 def test_evaluate_command(tiny_bundle, astronaut_png, tmp_path, capsys):
