@@ -405,7 +405,7 @@ file. `PREVIEW` shows a coarser copy right here, which you can turn with the mou
 """),
     code('''
 # @title 11. Export a 3D mesh { display-mode: "form" }
-MESH_RESOLUTION = 256  # @param {type:"slider", min:64, max:512, step:64}
+MESH_RESOLUTION = 256  # @param [64, 128, 256, 512] {type:"raw"}
 MESH_FORMAT = "glb"  # @param ["glb", "ply", "obj"]
 PREVIEW = True  # @param {type:"boolean"}
 DOWNLOAD_MESH = True  # @param {type:"boolean"}
@@ -419,7 +419,7 @@ if PREVIEW:
     import trimesh
     from trimesh.viewer.notebook import scene_to_notebook
 
-    display(scene_to_notebook(trimesh.Scene(editor.mesh(edited_ws, resolution=96)), height=400))
+    display(scene_to_notebook(trimesh.Scene(editor.mesh(edited_ws, resolution=64)), height=400))
 if IN_COLAB and DOWNLOAD_MESH:
     colab_files.download(str(mesh_path))
 ''', "mesh"),

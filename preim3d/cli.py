@@ -13,7 +13,29 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import Preim3DError, WeightsError
+from .errors import InvalidValueError, Preim3DError, WeightsError
+from .validation import (
+    check_angles,
+    check_fps,
+    check_frames,
+    check_mesh_resolution,
+    check_strength,
+    face_index_from_number,
+)
+
+
+def _checked(check):
+    """An argparse `type=` from a `preim3d.validation` check: a bad value is a usage error, same message."""
+
+    def convert(text: str):
+        try:
+            return check(text)
+        except InvalidValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = check.__name__  # argparse names the type in some messages
+    return convert
+
 
 # ------------------------------------------------------------------ fit-direction
 
@@ -445,12 +467,26 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
         metavar="NAME.mp4",
         help="also write a turntable video: aligned photo | reconstruction | edit",
     )
-    parser.add_argument("--frames", type=int, default=120, help="video frames (default 120)")
-    parser.add_argument("--fps", type=float, default=60, help="video frame rate (default 60)")
+    parser.add_argument(
+        "--frames", type=_checked(check_frames), default=120, help="video frames, 1 to 3600 (default 120)"
+    )
+    parser.add_argument(
+        "--fps", type=_checked(check_fps), default=60, help="video frame rate, 1 to 120 (default 60)"
+    )
     parser.add_argument(
         "--mesh", metavar="NAME.glb", help="also write the edited head's mesh (.glb, .ply or .obj)"
     )
-    parser.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid (default 256)")
+    parser.add_argument(
+        "--mesh-resolution",
+        type=_checked(check_mesh_resolution),
+        default=256,
+        help="density samples per side of the mesh: 64, 128, 256 (default) or 512",
+    )
+    parser.add_argument(
+        "--allow-slow",
+        action="store_true",
+        help="allow a 512 mesh on a CPU (it takes minutes there)",
+    )
     parser.add_argument(
         "--paste", action="store_true", help="also write pasted.png: the edit blended into the photo"
     )
@@ -462,9 +498,11 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--face",
-        type=int,
-        metavar="INDEX",
-        help="which face of a photo with several (0 = the largest, the default)",
+        type=_checked(face_index_from_number),
+        dest="face_index",
+        metavar="N",
+        help="which face of a photo with several, numbered from 1 as the web page shows them "
+        "(default: the largest face)",
     )
     parser.add_argument(
         "--weights",
@@ -486,6 +524,10 @@ def _run_edit(args) -> int:
         value = getattr(args, option)
         if value is not None and Path(value).suffix.lower() not in suffixes:
             raise Preim3DError(f"--{option} {value}: the file name must end in {' or '.join(suffixes)}.")
+    if args.mesh:  # the CPU limit needs the device, which is known without loading a model
+        from .pipeline import default_device
+
+        check_mesh_resolution(args.mesh_resolution, args.device or default_device(), args.allow_slow)
     location = resolve_weights(args.weights)  # before torch loads: a missing-weights message comes at once
 
     from .pipeline import Editor
@@ -547,7 +589,7 @@ def _parse_edit(text: str) -> tuple[str, float]:
         strength = math.nan
     if not sep or not name.strip() or not math.isfinite(strength):
         raise Preim3DError(f"--edit {text!r}: write NAME=STRENGTH, e.g. smile=2 or age=-1.")
-    return name.strip(), strength
+    return name.strip(), check_strength(strength, name.strip())
 
 
 def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[list[str], tuple[float, float]]:
@@ -555,7 +597,7 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
     from PIL import Image
 
     result = editor.edit_photo(
-        photo, edits, precise=args.precise, hold=args.hold, face_index=args.face, pose=args.pose
+        photo, edits, precise=args.precise, hold=args.hold, face_index=args.face_index, pose=args.pose
     )
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -595,7 +637,12 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
         )
     if args.mesh:
         name = Path(args.mesh).name if args.input.is_dir() else args.mesh
-        write(name, lambda path: editor.mesh(result.edited_ws, path, resolution=args.mesh_resolution))
+        write(
+            name,
+            lambda path: editor.mesh(
+                result.edited_ws, path, resolution=args.mesh_resolution, allow_slow=args.allow_slow
+            ),
+        )
     return written, result.pose
 
 
@@ -744,6 +791,7 @@ def _degrees(text: str, option: str) -> list[float]:
         values = []
     if not values or not all(math.isfinite(v) for v in values):
         raise Preim3DError(f"--{option} {text!r}: give comma-separated angles in degrees, e.g. -30,0,30.")
+    check_angles(yaw=values) if option == "yaws" else check_angles(pitch=values)
     return values
 
 

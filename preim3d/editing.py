@@ -27,7 +27,8 @@ official files: 39 of them, no Blurry). Names match case- and punctuation-insens
 everywhere: a positive strength moves towards what the name says. So +Young = younger but
 +age = older (age = -Young), +beard = more beard (beard = -No_Beard), +female = -Male.
 The official command line applies +degree to Young for "age" (younger); its web demo negates it,
-as we do. A strength is a distance in W+ along a unit vector; the official examples use 10.
+as we do. A strength is a distance in W+ along a unit vector; the official examples use 10, and
+strengths beyond ±10 (`preim3d.validation.STRENGTH_LIMIT`) are refused.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputImageError, UnknownAttributeError, WeightsError
+from .validation import check_strength
 from .weights.bundle import is_bundle, read_bundle_component, write_bundle_component
 
 NUM_WS = 14
@@ -376,10 +378,7 @@ class DirectionBank:
         coefficients: dict[str, float] = {}
         for name, strength in edits.items():
             stored, sign = self.resolve(name)
-            value = float(strength)
-            if not math.isfinite(value):
-                raise ValueError(f"The strength for {name!r} is {value}; it must be a finite number.")
-            coefficients[stored] = coefficients.get(stored, 0.0) + sign * value
+            coefficients[stored] = coefficients.get(stored, 0.0) + sign * check_strength(strength, name)
         return coefficients
 
     def _held(self, hold, coefficients) -> tuple[str, ...]:

@@ -21,6 +21,17 @@ class FaceTooSmallError(InputImageError):
     """The face found in a photo is too small to give a useful crop."""
 
 
+class InvalidValueError(Preim3DError, ValueError):
+    """A value a user gave (strength, angle, frame count, resolution ...) is not a number or out of its range.
+
+    The limits and their reasons are listed in `preim3d.validation`.
+    """
+
+
+class NoSuchFaceError(InvalidValueError, IndexError):
+    """A face number or face_index beyond the faces found in a photo."""
+
+
 class UnknownAttributeError(Preim3DError, KeyError):
     """An editing attribute name that the direction bank does not know."""
 

@@ -120,7 +120,7 @@ def _calibrate_density(G, seed: int) -> None:
     grid for a typical code, gives solid blobs in renders and a surface for marching cubes.
     """
     from .cameras import camera_vector
-    from .networks.renderer import sample_triplanes
+    from .networks.decoder import sample_triplanes
 
     z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -204,17 +204,13 @@ def make_tiny_bundle(folder, seed: int = 0) -> Path:
     Deterministic: the same seed writes the same tensors. Returns the folder.
     """
     from .inversion import compute_latent_avg
-    from .weights.bundle import read_bundle_config, write_bundle_component
     from .weights.encoder import save_encoder, save_latent_avg
     from .weights.generator import save_generator
 
     folder = Path(folder)
     provenance = {"source": "preim3d.testing.make_tiny_bundle", "seed": seed, "random_weights": True}
     G = tiny_generator(seed)
-    save_generator(G, folder, provenance=provenance)
-    # save_generator states EG3D's licence, which these random weights do not carry
-    config = dict(read_bundle_config(folder)["generator"], licence=TINY_LICENCE)
-    write_bundle_component(folder, "generator", G.state_dict(), config)
+    save_generator(G, folder, provenance=provenance, licence=TINY_LICENCE)
     save_encoder(tiny_encoder(seed + 1), folder, provenance=provenance, licence=TINY_LICENCE)
     save_latent_avg(compute_latent_avg(G, batch_size=5000), folder, provenance=provenance)
     tiny_directions(seed + 2).save(folder)

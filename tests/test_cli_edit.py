@@ -33,7 +33,7 @@ def test_edit_one_photo_writes_every_output(tiny_bundle, astronaut_png, tmp_path
             "--mesh",
             "out.glb",
             "--mesh-resolution",
-            "24",
+            "64",
             "--weights",
             str(tiny_bundle),
             "--device",

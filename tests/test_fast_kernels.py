@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from preim3d.networks.renderer import ImportanceRenderer, OSGDecoder, sample_triplanes
+from preim3d.networks.decoder import OSGDecoder, sample_triplanes
+from preim3d.networks.renderer import ImportanceRenderer
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"

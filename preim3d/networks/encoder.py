@@ -95,7 +95,7 @@ class WPlusEncoder(nn.Module):
     """IR-SE encoder into W+: image [N,3,H,W] in [-1,1] -> offsets [N, n_styles, w_dim].
 
     Defaults are PREIM3D's IR-SE50 for EG3D-512 (14 x 512, 256 x 256 input). Every argument is
-    part of `config` and is stored in bundles, so a saved encoder is rebuilt exactly.
+    part of `config` and is stored in bundles, so a saved encoder is rebuilt exactly (`from_config`).
     """
 
     def __init__(
@@ -148,6 +148,11 @@ class WPlusEncoder(nn.Module):
             nn.Linear(in_channels * pool_size * pool_size, w_dim),
         )
         self.linear = EqualLinear(w_dim, w_dim * n_styles)
+
+    @classmethod
+    def from_config(cls, config: dict) -> WPlusEncoder:
+        """A new encoder (fresh weights) of the architecture `config`, another encoder's `.config`."""
+        return cls(**config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_layer(x)

@@ -23,6 +23,8 @@ import warnings
 
 import torch
 
+from .decoder import OSGDecoder, sample_triplanes
+
 try:
     import triton
     import triton.language as tl
@@ -57,8 +59,6 @@ def _agrees_with_pytorch(device: torch.device) -> bool:
     problem, so that a Triton or driver that miscompiles it costs speed, never correct images."""
     key = str(device)
     if key not in _checked:
-        from .renderer import OSGDecoder, sample_triplanes
-
         gen = torch.Generator().manual_seed(0)
         decoder = OSGDecoder(32).to(device)
         with torch.no_grad():

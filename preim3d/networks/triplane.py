@@ -19,7 +19,8 @@ import warnings
 import torch
 from torch import nn
 
-from .renderer import ImportanceRenderer, OSGDecoder, camera_rays
+from .decoder import OSGDecoder
+from .renderer import ImportanceRenderer, camera_rays
 from .stylegan2 import StyleGAN2Backbone
 from .superresolution import SuperResolution
 
@@ -74,7 +75,8 @@ class TriPlaneGenerator(nn.Module):
     ):
         super().__init__()
         rendering_kwargs = dict(rendering_kwargs or {})
-        self.init_kwargs = copy.deepcopy(
+        # The constructor arguments, as `from_config` and bundles take them.
+        self.config = copy.deepcopy(
             dict(
                 z_dim=z_dim,
                 c_dim=c_dim,
@@ -117,6 +119,11 @@ class TriPlaneGenerator(nn.Module):
         self.neural_rendering_resolution = 64
         self.rendering_kwargs = rendering_kwargs
         self.precision = "fp32"
+
+    @classmethod
+    def from_config(cls, config: dict) -> TriPlaneGenerator:
+        """A new generator (fresh weights) of the architecture `config`, another generator's `.config`."""
+        return cls(**copy.deepcopy(config))
 
     @property
     def num_ws(self) -> int:

@@ -9,8 +9,8 @@ Two sources are read:
   are used (a bare encoder state dict without the prefix is accepted too); the architecture is
   read from the tensor shapes and checked key by key.
 * Our bundle folder (`preim3d.weights.bundle`). The encoder is the component "encoder": its
-  tensors are the `WPlusEncoder` state dict, its config section holds `architecture` (the
-  constructor arguments), `provenance` and `licence`. The latent average is a separate component
+  tensors are the `WPlusEncoder` state dict, its config section holds `config` (the constructor
+  arguments, `WPlusEncoder.config`), `provenance` and `licence`. The latent average is a separate component
   "latent_avg" (one tensor `latent_avg` [1, n_styles, w_dim] plus the recipe that produced it),
   because it belongs to the generator as much as to the encoder; it is computed once, when the
   bundle is written, and only read afterwards.
@@ -27,7 +27,8 @@ import torch
 
 from ..errors import WeightsError
 from ..networks.encoder import WPlusEncoder
-from .bundle import is_bundle, read_bundle_component, write_bundle_component
+from .bundle import is_bundle, network_config, read_bundle_component, write_bundle_component
+from .checks import check_latent_avg, check_latent_avg_shape, load_state_strict, preview
 from .checksum import file_sha256
 
 ENCODER_COMPONENT = "encoder"
@@ -47,6 +48,8 @@ LATENT_AVG_RECIPE = dict(
 _GENERATOR_PREFIXES = ("backbone.", "superresolution.", "decoder.", "renderer.")
 # torch's legacy (pre-zip) files start with a pickled magic number: PROTO 2, LONG1 of 10 bytes.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+ENCODER_WHAT = "the encoder architecture"
+ENCODER_ARCHITECTURE = "PREIM3D WPlusEncoder (IR-SE)"
 _WHAT_TO_GIVE = (
     "load_encoder takes PREIM3D's encoder checkpoint (preim3d_ffhq.pt) or a preim3d bundle folder."
 )
@@ -60,23 +63,31 @@ def load_encoder(source, device="cpu") -> WPlusEncoder:
             raise WeightsError(
                 f"{path} is a folder but not a preim3d bundle (no preim3d config.json). {_WHAT_TO_GIVE}"
             )
-        tensors, config = read_bundle_component(path, ENCODER_COMPONENT)
-        if not isinstance(config.get("architecture"), dict):
+        tensors, section = read_bundle_component(path, ENCODER_COMPONENT)
+        config = network_config(section)
+        if config is None:
             raise WeightsError(
-                f"The encoder section of {path}/config.json has no 'architecture'; rewrite the bundle."
+                f"The encoder section of {path}/config.json has no 'config' (constructor arguments); "
+                "rewrite the bundle."
             )
         try:
-            encoder = WPlusEncoder(**config["architecture"])
+            encoder = WPlusEncoder.from_config(config)
         except (TypeError, ValueError) as exc:
             raise WeightsError(
                 f"{path}/config.json describes an encoder preim3d cannot build ({exc})."
             ) from exc
-        origin = path / f"{ENCODER_COMPONENT}.safetensors"
-    else:
-        encoder, tensors, _ = _encoder_from_checkpoint(path)
-        origin = path
-    _load_strict(encoder, tensors, origin)
-    return encoder.eval().requires_grad_(False).to(device)
+        load_state_strict(encoder, tensors, path / f"{ENCODER_COMPONENT}.safetensors", ENCODER_WHAT)
+        return encoder.eval().requires_grad_(False).to(device)
+    return encoder_from_official(path, device)[0]
+
+
+def encoder_from_official(path, device="cpu") -> tuple[WPlusEncoder, torch.Tensor | None]:
+    """(encoder in eval mode on `device`, the latent average the checkpoint stores or None) from one
+    read of PREIM3D's checkpoint: it is large, and `Editor.from_official` needs both."""
+    path = Path(path)
+    encoder, tensors, stored = _encoder_from_checkpoint(path)
+    load_state_strict(encoder, tensors, path, ENCODER_WHAT)
+    return encoder.eval().requires_grad_(False).to(device), stored
 
 
 def save_encoder(encoder: WPlusEncoder, folder, latent_avg=None, provenance=None, licence=None) -> Path:
@@ -85,10 +96,15 @@ def save_encoder(encoder: WPlusEncoder, folder, latent_avg=None, provenance=None
     `provenance` is a JSON-able dict (source file, sha256, ...), `licence` a short text; both are
     stored beside the architecture. Other components of the bundle are kept. Returns the folder.
     """
-    config = dict(architecture=encoder.config, provenance=provenance or {}, licence=licence or "unspecified")
+    section = dict(
+        architecture=ENCODER_ARCHITECTURE,
+        config=encoder.config,
+        provenance=provenance or {},
+        licence=licence or "unspecified",
+    )
     if latent_avg is not None:
-        _check_latent_avg_shape(latent_avg, encoder)
-    write_bundle_component(folder, ENCODER_COMPONENT, encoder.state_dict(), config)
+        check_latent_avg_shape(latent_avg, encoder)
+    write_bundle_component(folder, ENCODER_COMPONENT, encoder.state_dict(), section)
     if latent_avg is not None:
         save_latent_avg(latent_avg, folder)
     return Path(folder)
@@ -121,31 +137,23 @@ def load_latent_avg(source, device="cpu") -> torch.Tensor:
     return value.detach().float().to(device)
 
 
-def convert_encoder(checkpoint, folder, generator, tolerance: float = 1e-3, device=None) -> Path:
+def convert_encoder(checkpoint, folder, generator, device=None) -> Path:
     """Official checkpoint + generator -> bundle with the encoder and its latent average.
 
     The latent average is computed here, once, with the official recipe
     (`preim3d.inversion.compute_latent_avg`). When the checkpoint carries its own, both must agree
-    within `tolerance` (max abs difference), otherwise the generator is not the one the encoder was
-    trained with and a WeightsError says so.
+    (`preim3d.weights.checks.check_latent_avg`), otherwise the generator is not the one the encoder
+    was trained with and a WeightsError says so.
     """
     from ..inversion import compute_latent_avg  # the maths lives there; import on use keeps I/O light
 
     path = Path(checkpoint)
-    encoder, tensors, stored = _encoder_from_checkpoint(path)
-    _load_strict(encoder, tensors, path)
+    encoder, stored = encoder_from_official(path)
     latent_avg = compute_latent_avg(generator, device=device).cpu()
-    _check_latent_avg_shape(latent_avg, encoder)
+    check_latent_avg_shape(latent_avg, encoder)
     latent_provenance = dict(computed_from="the generator given to convert_encoder", checkpoint=path.name)
     if stored is not None:
-        stored = stored.detach().float().cpu()
-        diff = (stored - latent_avg).abs().max().item() if stored.shape == latent_avg.shape else math.inf
-        if diff > tolerance:
-            raise WeightsError(
-                f"The latent average computed from the generator differs from the one stored in {path} (max "
-                f"abs difference {diff:.3g}, tolerance {tolerance:g}): use the generator the encoder was "
-                "trained with (PREIM3D's eg3d_G_ema.pkl)."
-            )
+        diff = check_latent_avg(latent_avg, stored, "the generator", path)
         latent_provenance["checkpoint_latent_avg_max_abs_diff"] = diff
     provenance = dict(source=path.name, sha256=file_sha256(path), format="PREIM3D training checkpoint")
     save_encoder(encoder, folder, provenance=provenance, licence=OFFICIAL_LICENCE)
@@ -158,14 +166,6 @@ def _encoder_from_checkpoint(path: Path) -> tuple[WPlusEncoder, dict[str, torch.
     state, opts, stored = read_official_checkpoint(path)
     tensors = encoder_state_from_checkpoint(state, opts, path)
     return WPlusEncoder(**infer_architecture(tensors, path)), tensors, stored
-
-
-def _check_latent_avg_shape(latent_avg: torch.Tensor, encoder: WPlusEncoder) -> None:
-    if tuple(latent_avg.shape) != (1, encoder.n_styles, encoder.w_dim):
-        raise WeightsError(
-            f"The latent average has shape {list(latent_avg.shape)} but the encoder predicts "
-            f"[1, {encoder.n_styles}, {encoder.w_dim}]: the generator and the encoder do not belong together."
-        )
 
 
 def read_official_checkpoint(path) -> tuple[dict, dict, torch.Tensor | None]:
@@ -232,7 +232,7 @@ def encoder_state_from_checkpoint(state: dict, opts: dict, path) -> dict[str, to
                 f"{path} holds generator weights ({len(keys)} tensors such as {keys[0]!r}), not an encoder: "
                 f"load it with preim3d.load_generator. {_WHAT_TO_GIVE}"
             )
-        raise WeightsError(f"{path} has no 'encoder.*' weights (it holds {_preview(keys)}). {_WHAT_TO_GIVE}")
+        raise WeightsError(f"{path} has no 'encoder.*' weights (it holds {preview(keys)}). {_WHAT_TO_GIVE}")
     for key, value in tensors.items():
         if not isinstance(value, torch.Tensor):
             raise WeightsError(f"{path}: encoder entry {key!r} is a {type(value).__name__}, not a tensor.")
@@ -283,29 +283,6 @@ def infer_architecture(tensors: dict[str, torch.Tensor], path) -> dict:
     )
 
 
-def _load_strict(encoder: WPlusEncoder, tensors: dict[str, torch.Tensor], origin) -> None:
-    """load_state_dict(strict=True), turning every mismatch into one readable WeightsError."""
-    expected = encoder.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [
-        f"{k} {list(tensors[k].shape)} (expected {list(v.shape)})"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
-    problems = [
-        f"{label}: {_preview(items)}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-        if items
-    ]
-    if problems:
-        raise WeightsError(
-            f"The encoder weights in {origin} do not fit the encoder architecture ({'; '.join(problems)}). "
-            "The file is damaged or holds another network; re-download it or re-create the bundle."
-        )
-    encoder.load_state_dict(tensors, strict=True)
-
-
 def _file_kind(path: Path) -> str:
     """'zip' (torch >= 1.6 format), 'legacy' (older torch.save), 'pickle' (plain pickle) or 'other'."""
     if zipfile.is_zipfile(path):
@@ -342,12 +319,3 @@ def _explain_load_failure(path: Path, exc: Exception) -> str:
         f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:300]}). "
         f"{_WHAT_TO_GIVE}"
     )
-
-
-def _preview(items, limit: int = 5) -> str:
-    """'a, b, c and 7 more' (or 'nothing')."""
-    items = list(items)
-    if not items:
-        return "nothing"
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(str(i) for i in items[:limit]) + more

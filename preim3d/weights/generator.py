@@ -9,7 +9,8 @@ import torch
 
 from ..errors import WeightsError
 from ..networks.triplane import TriPlaneGenerator
-from .bundle import is_bundle, read_bundle_component, write_bundle_component
+from .bundle import is_bundle, network_config, read_bundle_component, write_bundle_component
+from .checks import load_state_strict
 from .official_pickle import PickledModule, find_module, module_tensors, read_official_pickle
 
 EG3D_LICENCE = (
@@ -17,6 +18,7 @@ EG3D_LICENCE = (
     "(https://github.com/NVlabs/eg3d/blob/main/LICENSE.txt)"
 )
 GENERATOR_CLASS = "TriPlaneGenerator"  # persistent objects record the bare class name
+GENERATOR_WHAT = "the EG3D generator its config describes"
 
 
 def load_generator(source, device="cpu") -> TriPlaneGenerator:
@@ -30,11 +32,12 @@ def load_generator(source, device="cpu") -> TriPlaneGenerator:
     if path.is_dir():
         if not is_bundle(path):
             raise WeightsError(f"{path} is a folder but not a preim3d bundle (no preim3d config.json).")
-        tensors, config = read_bundle_component(path, "generator")
+        tensors, section = read_bundle_component(path, "generator")
         G = _build(
-            config["init_kwargs"], config["rendering_kwargs"], config["neural_rendering_resolution"], path
+            network_config(section), section["rendering_kwargs"], section["neural_rendering_resolution"], path
         )
-        _load_state(G, tensors, path)
+        load_state_strict(G, tensors, path, GENERATOR_WHAT)
+        G.source_info = section.get("provenance", {})
     else:
         G = generator_from_official(path)
     return G.eval().requires_grad_(False).to(device)
@@ -52,7 +55,7 @@ def generator_from_official(path) -> TriPlaneGenerator:
     resolution = int(state.get("neural_rendering_resolution", 64))
     G = _build(init_kwargs, rendering_kwargs, resolution, path)
     _check_plane_axes(record, path)
-    _load_state(G, module_tensors(record), path)
+    load_state_strict(G, module_tensors(record), path, GENERATOR_WHAT)
     G.source_info = {
         "file": path.name,
         "class_name": record.class_name,
@@ -61,17 +64,22 @@ def generator_from_official(path) -> TriPlaneGenerator:
     return G
 
 
-def save_generator(G: TriPlaneGenerator, folder, provenance: dict | None = None) -> Path:
-    """Write G into the bundle at `folder` (generator.safetensors + its config.json section)."""
-    config = {
+def save_generator(
+    G: TriPlaneGenerator, folder, provenance: dict | None = None, licence: str = EG3D_LICENCE
+) -> Path:
+    """Write G into the bundle at `folder` (generator.safetensors + its config.json section).
+
+    provenance defaults to `G.source_info` (where G was loaded from); licence to EG3D's.
+    """
+    section = {
         "architecture": "EG3D TriPlaneGenerator",
-        "init_kwargs": _plain(G.init_kwargs),
+        "config": _plain(G.config),
         "rendering_kwargs": _plain(G.rendering_kwargs),
         "neural_rendering_resolution": int(G.neural_rendering_resolution),
         "provenance": provenance or getattr(G, "source_info", {}),
-        "licence": EG3D_LICENCE,
+        "licence": licence,
     }
-    return write_bundle_component(folder, "generator", G.state_dict(), config)
+    return write_bundle_component(folder, "generator", G.state_dict(), section)
 
 
 def _generator_record(obj, path) -> PickledModule:
@@ -93,34 +101,16 @@ def _generator_record(obj, path) -> PickledModule:
     return obj
 
 
-def _build(init_kwargs, rendering_kwargs, resolution, path) -> TriPlaneGenerator:
+def _build(config, rendering_kwargs, resolution, path) -> TriPlaneGenerator:
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: the generator section has no 'config' (constructor arguments).")
     try:
-        G = TriPlaneGenerator(**init_kwargs)
+        G = TriPlaneGenerator.from_config(config)
     except (TypeError, ValueError, KeyError) as exc:
         raise WeightsError(f"{path}: unsupported generator configuration ({exc}).") from exc
     G.rendering_kwargs = dict(rendering_kwargs)
     G.neural_rendering_resolution = int(resolution)
     return G
-
-
-def _load_state(G: TriPlaneGenerator, tensors: dict, path) -> None:
-    expected = G.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path}: the weights do not fit the EG3D architecture its config describes "
-            f"(missing {len(missing)} tensors, e.g. {missing[:3]}; unexpected {len(unexpected)}, "
-            f"e.g. {unexpected[:3]})."
-        )
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise WeightsError(
-                f"{path}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}."
-            )
-        if not torch.isfinite(value).all():
-            raise WeightsError(f"{path}: tensor {key} holds NaN or infinite values; the file is damaged.")
-    G.load_state_dict(tensors, strict=True)
 
 
 def _check_plane_axes(record: PickledModule, path) -> None:
