@@ -208,7 +208,7 @@ def make_ours(reference: Reference) -> torch.nn.Module:
     from preim3d import TriPlaneGenerator
 
     kwargs, resolution = reference.config
-    G = TriPlaneGenerator(**copy.deepcopy(kwargs)).eval().requires_grad_(False)
+    G = TriPlaneGenerator.from_config(kwargs).eval().requires_grad_(False)
     G.neural_rendering_resolution = resolution
     return seeded_weights(G, reference.weight_seed, reference.weight_scales)
 
