@@ -147,11 +147,12 @@ class Reference:
     weight_seed: int = 3
     input_seed: int = 5
     weight_scales: dict = field(default_factory=dict)
-    latent_avg: bool = False  # also store PREIM3D's latent average of this generator (its camera differs)
+    latent_avg: bool = False  # also store PREIM3D's latent average (taken at the config's average camera)
 
 
-# Narrow copies of the configurations EG3D's train.py makes, each exercising its own code paths:
-#   tiny              the tiny generator of preim3d.testing (2X, neural 32 → resized up to 64), 2 views
+# Narrow copies of the configurations EG3D's train.py makes, each exercising its own code paths (most
+# with fewer samples per ray than the real ones: the renderer's code is the same for any count):
+#   tiny              preim3d.testing's tiny configuration (2X, neural 32 → resized up to 64), 2 views
 #   ffhq512-128       the released FFHQ configuration: 8XDC, neural 128 (not resized)
 #   afhq512-64-8X     AFHQ cameras, --sr-module 8X, neural 64 (resized up to 128; the 8XDC resize is the same)
 #   ffhq256-64        4X resized up from 64; no pose conditioning (c zeroed)

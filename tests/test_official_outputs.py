@@ -3,7 +3,7 @@ tests/data/make_official_reference.py): EG3D generators of every configuration E
 makes (narrow copies, see eg3d_reference.REFERENCES), PREIM3D's encoder and its latent average.
 
 CPU float32 reproduces the official images, raw images and depths to well over 100 dB (about
-110–140 dB), so a wrong sample, filter tap or clamp anywhere shows.
+107–143 dB), so a wrong sample, filter tap or clamp anywhere shows.
 """
 
 from __future__ import annotations
