@@ -5,6 +5,7 @@ import csv
 import math
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -94,16 +95,16 @@ def test_lpips_missing_is_reported_as_missing(fresh_lpips, monkeypatch, crop):
 
 
 def test_lpips_failing_otherwise_raises_its_own_error(fresh_lpips, monkeypatch, tmp_path, crop):
-    unreachable = "raise OSError('AlexNet weights unreachable')"
-    (tmp_path / "lpips.py").write_text(
-        f"class LPIPS:\n    def __init__(self, **kwargs):\n        {unreachable}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "lpips", raising=False)
+    class UnreachableWeights:
+        def __init__(self, **kwargs):
+            raise OSError("AlexNet weights unreachable")
+
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=UnreachableWeights))
     with pytest.raises(OSError, match="AlexNet weights unreachable"):
         image_metrics(crop, crop)
-    (tmp_path / "lpips.py").write_text("import a_package_lpips_needs\n")
-    monkeypatch.delitem(sys.modules, "lpips", raising=False)
+    (tmp_path / "lpips.py").write_text("import a_package_lpips_needs\n")  # installed, but broken
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lpips")
     with pytest.raises(ModuleNotFoundError, match="a_package_lpips_needs"):
         lpips_status()
 
