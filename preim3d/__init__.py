@@ -66,6 +66,8 @@ _PUBLIC = {
     "LatentFileError": "preim3d.errors",
     "InvalidValueError": "preim3d.errors",
     "NoSuchFaceError": "preim3d.errors",
+    "Preim3DWarning": "preim3d.errors",
+    "MeshLevelWarning": "preim3d.errors",
 }
 
 __all__ = [*sorted(_PUBLIC), "__version__"]
@@ -91,9 +93,11 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .errors import InputImageError as InputImageError
     from .errors import InvalidValueError as InvalidValueError
     from .errors import LatentFileError as LatentFileError
+    from .errors import MeshLevelWarning as MeshLevelWarning
     from .errors import NoFaceError as NoFaceError
     from .errors import NoSuchFaceError as NoSuchFaceError
     from .errors import Preim3DError as Preim3DError
+    from .errors import Preim3DWarning as Preim3DWarning
     from .errors import UnknownAttributeError as UnknownAttributeError
     from .errors import WeightsError as WeightsError
     from .errors import WeightsNotFoundError as WeightsNotFoundError

@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import InvalidValueError, Preim3DError, WeightsError
+from .errors import InvalidValueError, Preim3DError, Preim3DWarning, WeightsError
 from .validation import (
     check_angles,
     check_fps,
     check_frames,
     check_mesh_resolution,
+    check_mesh_threshold,
     check_strength,
     face_index_from_number,
 )
@@ -352,6 +354,46 @@ def _confirm(question: str) -> bool:
     return input(question).strip().lower() in ("y", "yes")
 
 
+# ------------------------------------------------------------------ space
+
+
+def _add_space(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="space_action", metavar="ACTION", required=True)
+    build = actions.add_parser(
+        "build", help="write a runnable Space folder", description="Write the web demo as a Space folder."
+    )
+    build.add_argument("folder", type=Path, help="new or empty folder to write")
+    build.add_argument(
+        "--weights", metavar="REPO", help="Hub model repo id holding a bundle, the weights the Space loads"
+    )
+    push = actions.add_parser(
+        "push",
+        help="create the Space on the Hugging Face Hub and upload it",
+        description="Upload a weights bundle (optional), create the Space, upload the demo and set its "
+        "PREIM3D_WEIGHTS variable. The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    push.add_argument("repo", metavar="USER/NAME", help="the Space to create or update")
+    push.add_argument(
+        "--weights-repo", metavar="REPO", help="Hub model repo holding (or to hold) the weights bundle"
+    )
+    push.add_argument(
+        "--bundle", type=Path, metavar="FOLDER", help="a local bundle to upload to --weights-repo first"
+    )
+    push.add_argument("--private", action="store_true", help="make the Space (and the weights repo) private")
+
+
+def _run_space(args) -> int:
+    from .space import build_space, push_space
+
+    if args.space_action == "build":
+        folder = build_space(args.folder, weights=args.weights)
+        print(f"wrote the Space into {folder}: try it with `cd {folder} && python app.py`")
+        return 0
+    url = push_space(args.repo, weights_repo=args.weights_repo, bundle=args.bundle, private=args.private)
+    print(f"done: {url}")
+    return 0
+
+
 # ------------------------------------------------------------------ convert
 
 
@@ -481,6 +523,14 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
         type=_checked(check_mesh_resolution),
         default=256,
         help="density samples per side of the mesh: 64, 128, 256 (default) or 512",
+    )
+    parser.add_argument(
+        "--mesh-threshold",
+        type=_checked(check_mesh_threshold),
+        default="auto",
+        metavar="SIGMA",
+        help="density level of the mesh's surface: a number, or 'auto' (default): the official 10, or "
+        "the middle of the density's range where it never reaches 10, with a warning",
     )
     parser.add_argument(
         "--allow-slow",
@@ -640,7 +690,11 @@ def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[lis
         write(
             name,
             lambda path: editor.mesh(
-                result.edited_ws, path, resolution=args.mesh_resolution, allow_slow=args.allow_slow
+                result.edited_ws,
+                path,
+                resolution=args.mesh_resolution,
+                threshold=args.mesh_threshold,
+                allow_slow=args.allow_slow,
             ),
         )
     return written, result.pose
@@ -856,6 +910,7 @@ _COMMANDS = {
     "download": ("fetch the official weights and convert them into a bundle", _add_download, _run_download),
     "convert": ("convert official weight files into a bundle", _add_convert, _run_convert),
     "info": ("what a bundle or an official weights file holds", _add_info, _run_info),
+    "space": ("the web demo as a Hugging Face Space: build a folder, or push it", _add_space, _run_space),
     "edit": ("edit the faces of photos: align, invert, edit, render", _add_edit, _run_edit),
     "train": ("train the encoder against a frozen generator (PREIM3D's recipe)", _add_train, _run_train),
     "export-encoder": (
@@ -890,7 +945,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        with warnings.catch_warnings():  # restores the usual display afterwards
+            warnings.showwarning = _warning_display(args.command, warnings.showwarning)
+            return args.run(args)
     except Preim3DError as exc:
         print(f"preim3d {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _warning_display(command: str, usual):
+    """Show preim3d's own warnings as one line like its errors; others as Python shows them."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Preim3DWarning):
+            print(f"preim3d {command}: warning: {message}", file=sys.stderr)
+        else:
+            usual(message, category, filename, lineno, file, line)
+
+    return show

@@ -41,8 +41,6 @@ from .validation import (
     MIN_PHOTO_SIDE,
     check_angles,
     check_edits,
-    check_fps,
-    check_frames,
     check_mesh_resolution,
 )
 from .weights.bundle import read_bundle_config
@@ -304,7 +302,6 @@ class Editor:
         """
         from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
 
-        frames, fps = check_frames(frames), check_fps(fps)
         kwargs.setdefault("deterministic", self.deterministic)
         with torch.inference_mode():
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
@@ -314,8 +311,9 @@ class Editor:
         also written to `path` (.glb, .ply, .obj) if given.
 
         resolution: density samples per side, 64, 128, 256 or 512; 512 on a CPU only with
-        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`
-        (threshold, trim, progress).
+        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`:
+        threshold ("auto", the default: the official level 10, or one from the density with a
+        MeshLevelWarning where it never gets there; or a density σ), trim, progress.
         """
         from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 
