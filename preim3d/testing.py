@@ -138,7 +138,12 @@ def tiny_encoder(seed: int = 0):
     """A tiny WPlusEncoder with seeded random weights (BatchNorm statistics included), in eval mode."""
     from .networks.encoder import WPlusEncoder
 
-    encoder = WPlusEncoder(**TINY_ENCODER_KWARGS)
+    return fill_random_encoder(WPlusEncoder(**TINY_ENCODER_KWARGS), seed).eval().requires_grad_(False)
+
+
+def fill_random_encoder(encoder, seed: int):
+    """Overwrite a WPlusEncoder's parameters and BatchNorm statistics with seeded values, keyed by name
+    order: variance-preserving convolutions, offsets with a face-like spread. Returns the encoder."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in sorted(encoder.state_dict().items()):
@@ -156,7 +161,7 @@ def tiny_encoder(seed: int = 0):
             tensor.copy_(value)
         # EqualLinear divides by sqrt(w_dim) itself; scale its weight so offsets have a face-like spread.
         encoder.linear.weight.mul_(_OFFSET_STD * encoder.w_dim**0.5)
-    return encoder.eval().requires_grad_(False)
+    return encoder
 
 
 def fill_random(module: torch.nn.Module, seed: int) -> None:

@@ -9,10 +9,11 @@ import copy
 import os
 import pickle
 import sys
+import types
 from pathlib import Path
 
 import torch
-from eg3d_reference import fill_random, inputs
+from eg3d_reference import inputs, seeded_weights
 
 ENV = "PREIM3D_OFFICIAL_EG3D"
 
@@ -29,13 +30,18 @@ def import_official():
         raise RuntimeError(f"set {ENV} to the eg3d/ folder of an official EG3D checkout")
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+    try:
+        import requests  # noqa: F401  (dnnlib imports it, for downloads only)
+    except ImportError:
+        sys.modules["requests"] = types.ModuleType("requests")
     from training.triplane import TriPlaneGenerator
 
     return TriPlaneGenerator
 
 
-def build_official(config, seed: int, device="cpu", plugins=False):
-    """Official generator with the configuration's kwargs and our seeded random weights.
+def build_official(config, seed: int, device="cpu", plugins=False, weight_scales=None):
+    """Official generator with the configuration's kwargs and our seeded random weights
+    (eg3d_reference.seeded_weights).
 
     Unless `plugins`, the official code runs its reference PyTorch ops instead of building its CUDA
     extensions (which need a compiler set-up and fail on many machines).
@@ -46,14 +52,14 @@ def build_official(config, seed: int, device="cpu", plugins=False):
         from torch_utils.ops import bias_act, upfirdn2d
 
         bias_act._init = upfirdn2d._init = lambda: False
-    fill_random(G, seed)
+    seeded_weights(G, seed, weight_scales)
     G.neural_rendering_resolution = resolution
     return G.to(device)
 
 
 def run_generator(G, config, seed: int, batch: int, device="cpu", **synthesis_kwargs):
     """Seeded mapping + synthesis; the same call works for the official generator and ours."""
-    z, c = inputs(batch, config[0]["z_dim"], seed)
+    z, c = inputs(batch, config[0]["z_dim"], seed, config[0]["rendering_kwargs"])
     z, c = z.to(device), c.to(device)
     with torch.no_grad():
         ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)
