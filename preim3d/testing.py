@@ -26,6 +26,7 @@ import copy
 import math
 import os
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -156,7 +157,12 @@ def tiny_encoder(seed: int = 0):
     """A tiny WPlusEncoder with seeded random weights (BatchNorm statistics included), in eval mode."""
     from .networks.encoder import WPlusEncoder
 
-    encoder = WPlusEncoder(**TINY_ENCODER_KWARGS)
+    return fill_random_encoder(WPlusEncoder(**TINY_ENCODER_KWARGS), seed).eval().requires_grad_(False)
+
+
+def fill_random_encoder(encoder, seed: int):
+    """Overwrite a WPlusEncoder's parameters and BatchNorm statistics with seeded values, keyed by name
+    order: variance-preserving convolutions, offsets with a face-like spread. Returns the encoder."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in sorted(encoder.state_dict().items()):
@@ -174,7 +180,7 @@ def tiny_encoder(seed: int = 0):
             tensor.copy_(value)
         # EqualLinear divides by sqrt(w_dim) itself; scale its weight so offsets have a face-like spread.
         encoder.linear.weight.mul_(_OFFSET_STD * encoder.w_dim**0.5)
-    return encoder.eval().requires_grad_(False)
+    return encoder
 
 
 def fill_random(module: torch.nn.Module, seed: int) -> None:
@@ -230,15 +236,26 @@ def make_tiny_bundle(folder, seed: int = 0) -> Path:
     return folder
 
 
-def random_inputs(batch: int, z_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded z [batch, z_dim] and cameras c [batch, 25] (yaw, pitch spread around the frontal view)."""
-    from .cameras import camera_vector
+def random_inputs(
+    batch: int, z_dim: int, seed: int, rendering_kwargs: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded z [batch, z_dim] and cameras c [batch, 25]: yaw and pitch spread around the frontal view,
+    on the configuration's average camera orbit (radius and pivot of `rendering_kwargs`; FFHQ's when
+    not given)."""
+    from .cameras import FRONTAL_ANGLE, conditioning, intrinsics, orbit_cam2world
 
+    rendering_kwargs = rendering_kwargs or {}
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(batch, z_dim, generator=gen)
     yaw = (torch.rand(batch, generator=gen) - 0.5) * 0.8
     pitch = (torch.rand(batch, generator=gen) - 0.5) * 0.4
-    return z, camera_vector(yaw, pitch)
+    pose = orbit_cam2world(
+        FRONTAL_ANGLE + yaw,
+        FRONTAL_ANGLE + pitch,
+        radius=rendering_kwargs.get("avg_camera_radius", 2.7),
+        pivot=tuple(rendering_kwargs.get("avg_camera_pivot", (0, 0, 0.2))),
+    )
+    return z, conditioning(pose, intrinsics())
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -260,6 +277,22 @@ def official_eg3d_path() -> Path | None:
     return Path(value) if value and (Path(value) / "training" / "triplane.py").is_file() else None
 
 
+def official_eg3d_class():
+    """The official TriPlaneGenerator class, imported from the checkout named by $PREIM3D_OFFICIAL_EG3D."""
+    path = official_eg3d_path()
+    if path is None:
+        raise RuntimeError(f"set {OFFICIAL_EG3D_ENV} to the eg3d/ folder of an official EG3D checkout")
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    try:
+        import requests  # noqa: F401  (dnnlib imports it, for downloads only)
+    except ImportError:
+        sys.modules["requests"] = types.ModuleType("requests")
+    from training.triplane import TriPlaneGenerator
+
+    return TriPlaneGenerator
+
+
 def build_official_eg3d(kwargs: dict, resolution: int, seed: int, device="cpu", plugins: bool = False):
     """The official TriPlaneGenerator of the checkout, built with `kwargs`, holding our `fill_random`
     weights (the state-dict names are equal) and rendering at `resolution`, in eval mode on `device`.
@@ -267,14 +300,7 @@ def build_official_eg3d(kwargs: dict, resolution: int, seed: int, device="cpu", 
     Unless `plugins`, the official code runs its reference PyTorch ops instead of building its CUDA
     extensions (which need a compiler set-up and fail on many machines).
     """
-    path = official_eg3d_path()
-    if path is None:
-        raise RuntimeError(f"set {OFFICIAL_EG3D_ENV} to the eg3d/ folder of an official EG3D checkout")
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-    from training.triplane import TriPlaneGenerator
-
-    G = TriPlaneGenerator(**copy.deepcopy(kwargs)).eval().requires_grad_(False)
+    G = official_eg3d_class()(**copy.deepcopy(kwargs)).eval().requires_grad_(False)
     if not plugins:
         from torch_utils.ops import bias_act, upfirdn2d
 

@@ -3,7 +3,9 @@ and the whole report on the tiny random-weight bundle with the astronaut photo."
 
 import csv
 import math
+import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -20,7 +22,15 @@ from preim3d.evaluation import evaluate
 from preim3d.evaluation.consistency import reproject
 from preim3d.evaluation.editing import latent_leakage, plain_and_precise
 from preim3d.evaluation.identity import ArcFaceIdentity, DlibIdentity, cosine, similarity_matrix
-from preim3d.evaluation.metrics import image_metrics, lpips_distance, lpips_status, mse, psnr, ssim
+from preim3d.evaluation.metrics import (
+    _lpips_model,
+    image_metrics,
+    lpips_distance,
+    lpips_status,
+    mse,
+    psnr,
+    ssim,
+)
 from preim3d.evaluation.speed import time_call
 from preim3d.networks.renderer import camera_rays
 from preim3d.pipeline import Editor
@@ -69,6 +79,35 @@ def test_pixel_metrics_fall_as_the_reconstruction_gets_worse(crop):
         assert lpips_distance(crop, crop) < lpips_distance(crop, mild) < lpips_distance(crop, strong)
     else:  # not installed here: reported as missing, never as a number
         assert metrics["lpips"] is None and "lpips" in lpips_status()
+
+
+@pytest.fixture
+def fresh_lpips():
+    """The cached LPIPS model forgotten before and after the test."""
+    _lpips_model.cache_clear()
+    yield
+    _lpips_model.cache_clear()
+
+
+def test_lpips_missing_is_reported_as_missing(fresh_lpips, monkeypatch, crop):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` fail as if not installed
+    assert "not installed" in lpips_status() and "pip install lpips" in lpips_status()
+    assert image_metrics(crop, crop)["lpips"] is None
+
+
+def test_lpips_failing_otherwise_raises_its_own_error(fresh_lpips, monkeypatch, tmp_path, crop):
+    class UnreachableWeights:
+        def __init__(self, **kwargs):
+            raise OSError("AlexNet weights unreachable")
+
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=UnreachableWeights))
+    with pytest.raises(OSError, match="AlexNet weights unreachable"):
+        image_metrics(crop, crop)
+    (tmp_path / "lpips.py").write_text("import a_package_lpips_needs\n")  # installed, but broken
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lpips")
+    with pytest.raises(ModuleNotFoundError, match="a_package_lpips_needs"):
+        lpips_status()
 
 
 def test_identity_is_kept_by_shifts_blur_and_size_but_not_by_another_face(crop, other_face, dlib_model):

@@ -1,4 +1,4 @@
-"""The EG3D generator: architecture, agreement with stored official outputs, loading and saving."""
+"""The EG3D generator: architecture, loading and saving (official outputs: test_official_outputs.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import torch.nn.functional as F
 from eg3d_reference import FFHQ512, TINY, fill_random, psnr, random_inputs
 from official_eg3d import run_generator
 from official_format import write_network_pickle, write_torch_save
-from safetensors.torch import load_file
 
 from preim3d import TriPlaneGenerator, WeightsError, load_generator, save_generator
 from preim3d.networks.ops import fir_blur, fir_filter_2d, modulated_conv2d, up_conv_kernel, upsample_2x
-
-DATA = Path(__file__).parent / "data"
 
 
 def make_generator(config=TINY, seed=3) -> TriPlaneGenerator:
@@ -61,15 +58,6 @@ def test_ffhq512_state_dict_has_the_official_layout():
     for key, shape in shapes.items():
         assert tuple(state[key].shape) == shape, key
     assert "superresolution.resample_filter" not in state  # absent in the 8XDC variant only
-
-
-def test_tiny_generator_matches_stored_official_outputs(tiny):
-    reference = load_file(str(DATA / "eg3d_tiny_official.safetensors"))
-    ours = run_generator(tiny, TINY, seed=5, batch=2)
-    assert (ours["ws"] - reference["ws"]).abs().max() <= 1e-5
-    for key in ("image", "image_raw", "image_depth"):
-        assert ours[key].shape == reference[key].shape
-        assert psnr(ours[key], reference[key]) >= 50, key
 
 
 def test_bundle_round_trip_is_exact(tiny, tmp_path):

@@ -563,11 +563,22 @@ def test_arcface_has_the_treb1en_layout_and_initialises_the_encoder(tmp_path):
         load_arcface(tmp_path / "other.pth")
 
 
-def test_lpips_is_optional_and_says_so(monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` fail
-    with caplog.at_level(logging.WARNING, logger="preim3d.training"):
-        assert PerceptualLoss.create() is None
-    assert "LPIPS loss off" in caplog.text and "pip install lpips" in caplog.text
+def test_lpips_weight_without_the_package_stops_and_names_both_fixes(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` fail as if not installed
+    settings = dict(real_batches=0, id_lambda=0.0, id_lambda_multi_view=0.0)
+    with pytest.raises(Preim3DError, match="lpips") as info:
+        Trainer(micro_config(tmp_path, lpips_lambda=0.8, **settings), MicroGenerator(), micro_encoder())
+    assert "pip install lpips" in str(info.value) and "--lpips-lambda 0" in str(info.value)
+    trainer = Trainer(micro_config(tmp_path, lpips_lambda=0.0, **settings), MicroGenerator(), micro_encoder())
+    assert trainer.lpips is None and "loss_lpips" not in trainer.train_step()
+
+
+def test_a_broken_lpips_install_reports_its_own_error(tmp_path, monkeypatch):
+    (tmp_path / "lpips.py").write_text("import a_package_lpips_needs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lpips", raising=False)
+    with pytest.raises(ModuleNotFoundError, match="a_package_lpips_needs"):
+        PerceptualLoss.create()
 
 
 # ------------------------------------------------------------------ data

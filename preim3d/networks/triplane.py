@@ -196,8 +196,11 @@ class TriPlaneGenerator(nn.Module):
         depth_image = depth.reshape(n, 1, resolution, resolution)
         rgb_image = feature_image[:, :3].float()
         sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none")
-        image = self._run(lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast), ws)
-        return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
+        image, raw_image = self._run(
+            lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast, return_raw=True),
+            ws,
+        )
+        return {"image": image, "image_raw": raw_image, "image_depth": depth_image}
 
     def synthesis(
         self,
@@ -235,12 +238,15 @@ class TriPlaneGenerator(nn.Module):
     def _fast(self, ws) -> bool:
         return self.precision == "fast" and ws.device.type == "cuda"
 
-    def _run(self, network, ws) -> torch.Tensor:
-        """network(fast) in the fast mode when it applies, falling back to float32 on overflow."""
+    def _run(self, network, ws):
+        """network(fast) in the fast mode when it applies, falling back to float32 on overflow.
+
+        A network may return a tuple: its first tensor is checked (the final image, which an overflow
+        anywhere in the super-resolution reaches)."""
         if not self._fast(ws):
             return network(False)
         out = network(True)
-        if torch.isfinite(out).all():
+        if torch.isfinite(out[0] if isinstance(out, tuple) else out).all():
             return out
         warnings.warn("float16 overflowed in the fast mode; recomputing this pass in float32", stacklevel=3)
         return network(False)

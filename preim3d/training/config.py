@@ -75,7 +75,7 @@ class TrainConfig:
     # --- image losses
     l2_lambda: float = _setting(1.0, "weight of the pixel MSE")
     lpips_lambda: float = _setting(
-        0.8, "weight of LPIPS; needs the optional `lpips` package; off (with a log line) without it"
+        0.8, "weight of LPIPS; needs the optional `lpips` package (0 trains without LPIPS)"
     )
     lpips_net: str = _setting("alex", "LPIPS backbone: alex, vgg or squeeze")
     id_lambda: float = _setting(0.4, "weight of the ArcFace identity loss")

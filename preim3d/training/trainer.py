@@ -164,9 +164,7 @@ class Trainer:
             if arcface is None:
                 arcface = arcface_from_state(arcface_state, origin=cfg.arcface)
             self.identity = IdentityLoss(arcface).to(self.device)
-        self.lpips = PerceptualLoss.create(cfg.lpips_net) if cfg.lpips_lambda > 0 else None
-        if self.lpips is not None:
-            self.lpips.to(self.device)
+        self.lpips = PerceptualLoss.create(cfg.lpips_net).to(self.device) if cfg.lpips_lambda > 0 else None
 
         params = list(self.encoder_module.parameters())
         if cfg.optimizer == "ranger":
