@@ -61,40 +61,44 @@ class HeadStore:
 
 
 class RefineHandlers:
-    """What the Refine button and the endpoints' refine_steps do; mixed into `demo.handlers.Handlers`."""
+    """What the Refine button and the endpoints' refine_steps do; mixed into `demo.handlers.Handlers`.
+
+    A head is kept as one view per lane of the page ("short": views and edits, "long": videos and
+    meshes), each rendering through its lane's own renderer, as the base editor's lanes do.
+    """
 
     @functools.cached_property
     def heads(self) -> HeadStore:
         return HeadStore()
 
-    def viewer(self, session) -> Editor:
-        """The editor that renders for this session: its refined head, if it has one, else the base."""
+    def viewer(self, session, lane: str = "short") -> Editor:
+        """What renders for this session in `lane`: its refined head if it has one, else the base editor."""
         head = self.heads.get(getattr(session, "refined", None))
-        return head if head is not None else self._editor()
+        return head[lane] if head is not None else self._editor(lane)
 
     def release(self, session) -> None:
         """gradio's delete callback of the session state: the session is gone, so is its head."""
         self.heads.release(getattr(session, "refined", None))
 
+    def _refined(self, face, ws, steps: int, progress) -> dict[str, Editor]:
+        """The head (refined in the long lane) with its view for each lane."""
+        report = None if progress is None else (lambda done, total: progress((done, total), desc="Refining"))
+        head = self._editor("long").refine(face, ws, steps, progress=report)
+        return {"long": head, "short": head.on(self._editor("short").renderer)}
+
     def refine(self, session, steps, progress=PROGRESS):
         """Refine button: (state with the head's ticket, reconstruction by the head, status)."""
         session = self._need(session, photo=True)
         steps = check_refine_steps(steps)
+        editor = self._editor("long")
         if steps == 0:
             self.heads.release(session.refined)
-            session = replace(session, refined=None)
-            return session, self._editor().render(session.ws, *session.pose), "Not refined."
-        editor = self._editor()
+            return replace(session, refined=None), editor.render(session.ws, *session.pose), "Not refined."
         start = time.perf_counter()
-        head = editor.refine(
-            session.face,
-            session.ws,
-            steps,
-            progress=lambda done, total: progress((done, total), desc="Refining", unit="steps"),
-        )
+        head = self._refined(session.face, session.ws, steps, progress)
         self.heads.release(session.refined)
         session = replace(session, refined=self.heads.put(head))
-        reconstruction = head.reconstruction()
+        reconstruction = head["long"].reconstruction()
         before = psnr(session.face.image, editor.render(session.ws, *session.pose))
         after = psnr(session.face.image, reconstruction)
         status = (
@@ -104,49 +108,53 @@ class RefineHandlers:
         )
         return session, reconstruction, status
 
-    def api_viewer(self, photo, latent, face, refine_steps, progress=None) -> tuple[Editor, object, tuple]:
-        """(editor or a head refined for this call, code, pose) for the stateless endpoints."""
+    def api_viewer(self, photo, latent, face, refine_steps, lane: str = "short", progress=None):
+        """(None or a head refined for this call, code, pose) for the stateless endpoints."""
+        from .handlers import uploaded_path
+
         steps = check_refine_steps(refine_steps or 0)
-        ws, pose = self._code(photo, latent, face)
         if not steps:
-            return self._editor(), ws, pose
-        if photo is None:
+            return None, *self._code(photo, latent, face)
+        if uploaded_path(photo) is None:
             raise ValueError("refine_steps needs a photo: a latent file has no image to refine against.")
-        prepared = self._prepare(photo, int(face or 0))
-        report = None if progress is None else (lambda done, total: progress((done, total), desc="Refining"))
-        return self._editor().refine(prepared.face, ws, steps, progress=report), ws, pose
+        prepared = self._prepare(uploaded_path(photo), face)
+        return self._refined(prepared.face, prepared.ws, steps, progress)[lane], prepared.ws, prepared.pose
 
 
-def refine_controls(editor: Editor | None):
+def refine_controls(page):
     """The Refine button, its step count and status line, laid out where they are called."""
-    ready = editor is not None
-    cpu = ready and editor.device.type == "cpu"
-    steps = gr.Slider(
-        10,
-        PAGE_MAX_STEPS,
-        100 if cpu else PAGE_STEPS,
-        step=10,
-        label="Refinement steps",
-        interactive=ready,
-        elem_id="refine-steps",
-        info="Tunes the generator to this photo, keeping its code: a more faithful head, every edit "
-        + (
-            "still works. On this CPU it takes minutes (the bar shows the time left)."
-            if cpu
-            else "still works."
-        ),
+    cpu = page.device.type == "cpu"
+    steps = page.control(
+        gr.Slider(
+            10,
+            PAGE_MAX_STEPS,
+            100 if cpu else PAGE_STEPS,
+            step=10,
+            label="Refinement steps",
+            interactive=page.ready,
+            elem_id="refine-steps",
+            info="Tunes the generator to this photo, keeping its code: a more faithful head, every edit "
+            + (
+                "still works. On this CPU it takes minutes (the bar shows the time left)."
+                if cpu
+                else "still works."
+            ),
+        )
     )
-    button = gr.Button("Refine", interactive=ready, elem_id="refine-button")
+    button = page.control(gr.Button("Refine", interactive=page.ready, elem_id="refine-button"))
     status = gr.Markdown(elem_id="refine-status")
     return steps, button, status
 
 
-def wire_refine(refine, controls, state, reconstruction, cleared_by, then, **queue) -> None:
-    """The button runs `refine` (Handlers.refine, wrapped for the GPU) → the head's reconstruction and
-    status, then `then` (fn, inputs, outputs) re-renders the edited view with the head; a new photo
-    or code (the `cleared_by` event listeners) clears the status."""
-    steps, button, status = controls
-    refined = button.click(refine, [state, steps], [state, reconstruction, status], **queue)
-    refined.success(*then, **queue)
-    for event in cleared_by:
-        event(lambda: "", None, status, queue=False, api_visibility="private")
+def wire_refine(page, refine, apply_edits, private: dict, long_lane: dict, short_lane: dict) -> None:
+    """The button runs `refine` (Handlers.refine, wrapped for the GPU) in the long lane → the head's
+    reconstruction and status; then `apply_edits` re-renders the edited view with the head. A new
+    photo or code clears the status."""
+    steps, button, status = page.refine
+    inputs = [page.state, page.yaw, page.pitch, page.precise, page.hold, *page.sliders.values()]
+    refined = button.click(
+        refine, [page.state, steps], [page.state, page.reconstruction, status], **private, **long_lane
+    )
+    refined.success(apply_edits, inputs, [page.state, page.edited], **private, **short_lane)
+    for event in (page.photo.change, page.latent_in.upload):
+        event(lambda: "", None, status, queue=False, **private)

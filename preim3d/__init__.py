@@ -24,9 +24,11 @@ _PUBLIC = {
     "invert": "preim3d.inversion",
     "Editor": "preim3d.pipeline",
     "EditResult": "preim3d.pipeline",
+    "RefinedHead": "preim3d.pipeline",
+    "RefineSettings": "preim3d.refine",
     "save_latent": "preim3d.pipeline",
     "load_latent": "preim3d.pipeline",
-    "default_device": "preim3d.pipeline",
+    "default_device": "preim3d.distributed",
     "resolve_weights": "preim3d.weights.resolve",
     "download_official": "preim3d.weights.download",
     "convert_official": "preim3d.weights.convert",
@@ -66,6 +68,8 @@ _PUBLIC = {
     "LatentFileError": "preim3d.errors",
     "InvalidValueError": "preim3d.errors",
     "NoSuchFaceError": "preim3d.errors",
+    "Preim3DWarning": "preim3d.errors",
+    "MeshLevelWarning": "preim3d.errors",
 }
 
 __all__ = [*sorted(_PUBLIC), "__version__"]
@@ -81,6 +85,7 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .cameras import keyframe_path as keyframe_path
     from .cameras import turntable_path as turntable_path
     from .cameras import yaw_sweep as yaw_sweep
+    from .distributed import default_device as default_device
     from .editing import CELEBA_ATTRIBUTES as CELEBA_ATTRIBUTES
     from .editing import DirectionBank as DirectionBank
     from .editing import fit_direction as fit_direction
@@ -89,9 +94,13 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .errors import DownloadError as DownloadError
     from .errors import FaceTooSmallError as FaceTooSmallError
     from .errors import InputImageError as InputImageError
+    from .errors import InvalidValueError as InvalidValueError
     from .errors import LatentFileError as LatentFileError
+    from .errors import MeshLevelWarning as MeshLevelWarning
     from .errors import NoFaceError as NoFaceError
+    from .errors import NoSuchFaceError as NoSuchFaceError
     from .errors import Preim3DError as Preim3DError
+    from .errors import Preim3DWarning as Preim3DWarning
     from .errors import UnknownAttributeError as UnknownAttributeError
     from .errors import WeightsError as WeightsError
     from .errors import WeightsNotFoundError as WeightsNotFoundError
@@ -105,9 +114,10 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .networks.triplane import TriPlaneGenerator as TriPlaneGenerator
     from .pipeline import Editor as Editor
     from .pipeline import EditResult as EditResult
-    from .pipeline import default_device as default_device
+    from .pipeline import RefinedHead as RefinedHead
     from .pipeline import load_latent as load_latent
     from .pipeline import save_latent as save_latent
+    from .refine import RefineSettings as RefineSettings
     from .rendering import TriPlaneRenderer as TriPlaneRenderer
     from .rendering import multiview_grid as multiview_grid
     from .training.config import TrainConfig as TrainConfig

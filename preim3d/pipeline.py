@@ -20,6 +20,7 @@ cache, so a grid, a video and a mesh of the same code run the backbone once.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -29,20 +30,29 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from .align import AlignedFace, align_face, paste_back
 from .cameras import camera_vector
+from .distributed import default_device
 from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
 from .errors import LatentFileError, WeightsError
 from .images import load_image
 from .inversion import compute_latent_avg, invert
+from .refine import (
+    RefineSettings,
+    crop_target,
+    delta_state,
+    generator_fingerprint,
+    refine_generator,
+    tuned_copy,
+    weights_digest,
+)
 from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
 from .validation import (
     MIN_PHOTO_SIDE,
     check_angles,
     check_edits,
-    check_fps,
-    check_frames,
     check_mesh_resolution,
     check_refine_steps,
 )
@@ -62,20 +72,11 @@ from .weights.resolve import WeightsLocation, resolve_weights
 LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
 
 
-def default_device() -> torch.device:
-    """CUDA if available, then Apple's MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 @dataclass
 class EditResult:
     """What `Editor.edit_photo` made: the face, both codes and the renders from the photo's camera."""
 
-    photo: Image.Image  # the input, upright RGB
+    photo: Image.Image | None  # the input, upright RGB (None where a folder run did not keep it)
     face: AlignedFace
     ws: torch.Tensor  # [1, 14, 512] inverted code
     edited_ws: torch.Tensor  # [1, 14, 512] after the edits
@@ -269,25 +270,51 @@ class Editor:
             )
         return self.directions.apply(torch.as_tensor(ws).cpu(), edits, hold=hold, precise=precise)
 
-    def refine(self, face, ws=None, steps: int = 300, *, pose=None, progress=None, **options):
-        """Pivotal tuning for one photo: a `preim3d.refine.RefinedHead`, an Editor whose generator
+    def refine(self, face, ws=None, steps: int = 300, *, pose=None, progress=None, **options) -> RefinedHead:
+        """Pivotal tuning for one photo (`preim3d.refine`): a `RefinedHead`, an Editor whose generator
         renders this face's code as the aligned crop, more faithfully than the encoder alone.
 
         face: an AlignedFace (its crop is the target, its estimated camera the pose) or an aligned
         512 crop (frontal unless pose=(yaw, pitch) radians is given). ws: the code to keep (default:
-        the encoder's). steps: 0 to 1000 (seconds on a GPU; on a CPU about 10 s each at full size,
-        logged before it starts). progress(done, total) after each step. Keywords: identity (an
-        ArcFace model for the identity term), lpips=False, and `preim3d.refine.RefineSettings`
-        fields (rank, learning_rate, loss weights, ...). The base editor is not changed.
+        the encoder's). steps: 0 to 1000 (seconds on a GPU; on a CPU several seconds each at full
+        size, estimated in the log before the rest). progress(done, total) after each step.
+        Keywords: identity (an ArcFace model for the identity term), lpips=False, and
+        `preim3d.refine.RefineSettings` fields (rank, learning_rate, loss weights, ...). The editor's
+        own generator is not changed; the edit term keeps the edits of this editor's directions.
         """
-        from .refine import refine_head
+        identity, lpips = options.pop("identity", None), options.pop("lpips", True)
+        steps = check_refine_steps(steps)
+        if pose is None:
+            pose = face.estimate_pose() if hasattr(face, "estimate_pose") else (0.0, 0.0)
+        check_angles(*pose)
+        settings = RefineSettings(steps=steps, **options)
+        ws = self.invert(face) if ws is None else torch.as_tensor(ws).detach().to("cpu", torch.float32)
+        bank = self.directions
+        directions = None if bank is None else torch.stack([bank.direction(name) for name in bank.names])
+        result = refine_generator(
+            self.generator,
+            ws,
+            crop_target(face, self.generator.img_resolution),
+            pose,
+            settings,
+            directions=directions,
+            identity=identity,
+            lpips=lpips,
+            progress=progress,
+        )
+        return RefinedHead(
+            self,
+            result.generator,
+            ws,
+            pose,
+            settings,
+            result.losses,
+            history=result.history,
+            seconds=result.seconds,
+        )
 
-        return refine_head(self, face, ws, steps, pose=pose, progress=progress, **options)
-
-    def load_refined(self, path):
+    def load_refined(self, path) -> RefinedHead:
         """A refined head saved with `RefinedHead.save`, on these weights (see `refine`)."""
-        from .refine import RefinedHead
-
         return RefinedHead.load(self, path)
 
     def render(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
@@ -297,6 +324,18 @@ class Editor:
         views within about ±0.8 rad yaw and ±0.6 rad pitch.
         """
         return self.views(ws, [yaw], [pitch])[0]
+
+    def render_each(self, ws, yaws, pitches) -> list[Image.Image]:
+        """Several codes ws [N, 14, 512], each seen from its own (yaws[i], pitches[i]) radians: N images.
+
+        Renders `renderer.batch_size` codes at a time, which is faster than one `render` per code.
+        """
+        c = camera_vector(
+            torch.as_tensor(yaws, dtype=torch.float32), torch.as_tensor(pitches, dtype=torch.float32)
+        )
+        with torch.inference_mode():
+            batches = self.renderer.render_codes(ws, c, deterministic=self.deterministic)
+            return [Image.fromarray(image) for out in batches for image in to_uint8(out["image"])]
 
     def depth(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
         """The depth map of one view (neural rendering resolution, near = bright) as a grayscale image."""
@@ -327,7 +366,6 @@ class Editor:
         """
         from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
 
-        frames, fps = check_frames(frames), check_fps(fps)
         kwargs.setdefault("deterministic", self.deterministic)
         with torch.inference_mode():
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
@@ -337,8 +375,9 @@ class Editor:
         also written to `path` (.glb, .ply, .obj) if given.
 
         resolution: density samples per side, 64, 128, 256 or 512; 512 on a CPU only with
-        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`
-        (threshold, trim, progress).
+        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`:
+        threshold ("auto", the default: the official level 10, or one from the density with a
+        MeshLevelWarning where it never gets there; or a density σ), trim, progress.
         """
         from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 
@@ -419,6 +458,139 @@ class Editor:
     def load_latent(path, with_metadata: bool = False):
         """See `load_latent`."""
         return load_latent(path, with_metadata)
+
+
+# ---------------------------------------------------------------------- a refined head
+
+HEAD_FORMAT = "preim3d refined head"
+HEAD_VERSION = "1"
+DELTA_PREFIX = "delta."
+
+
+class RefinedHead(Editor):
+    """An Editor whose generator is tuned for one photo: it renders, edits, makes grids, turntables,
+    meshes and depth maps exactly as the Editor it came from (same code, same encoder, latent average
+    and directions), with the tuned weights. Its tri-planes go through the base editor's cache,
+    under keys of their own.
+
+        head = editor.refine(face)                  # face = editor.align("me.jpg")
+        head.render(head.ws, *head.pose)            # the photo's reconstruction, now faithful
+        head.turntable(head.edit(head.ws, {"smile": 2}), "smile.mp4")
+        head.save("me.head.safetensors")            # deltas + code + settings, a few MB
+        head = editor.load_refined("me.head.safetensors")
+
+    Attributes: base (the Editor), ws (the photo's code [1, 14, 512], never changed by the tuning),
+    pose (the photo's (yaw, pitch)), settings (RefineSettings), losses (the terms used), history
+    (per-step loss values; empty for a loaded head), seconds (tuning time).
+    """
+
+    def __init__(
+        self, base: Editor, generator: nn.Module, ws, pose, settings: RefineSettings, losses, **info
+    ):
+        self.__dict__.update(vars(base))  # device, encoder, latent average, directions, render options
+        self.base = base
+        self.generator = generator
+        generator.weights_key = weights_digest(generator)
+        self.renderer = base.renderer.for_generator(generator)
+        self.ws = (
+            torch.as_tensor(ws).detach().to("cpu", torch.float32).reshape(1, -1, base.latent_avg.shape[-1])
+        )
+        self.pose = tuple(float(v) for v in pose)
+        self.settings = settings
+        self.losses = tuple(losses)
+        self.history: dict[str, list[float]] = info.get("history", {})
+        self.seconds: float = info.get("seconds", 0.0)
+
+    def __repr__(self) -> str:
+        return f"RefinedHead({self.settings.steps} steps, losses {', '.join(self.losses)}, of {self.base!r})"
+
+    def refine(self, *args, **kwargs) -> RefinedHead:
+        """Refine another photo, from the base weights (see `Editor.refine`)."""
+        return self.base.refine(*args, **kwargs)
+
+    def on(self, renderer) -> RefinedHead:
+        """The same head rendering through `renderer`'s cache (e.g. another thread's renderer)."""
+        view = copy.copy(self)
+        view.renderer = renderer.for_generator(self.generator)
+        return view
+
+    def reconstruction(self):
+        """The photo's code rendered from the photo's camera, as a PIL image."""
+        return self.render(self.ws, *self.pose)
+
+    def save_pretrained(self, folder):
+        raise TypeError(
+            "A refined head is saved with head.save(path) (its deltas and code, beside the base weights); "
+            "head.base.save_pretrained(folder) writes the base weights."
+        )
+
+    def save(self, path) -> Path:
+        """Write the deltas, the code and the settings as one .safetensors file; returns its path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ValueError(f"A refined head is saved as .safetensors, not {path.name!r}.")
+        tensors = {
+            DELTA_PREFIX + k: v.to("cpu", torch.float32).contiguous()
+            for k, v in delta_state(self.generator).items()
+        }
+        tensors[LATENT_KEY] = self.ws.contiguous()
+        metadata = {
+            "format": HEAD_FORMAT,
+            "version": HEAD_VERSION,
+            "settings": self.settings.to_json(),
+            "pose": json.dumps(list(self.pose)),
+            "losses": json.dumps(list(self.losses)),
+            "generator": generator_fingerprint(self.base.generator),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, editor: Editor, path) -> RefinedHead:
+        """A head saved by `save`, on `editor`'s weights (which must be the ones it was refined on)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        base = getattr(editor, "base", editor)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # missing, damaged or not safetensors
+            raise LatentFileError(f"{path} is not a readable refined head ({exc}).") from exc
+        if metadata.get("format") != HEAD_FORMAT:
+            raise LatentFileError(f"{path} is not a refined head saved by preim3d (RefinedHead.save).")
+        if metadata.get("version") != HEAD_VERSION:
+            raise LatentFileError(
+                f"{path} is a refined head of format version {metadata.get('version')}; "
+                f"this preim3d reads version {HEAD_VERSION}."
+            )
+        if metadata.get("generator") != generator_fingerprint(base.generator):
+            raise WeightsError(
+                f"{path} was refined on other generator weights than these ({base.source}): load it with "
+                "the weights it was made with, or refine the photo again."
+            )
+        try:
+            settings = RefineSettings.from_json(metadata["settings"])
+            pose = json.loads(metadata["pose"])
+            losses = json.loads(metadata["losses"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise LatentFileError(f"{path}: damaged refined-head metadata ({exc}).") from exc
+        generator = tuned_copy(base.generator, settings.rank, settings.seed)
+        expected = delta_state(generator)
+        stored = {k[len(DELTA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(DELTA_PREFIX)}
+        wrong = [k for k in expected if k not in stored or stored[k].shape != expected[k].shape]
+        if wrong or set(stored) - set(expected) or LATENT_KEY not in tensors:
+            raise LatentFileError(
+                f"{path}: its deltas do not fit this generator ({len(wrong)} missing or misshapen)."
+            )
+        with torch.no_grad():
+            for name, value in expected.items():
+                value.copy_(stored[name])
+        return cls(base, generator.requires_grad_(False), tensors[LATENT_KEY], pose, settings, losses)
 
 
 def _one(ws) -> torch.Tensor:

@@ -54,7 +54,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,10 +62,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .cameras import camera_vector
-from .errors import LatentFileError, WeightsError
 from .networks.renderer import camera_rays
 from .networks.stylegan2 import SynthesisLayer, ToRGBLayer
-from .pipeline import LATENT_KEY, Editor
 
 log = logging.getLogger("preim3d.refine")
 
@@ -495,11 +492,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-# --- A refined head: an Editor with the tuned generator ------------------------------------------------
-
-HEAD_FORMAT = "preim3d refined head"
-HEAD_VERSION = "1"
-DELTA_PREFIX = "delta."
+# --- Targets ----------------------------------------------------------------------------------------
 
 
 def crop_target(image, resolution: int) -> torch.Tensor:
@@ -517,171 +510,3 @@ def crop_target(image, resolution: int) -> torch.Tensor:
         image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
     return pixels.float() / 127.5 - 1
-
-
-class RefinedHead(Editor):
-    """An Editor whose generator is tuned for one photo: it renders, edits, makes grids, turntables,
-    meshes and depth maps exactly as the Editor it came from (same code, same encoder, latent average
-    and directions), with the tuned weights. Its tri-planes go through the base editor's cache,
-    under keys of their own.
-
-        head = editor.refine(face)                  # face = editor.align("me.jpg")
-        head.render(head.ws, *head.pose)            # the photo's reconstruction, now faithful
-        head.turntable(head.edit(head.ws, {"smile": 2}), "smile.mp4")
-        head.save("me.head.safetensors")            # deltas + code + settings, a few MB
-        head = editor.load_refined("me.head.safetensors")
-
-    Attributes: base (the Editor), ws (the photo's code [1, 14, 512], never changed by the tuning),
-    pose (the photo's (yaw, pitch)), settings (RefineSettings), losses (the terms used), history
-    (per-step loss values; empty for a loaded head), seconds (tuning time).
-    """
-
-    def __init__(
-        self, base: Editor, generator: nn.Module, ws, pose, settings: RefineSettings, losses, **info
-    ):
-        self.__dict__.update(vars(base))  # device, encoder, latent average, directions, render options
-        self.base = base
-        self.generator = generator
-        generator.weights_key = weights_digest(generator)
-        self.renderer = base.renderer.for_generator(generator)
-        self.ws = (
-            torch.as_tensor(ws).detach().to("cpu", torch.float32).reshape(1, -1, base.latent_avg.shape[-1])
-        )
-        self.pose = tuple(float(v) for v in pose)
-        self.settings = settings
-        self.losses = tuple(losses)
-        self.history: dict[str, list[float]] = info.get("history", {})
-        self.seconds: float = info.get("seconds", 0.0)
-
-    def __repr__(self) -> str:
-        return f"RefinedHead({self.settings.steps} steps, losses {', '.join(self.losses)}, of {self.base!r})"
-
-    def refine(self, *args, **kwargs) -> RefinedHead:
-        """Refine another photo, from the base weights (see `Editor.refine`)."""
-        return self.base.refine(*args, **kwargs)
-
-    def reconstruction(self):
-        """The photo's code rendered from the photo's camera, as a PIL image."""
-        return self.render(self.ws, *self.pose)
-
-    def save_pretrained(self, folder):
-        raise TypeError(
-            "A refined head is saved with head.save(path) (its deltas and code, beside the base weights); "
-            "head.base.save_pretrained(folder) writes the base weights."
-        )
-
-    def save(self, path) -> Path:
-        """Write the deltas, the code and the settings as one .safetensors file; returns its path."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            raise ValueError(f"A refined head is saved as .safetensors, not {path.name!r}.")
-        tensors = {
-            DELTA_PREFIX + k: v.to("cpu", torch.float32).contiguous()
-            for k, v in delta_state(self.generator).items()
-        }
-        tensors[LATENT_KEY] = self.ws.contiguous()
-        metadata = {
-            "format": HEAD_FORMAT,
-            "version": HEAD_VERSION,
-            "settings": self.settings.to_json(),
-            "pose": json.dumps(list(self.pose)),
-            "losses": json.dumps(list(self.losses)),
-            "generator": generator_fingerprint(self.base.generator),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=metadata)
-        return path
-
-    @classmethod
-    def load(cls, editor: Editor, path) -> RefinedHead:
-        """A head saved by `save`, on `editor`'s weights (which must be the ones it was refined on)."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        base = getattr(editor, "base", editor)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = dict(f.metadata() or {})
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # missing, damaged or not safetensors
-            raise LatentFileError(f"{path} is not a readable refined head ({exc}).") from exc
-        if metadata.get("format") != HEAD_FORMAT:
-            raise LatentFileError(f"{path} is not a refined head saved by preim3d (RefinedHead.save).")
-        if metadata.get("version") != HEAD_VERSION:
-            raise LatentFileError(
-                f"{path} is a refined head of format version {metadata.get('version')}; "
-                f"this preim3d reads version {HEAD_VERSION}."
-            )
-        if metadata.get("generator") != generator_fingerprint(base.generator):
-            raise WeightsError(
-                f"{path} was refined on other generator weights than these ({base.source}): load it with "
-                "the weights it was made with, or refine the photo again."
-            )
-        try:
-            settings = RefineSettings.from_json(metadata["settings"])
-            pose = json.loads(metadata["pose"])
-            losses = json.loads(metadata["losses"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise LatentFileError(f"{path}: damaged refined-head metadata ({exc}).") from exc
-        generator = tuned_copy(base.generator, settings.rank, settings.seed)
-        expected = delta_state(generator)
-        stored = {k[len(DELTA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(DELTA_PREFIX)}
-        wrong = [k for k in expected if k not in stored or stored[k].shape != expected[k].shape]
-        if wrong or set(stored) - set(expected) or LATENT_KEY not in tensors:
-            raise LatentFileError(
-                f"{path}: its deltas do not fit this generator ({len(wrong)} missing or misshapen)."
-            )
-        with torch.no_grad():
-            for name, value in expected.items():
-                value.copy_(stored[name])
-        return cls(base, generator.requires_grad_(False), tensors[LATENT_KEY], pose, settings, losses)
-
-
-def refine_head(
-    editor: Editor,
-    face,
-    ws=None,
-    steps: int = 300,
-    *,
-    pose=None,
-    identity=None,
-    lpips=True,
-    progress: Progress = None,
-    **settings,
-) -> RefinedHead:
-    """`Editor.refine`: pivotal tuning of editor's generator for one aligned face (module docstring)."""
-    from .validation import check_angles, check_refine_steps
-
-    base = getattr(editor, "base", editor)
-    steps = check_refine_steps(steps)
-    if pose is None:
-        pose = face.estimate_pose() if hasattr(face, "estimate_pose") else (0.0, 0.0)
-    check_angles(*pose)
-    settings = RefineSettings(steps=steps, **settings)
-    ws = base.invert(face) if ws is None else torch.as_tensor(ws).detach().to("cpu", torch.float32)
-    target = crop_target(face, base.generator.img_resolution)
-    bank = base.directions
-    directions = None if bank is None else torch.stack([bank.direction(name) for name in bank.names])
-    result = refine_generator(
-        base.generator,
-        ws,
-        target,
-        pose,
-        settings,
-        directions=directions,
-        identity=identity,
-        lpips=lpips,
-        progress=progress,
-    )
-    return RefinedHead(
-        base,
-        result.generator,
-        ws,
-        pose,
-        settings,
-        result.losses,
-        history=result.history,
-        seconds=result.seconds,
-    )

@@ -1,6 +1,5 @@
 """The `preim3d edit`, `convert` and `info` commands, end to end on the tiny random-weight bundle."""
 
-import re
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ from PIL import Image
 
 from preim3d import cli
 from preim3d.editing import DirectionBank
+from preim3d.evaluation.metrics import psnr
 from preim3d.pipeline import Editor, load_latent
 
 
@@ -46,7 +46,7 @@ def test_edit_one_photo_writes_every_output(tiny_bundle, astronaut_png, tmp_path
     )
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
-    assert len(lines) == 1 and lines[0].startswith("astronaut.png: ok") and "smile +2, age -1" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("astronaut.png: done") and "smile +2, age -1" in lines[0]
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
             "aligned.png",
@@ -98,7 +98,7 @@ def test_edit_a_folder_reports_each_photo_and_fails_on_a_bad_one(
     )
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.out.splitlines()[0].startswith("astronaut.jpg: ok")
+    assert captured.out.splitlines()[0].startswith("astronaut.jpg: done")
     assert "precise" in captured.out.splitlines()[0]
     assert "1 of 2 photos edited, 1 failed" in captured.out
     assert captured.err.startswith("wall.png: failed: No face was found")
@@ -187,12 +187,17 @@ def test_edit_with_refine_renders_and_saves_the_refined_head(tiny_bundle, astron
     args = ["edit", str(astronaut_png), "--edit", "smile=2", "--weights", str(tiny_bundle), "--device", "cpu"]
     code = cli.main([*args, "--refine", "2", "--out", str(out)])
     line = capsys.readouterr().out.strip()
-    assert code == 0 and "refined 2 steps, reconstruction" in line
-    before, after = (float(v) for v in re.search(r"reconstruction ([\d.]+) -> ([\d.]+) dB", line).groups())
-    assert after > before
+    assert code == 0 and "smile +2; refined 2 steps" in line
     assert {"refined.safetensors", "inverted.npz", "reconstruction.png"} <= {p.name for p in out.iterdir()}
-    head = Editor.from_pretrained(tiny_bundle, device="cpu").load_refined(out / "refined.safetensors")
+    editor = Editor.from_pretrained(tiny_bundle, device="cpu", deterministic=True)
+    head = editor.load_refined(out / "refined.safetensors")
     assert head.settings.steps == 2 and torch.equal(head.ws, load_latent(out / "inverted.npz"))
+    # the files come from the refined head, which fits the aligned crop better than the base
+    written = Image.open(out / "reconstruction.png")
+    same = np.abs(np.asarray(written, np.float64) - np.asarray(head.reconstruction(), np.float64))
+    assert same.mean() < 0.5  # rendered in a batch of two codes there: rounding apart, the same image
+    aligned = Image.open(out / "aligned.png")
+    assert psnr(aligned, written) > psnr(aligned, editor.render(head.ws, *head.pose))
     with pytest.raises(SystemExit) as info:
         cli.main([*args, "--refine", "5000", "--out", str(out)])
     assert (

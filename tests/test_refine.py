@@ -10,9 +10,8 @@ from safetensors.torch import load_file, save_file
 from preim3d.cameras import camera_vector
 from preim3d.errors import InvalidValueError, LatentFileError, WeightsError
 from preim3d.evaluation.metrics import psnr
-from preim3d.pipeline import Editor, load_latent
+from preim3d.pipeline import Editor, RefinedHead, load_latent
 from preim3d.refine import (
-    RefinedHead,
     RefineSettings,
     delta_state,
     tunable_parameters,
