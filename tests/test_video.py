@@ -8,6 +8,7 @@ exact and adds no jitter or flicker.
 """
 
 import subprocess
+import sys
 import wave
 
 import imageio_ffmpeg
@@ -18,7 +19,7 @@ from PIL import Image
 from skimage import data
 
 import preim3d
-from preim3d import video
+from preim3d import tracking, video
 from preim3d.errors import InputVideoError, NoFaceError, NoSuchFaceError
 from preim3d.mp4 import Mp4Writer, VideoReader
 from preim3d.testing import make_face_video
@@ -295,10 +296,10 @@ class ScriptedPool:
 
     def map(self, fn, items):
         items = list(items)
-        if fn is video._detect:
+        if fn is tracking.detect:
             self.detected += [int(f[0, 0, 0]) for f in items]
             return [self.faces.get(int(f[0, 0, 0]), []) for f in items]
-        if fn is video._descriptor:
+        if fn is tracking.describe:
             return [self.people[tuple(region[2])] for region in items]
         return [np.tile(np.array(region[2][:2]) + 5.0, (68, 1)) for region in items]  # landmarks
 
@@ -317,7 +318,7 @@ def test_follower_keeps_its_person_through_a_loss_and_a_cut():
     people = {a: np.zeros(128), moved_a: np.zeros(128) + 0.01}
     people[b] = people[faces[25][0]] = np.ones(128)
     pool = ScriptedPool(faces, people)
-    follower = video.FaceFollower(pool, face_index=0, key_interval=8)
+    follower = tracking.FaceFollower(pool, face_index=0, key_interval=8)
     frames = np.zeros((40, 4, 4, 3), np.uint8)
     frames[:, 0, 0, 0] = np.arange(40)
     tracks = [follower.follow(frames[s : s + 16]) for s in (0, 16, 32)]
@@ -330,3 +331,43 @@ def test_follower_keeps_its_person_through_a_loss_and_a_cut():
     # key frames every 8 frames and each chunk's last; every frame around the loss and the cut
     assert {0, 8, 15, 16, 24, 31, 32, 39} <= set(pool.detected)
     assert set(range(9, 21)) <= set(pool.detected)
+
+
+def test_worker_processes_start_without_torch():
+    # the pool's tasks live in preim3d.tracking, which spawned workers import: it must stay light
+    code = "import sys, preim3d.tracking; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_pool_of_processes_follows_like_one_process(clip):
+    frames = decoded(clip[0])
+    serial = tracking.FaceFollower(tracking.SerialPool()).follow(frames)
+    pooled = tracking.FaceFollower(tracking.make_pool(2))
+    try:
+        parallel = pooled.follow(frames)
+    finally:
+        pooled.pool.shutdown()
+    np.testing.assert_array_equal(serial.landmarks, parallel.landmarks)
+    assert serial.boxes == parallel.boxes and (serial.restart == parallel.restart).all()
+
+
+def test_command_line_edits_a_video(tiny_bundle, tmp_path, capsys):
+    from preim3d import cli
+
+    path = tmp_path / "in.mp4"
+    make_face_video(path, FACE, size=(320, 240), frames=4, fps=8, face_width=0.75, motion=0.2)
+    out = tmp_path / "out.mp4"
+    args = ["edit-video", str(path), "--edit", "smile=2", "--out", str(out), "--side-by-side", "--face", "1"]
+    code = cli.main([*args, "--workers", "0", "--weights", str(tiny_bundle), "--device", "cpu"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert decoded(out).shape == (4, 240, 640, 3) and has_audio(out)
+    assert "4 frames (320x240, 8.00 fps, audio kept), face edited in 4" in printed.out
+    assert "jitter" in printed.out and "4/4 frames" in printed.err
+    # the same message as the library for a bad video, before any weights load
+    (tmp_path / "bad.mp4").write_text("not a video")
+    assert cli.main(["edit-video", str(tmp_path / "bad.mp4"), "--out", str(tmp_path / "x.mp4")]) == 1
+    assert "not a video ffmpeg can read" in capsys.readouterr().err
+    assert cli.main(["edit-video", str(path), "--out", str(tmp_path / "x.avi")]) == 1
+    assert "must end in .mp4" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists() and no_partial_files(tmp_path)
