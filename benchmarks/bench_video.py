@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="clip length (default 10, tiny 1)")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--size", help="WIDTHxHEIGHT (default 1280x720, tiny 320x240)")
-    parser.add_argument("--workers", type=int, help="dlib processes (default: CPUs - 1)")
+    parser.add_argument("--workers", type=int, help="dlib processes (default: half the CPU cores)")
     parser.add_argument("--models", type=Path, help="folder of dlib's model files (sets PREIM3D_DLIB_MODELS)")
     args = parser.parse_args()
     if args.models is not None:

@@ -26,7 +26,7 @@ _PUBLIC = {
     "EditResult": "preim3d.pipeline",
     "save_latent": "preim3d.pipeline",
     "load_latent": "preim3d.pipeline",
-    "default_device": "preim3d.pipeline",
+    "default_device": "preim3d.distributed",
     "resolve_weights": "preim3d.weights.resolve",
     "download_official": "preim3d.weights.download",
     "convert_official": "preim3d.weights.convert",
@@ -66,6 +66,8 @@ _PUBLIC = {
     "LatentFileError": "preim3d.errors",
     "InvalidValueError": "preim3d.errors",
     "NoSuchFaceError": "preim3d.errors",
+    "Preim3DWarning": "preim3d.errors",
+    "MeshLevelWarning": "preim3d.errors",
     "InputVideoError": "preim3d.errors",
     "edit_video": "preim3d.video",
     "VideoEditReport": "preim3d.video",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .cameras import keyframe_path as keyframe_path
     from .cameras import turntable_path as turntable_path
     from .cameras import yaw_sweep as yaw_sweep
+    from .distributed import default_device as default_device
     from .editing import CELEBA_ATTRIBUTES as CELEBA_ATTRIBUTES
     from .editing import DirectionBank as DirectionBank
     from .editing import fit_direction as fit_direction
@@ -95,9 +98,11 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .errors import InputVideoError as InputVideoError
     from .errors import InvalidValueError as InvalidValueError
     from .errors import LatentFileError as LatentFileError
+    from .errors import MeshLevelWarning as MeshLevelWarning
     from .errors import NoFaceError as NoFaceError
     from .errors import NoSuchFaceError as NoSuchFaceError
     from .errors import Preim3DError as Preim3DError
+    from .errors import Preim3DWarning as Preim3DWarning
     from .errors import UnknownAttributeError as UnknownAttributeError
     from .errors import WeightsError as WeightsError
     from .errors import WeightsNotFoundError as WeightsNotFoundError
@@ -111,7 +116,6 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .networks.triplane import TriPlaneGenerator as TriPlaneGenerator
     from .pipeline import Editor as Editor
     from .pipeline import EditResult as EditResult
-    from .pipeline import default_device as default_device
     from .pipeline import load_latent as load_latent
     from .pipeline import save_latent as save_latent
     from .rendering import TriPlaneRenderer as TriPlaneRenderer

@@ -124,6 +124,76 @@ ALIASES: dict[str, tuple[str, int]] = {
     "cheekbones": ("High_Cheekbones", 1),
 }
 
+# The name people use for each attribute (its alias where one reads better, with the alias's sign:
+# "age" +3 is older) and how it is shown, grouped as the demo lays the sliders out. The page, the
+# notebook and the messages use these names; any spelling `DirectionBank.resolve` knows still works.
+ATTRIBUTE_GROUPS: dict[str, tuple[str, ...]] = {
+    "Expression": ("Smiling", "Mouth_Slightly_Open", "Narrow_Eyes"),
+    "Age and gender": ("Young", "Male"),
+    "Hair": (
+        "Bald",
+        "Bangs",
+        "Black_Hair",
+        "Blond_Hair",
+        "Brown_Hair",
+        "Gray_Hair",
+        "Receding_Hairline",
+        "Straight_Hair",
+        "Wavy_Hair",
+    ),
+    "Facial hair": ("No_Beard", "5_o_Clock_Shadow", "Goatee", "Mustache", "Sideburns", "Bushy_Eyebrows"),
+    "Makeup and accessories": (
+        "Heavy_Makeup",
+        "Wearing_Lipstick",
+        "Rosy_Cheeks",
+        "Eyeglasses",
+        "Wearing_Earrings",
+        "Wearing_Hat",
+        "Wearing_Necklace",
+        "Wearing_Necktie",
+    ),
+    "Face shape": (
+        "Oval_Face",
+        "Chubby",
+        "Double_Chin",
+        "High_Cheekbones",
+        "Arched_Eyebrows",
+        "Big_Lips",
+        "Big_Nose",
+        "Pointy_Nose",
+        "Bags_Under_Eyes",
+        "Pale_Skin",
+        "Attractive",
+    ),
+}
+_FRIENDLY = {  # attribute -> the alias users see instead of its CelebA name
+    "Smiling": "smile",
+    "Mouth_Slightly_Open": "mouth_open",
+    "Young": "age",
+    "No_Beard": "beard",
+    "5_o_Clock_Shadow": "stubble",
+    "Heavy_Makeup": "makeup",
+    "Wearing_Lipstick": "lipstick",
+    "Eyeglasses": "glasses",
+    "Wearing_Earrings": "earrings",
+    "Wearing_Hat": "hat",
+    "Wearing_Necklace": "necklace",
+    "Wearing_Necktie": "necktie",
+}
+_LABELS = {"age": "Age (older →)", "male": "Male (← female)"}
+
+
+def friendly_name(attribute: str) -> str:
+    """The name users see and type for an attribute: 'No_Beard' -> 'beard', 'Wavy_Hair' -> 'wavy_hair'."""
+    return _FRIENDLY.get(attribute, attribute.lower())
+
+
+def attribute_label(attribute: str) -> str:
+    """A readable label for an attribute: 'No_Beard' -> 'Beard', 'Young' -> 'Age (older →)'."""
+    name = friendly_name(attribute)
+    return _LABELS.get(name, name.replace("_", " ").capitalize())
+
+
 # A target whose direction keeps less than this fraction of its length once the held directions
 # (and the other targets) are projected out cannot be moved without moving them.
 _MIN_KEPT = 1e-4

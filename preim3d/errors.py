@@ -53,3 +53,11 @@ class DownloadError(Preim3DError, OSError):
 
 class LatentFileError(Preim3DError, ValueError):
     """A latent file (.npz / .safetensors of W+ codes) is missing, unreadable or of the wrong shape."""
+
+
+class Preim3DWarning(UserWarning):
+    """Base class of the warnings preim3d gives: the result is made, but not quite as asked."""
+
+
+class MeshLevelWarning(Preim3DWarning):
+    """A mesh was cut at a level taken from the density, which never reaches the official level."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +19,22 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
+from .errors import InvalidValueError, MeshLevelWarning
 from .networks.decoder import sample_triplanes
 from .rendering import Progress
+from .validation import check_mesh_threshold
 
 # --- Extraction ----------------------------------------------------------------------------------------
 
 TRIM = 30 / 256  # border of the box dropped before marching cubes, as the official shape extraction
+OFFICIAL_LEVEL = 10.0  # σ of the official shape extraction's surface
 
 
 def extract_mesh(
     G,
     ws,
     resolution: int = 256,
-    threshold: float = 10.0,
+    threshold: float | str = "auto",
     batch_points: int = 2**18,
     trim: float = TRIM,
     planes=None,
@@ -44,7 +48,8 @@ def extract_mesh(
     renderer's softplus(σ − 1)) is sampled in chunks of `batch_points` points; a border of
     trim·resolution voxels is set below the threshold (the official drops 30/256 of each side, where
     the FFHQ model keeps background density), which also closes the surface there. Marching cubes
-    (skimage) at σ = threshold (official level 10) gives the triangles, wound so normals point out.
+    (skimage) at σ = threshold gives the triangles, wound so normals point out; "auto" takes the
+    official level 10, or one from the density where it never gets there (`surface_level`).
     Vertex colours are the decoder's first three colour features at each vertex, the colours of the
     raw (pre-super-resolution) image, as sRGB uint8.
 
@@ -75,16 +80,12 @@ def extract_mesh(
             progress(start + len(index), total)
     volume = sigma.reshape(n, n, n)  # volume[i, j, k] is the point (x_i, y_j, z_k)
     pad = int(trim * n)
+    threshold = surface_level(volume[pad : n - pad, pad : n - pad, pad : n - pad], threshold, trimmed=pad > 0)
     if pad:
         for axis in range(3):
             sl = [slice(None)] * 3
             sl[axis] = np.r_[0:pad, n - pad : n]
             volume[tuple(sl)] = threshold - 1
-    if not volume.min() < threshold < volume.max():
-        raise ValueError(
-            f"no surface at threshold {threshold}: the density σ inside the box ranges over "
-            f"[{volume.min():.3g}, {volume.max():.3g}]; pick a threshold inside that range"
-        )
     vertices, faces, _, _ = marching_cubes(
         volume, level=threshold, spacing=(step, step, step), gradient_direction="ascent"
     )
@@ -94,6 +95,45 @@ def extract_mesh(
     colors = (rgb[:, :3].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
     alpha = np.full((len(colors), 1), 255, dtype=np.uint8)
     return trimesh.Trimesh(vertices, faces, vertex_colors=np.concatenate([colors, alpha], 1), process=False)
+
+
+def surface_level(sigma, threshold: float | str = "auto", trimmed: bool = True) -> float:
+    """The density level at which to cut the surface of the raw densities σ inside the trimmed box.
+
+    sigma: σ at the grid points inside the trimmed border (numpy array or tensor). threshold: a
+    number is used as it is; "auto" takes the official level 10 where σ exceeds it somewhere, else
+    the middle of σ's range, (min + max) / 2, with a MeshLevelWarning: random or partly trained
+    generators often stay below 10 (official-format random weights give σ in about [-3, 9]), and
+    the middle of the range always has a surface. trimmed: the border around `sigma` counts as
+    below the level, so a surface needs only σ > level somewhere (without it, also σ < level).
+    Raises InvalidValueError when there is no surface at the level.
+    """
+    threshold = check_mesh_threshold(threshold)
+    low, high = float(sigma.min()), float(sigma.max())
+    if low == high:
+        raise InvalidValueError(
+            f"The density is the same everywhere inside the box (σ = {low:.3g}): there is no shape to mesh."
+        )
+    if threshold != "auto":
+        level = threshold
+    elif high > OFFICIAL_LEVEL:
+        level = OFFICIAL_LEVEL
+    else:
+        level = (low + high) / 2
+        warnings.warn(
+            f"The density never reaches the official mesh level σ = {OFFICIAL_LEVEL:g} (inside the "
+            f"box it ranges over [{low:.3g}, {high:.3g}]), so the mesh is the surface at "
+            f"σ = {level:.3g}, the middle of that range. Give a threshold (--mesh-threshold on the "
+            "command line) for another.",
+            MeshLevelWarning,
+            stacklevel=3,
+        )
+    if not (high > level and (trimmed or low < level)):
+        raise InvalidValueError(
+            f"There is no surface at threshold {level:.3g}: inside the box the density σ ranges over "
+            f"[{low:.3g}, {high:.3g}]. Choose a threshold inside that range, or 'auto'."
+        )
+    return level
 
 
 def _decode(G, planes, points: torch.Tensor, batch_points: int | None = None):

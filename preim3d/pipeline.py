@@ -32,6 +32,7 @@ from PIL import Image
 
 from .align import AlignedFace, align_face, paste_back
 from .cameras import camera_vector
+from .distributed import default_device
 from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
 from .errors import LatentFileError, WeightsError
 from .images import load_image
@@ -41,8 +42,6 @@ from .validation import (
     MIN_PHOTO_SIDE,
     check_angles,
     check_edits,
-    check_fps,
-    check_frames,
     check_mesh_resolution,
 )
 from .weights.bundle import read_bundle_config
@@ -61,20 +60,11 @@ from .weights.resolve import WeightsLocation, resolve_weights
 LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
 
 
-def default_device() -> torch.device:
-    """CUDA if available, then Apple's MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 @dataclass
 class EditResult:
     """What `Editor.edit_photo` made: the face, both codes and the renders from the photo's camera."""
 
-    photo: Image.Image  # the input, upright RGB
+    photo: Image.Image | None  # the input, upright RGB (None where a folder run did not keep it)
     face: AlignedFace
     ws: torch.Tensor  # [1, 14, 512] inverted code
     edited_ws: torch.Tensor  # [1, 14, 512] after the edits
@@ -275,6 +265,18 @@ class Editor:
         """
         return self.views(ws, [yaw], [pitch])[0]
 
+    def render_each(self, ws, yaws, pitches) -> list[Image.Image]:
+        """Several codes ws [N, 14, 512], each seen from its own (yaws[i], pitches[i]) radians: N images.
+
+        Renders `renderer.batch_size` codes at a time, which is faster than one `render` per code.
+        """
+        c = camera_vector(
+            torch.as_tensor(yaws, dtype=torch.float32), torch.as_tensor(pitches, dtype=torch.float32)
+        )
+        with torch.inference_mode():
+            batches = self.renderer.render_codes(ws, c, deterministic=self.deterministic)
+            return [Image.fromarray(image) for out in batches for image in to_uint8(out["image"])]
+
     def depth(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
         """The depth map of one view (neural rendering resolution, near = bright) as a grayscale image."""
         out = self._render(ws, camera_vector([yaw], [pitch]))
@@ -304,7 +306,6 @@ class Editor:
         """
         from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
 
-        frames, fps = check_frames(frames), check_fps(fps)
         kwargs.setdefault("deterministic", self.deterministic)
         with torch.inference_mode():
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
@@ -314,8 +315,9 @@ class Editor:
         also written to `path` (.glb, .ply, .obj) if given.
 
         resolution: density samples per side, 64, 128, 256 or 512; 512 on a CPU only with
-        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`
-        (threshold, trim, progress).
+        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`:
+        threshold ("auto", the default: the official level 10, or one from the density with a
+        MeshLevelWarning where it never gets there; or a density σ), trim, progress.
         """
         from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 

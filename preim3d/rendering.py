@@ -148,6 +148,21 @@ class TriPlaneRenderer:
                 progress(done, total)
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
+    def render_codes(self, ws, c, deterministic: bool = False) -> Iterator[dict]:
+        """Several codes, one camera each: ws [N,num_ws,w_dim] and c [N,25] -> yields the output dict
+        (on the CPU) of each batch of at most batch_size of them. Their planes are not cached."""
+        ws = torch.as_tensor(ws).detach().to(self.device, torch.float32)
+        c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
+        if ws.ndim != 3 or len(ws) != len(c):
+            raise ValueError(
+                f"need ws [N, num_ws, w_dim] and c [N, 25], got {list(ws.shape)} and {list(c.shape)}"
+            )
+        for start in range(0, len(c), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            with torch.no_grad():
+                out = self.G.synthesis(ws[chunk], c[chunk], noise_mode="const", deterministic=deterministic)
+            yield {key: out[key].cpu() for key in ("image", "image_raw", "image_depth")}
+
     def clear(self) -> None:
         """Forget every cached tri-plane."""
         self._cache.clear()

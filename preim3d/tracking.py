@@ -20,13 +20,13 @@ so the workers start light.
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import align
+from .batch import default_workers
 from .errors import NoSuchFaceError, WeightsError
 from .validation import MIN_FACE_SIZE, face_number
 
@@ -67,8 +67,8 @@ class SerialPool:
 
 
 def make_pool(workers: int | None):
-    """A process pool of `workers` dlib workers (default: the CPU count), or a SerialPool for 0."""
-    workers = max(1, (os.cpu_count() or 2) - 1) if workers is None else int(workers)
+    """A process pool of `workers` dlib workers (default: half the CPU cores), or a SerialPool for 0."""
+    workers = default_workers() if workers is None else int(workers)
     if workers <= 0:
         return SerialPool()
     import multiprocessing
@@ -286,7 +286,7 @@ _POOLS: dict[int, object] = {}
 
 def shared_pool(workers: int | None):
     """A dlib worker pool kept for the process's lifetime (workers start once, their models load once)."""
-    key = max(1, (os.cpu_count() or 2) - 1) if workers is None else max(0, int(workers))
+    key = default_workers() if workers is None else max(0, int(workers))
     if key not in _POOLS:
         _POOLS[key] = make_pool(key)
     return _POOLS[key]

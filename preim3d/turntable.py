@@ -19,6 +19,7 @@ from .cameras import turntable_path
 from .images import load_image
 from .mp4 import Mp4Writer
 from .rendering import Progress, TriPlaneRenderer, depth_to_uint8, to_uint8
+from .validation import check_fps, check_frames
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -57,7 +58,9 @@ def render_turntable(
     The depth panel maps the depth range of the first batch of frames to white … black and keeps it
     for the whole video (a per-frame range would flicker). Frames are encoded as they are rendered,
     so memory does not grow with the frame count. progress(done_frames, total) after each batch.
+    frames: 1 to 3600, fps: 1 to 120 (`preim3d.validation`).
     """
+    frames, fps = check_frames(frames), check_fps(fps)
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"render_turntable writes H.264 .mp4 files; got {path.name!r}")

@@ -28,7 +28,7 @@ message names the value, what was given and what is allowed: `InvalidValueError`
   the time does: about a second of a GPU per second of 720p video, minutes per second on a CPU.
 * mesh resolution (density samples per side): 64, 128, 256 or 512 (MESH_RESOLUTIONS). On a CPU,
   above CPU_MESH_RESOLUTION = 256 only with allow_slow=True (`--allow-slow`): a 512³ mesh takes
-  minutes there.
+  minutes there. Mesh threshold: "auto" (see `preim3d.mesh.surface_level`) or any finite σ.
 * refine steps (optimisation after the encoder's one-pass guess): 0 to MAX_REFINE_STEPS = 1000.
 
 Angles: the library takes radians (`Editor.render(ws, yaw=0.3)`, `camera_vector`); the command
@@ -244,6 +244,19 @@ def check_mesh_resolution(resolution, device=None, allow_slow: bool = False) -> 
             f"A {value}³ mesh takes several minutes and gigabytes of memory on a CPU: use a resolution of "
             f"at most {CPU_MESH_RESOLUTION} there, or ask for it anyway with allow_slow=True "
             "(--allow-slow on the command line)."
+        )
+    return value
+
+
+def check_mesh_threshold(threshold) -> float | str:
+    """The density level of a mesh's surface: "auto" (or None) to let `preim3d.mesh` choose, or a finite σ."""
+    if threshold is None or (isinstance(threshold, str) and threshold.strip().lower() == "auto"):
+        return "auto"
+    value = _number(threshold)
+    if value is None:
+        raise InvalidValueError(
+            "The mesh threshold must be 'auto' or a density σ (the official level is 10), "
+            f"not {_show(threshold)}."
         )
     return value
 

@@ -403,8 +403,8 @@ def edit_video(
     editor: a `preim3d.Editor`. edits, precise, hold: as `Editor.edit` ({} reconstructs the face).
     face_index: which face of the first frame with faces, from 0 (default: the largest).
     side_by_side: write input | edit, twice as wide. measure: find the landmarks again on the output
-    to report jitter (flicker is measured anyway). workers: processes for dlib (default: the CPU
-    count less one; 0 runs it in this process). max_frames: refuse longer videos (default
+    to report jitter (flicker is measured anyway). workers: processes for dlib (default: half the
+    CPU cores; 0 runs it in this process). max_frames: refuse longer videos (default
     `preim3d.validation.MAX_FRAMES`). progress(frames_done, frames_expected) after each chunk.
 
     Raises InputVideoError for a file that is not a readable video or is too long or large,

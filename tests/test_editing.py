@@ -9,10 +9,13 @@ from PIL import Image
 
 import preim3d
 from preim3d.editing import (
+    ATTRIBUTE_GROUPS,
     CELEBA_ATTRIBUTES,
     DirectionBank,
+    attribute_label,
     fit_direction,
     fit_directions_from_photos,
+    friendly_name,
     read_label_table,
     similarity_heatmap,
 )
@@ -160,6 +163,22 @@ def test_aliases_follow_one_sign_convention(bank, ws):
     moved = bank.scores(bank.apply(ws, {"age": 3.0}), ["age"]) - bank.scores(ws, ["age"])
     assert torch.allclose(moved, torch.full_like(moved, 3.0), atol=1e-5)
     assert "age" in bank and "Bald" not in bank
+
+
+def test_each_official_direction_has_one_group_and_a_friendly_name_of_the_same_sense():
+    grouped = [name for names in ATTRIBUTE_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(a for a in CELEBA_ATTRIBUTES if a != "Blurry")  # each once
+    bank = DirectionBank({name: torch.randn(1, D) for name in grouped})
+    for name in grouped:  # the friendly name means the attribute itself, not its opposite...
+        assert bank.resolve(friendly_name(name)) == (name, 1) or name in ("Young", "No_Beard"), name
+    # ... except where the opposite reads better, and the label says which way is positive
+    assert (
+        bank.resolve(friendly_name("Young")) == ("Young", -1) and attribute_label("Young") == "Age (older →)"
+    )
+    assert (
+        bank.resolve(friendly_name("No_Beard")) == ("No_Beard", -1) and attribute_label("No_Beard") == "Beard"
+    )
+    assert attribute_label("Wearing_Lipstick") == "Lipstick" and attribute_label("Wavy_Hair") == "Wavy hair"
 
 
 # ------------------------------------------------------------------ plain edits

@@ -58,6 +58,13 @@ class TriPlaneGenerator(nn.Module):
     mixed-precision safeguards, and the plane sampler and decoder run in float16 (ray weights and
     depths stay float32). Should a float16 network pass overflow, it is recomputed in float32
     (with a warning). Set it with `G.set_precision(...)`.
+
+    Args (the official ones): z_dim, c_dim, w_dim; img_resolution and img_channels of the final
+    image; sr_num_fp16_res (the official half-precision setting of the super-resolution, which
+    decides its clamping); mapping_kwargs (MappingNetwork); rendering_kwargs (ray range, depth
+    samples, box size, super-resolution module, camera defaults, …); sr_kwargs (SuperResolution);
+    the other keywords go to the backbone's SynthesisNetwork (channel_base, channel_max, …).
+    `config` holds them all; the neural rendering resolution is an attribute set after construction.
     """
 
     def __init__(
@@ -129,6 +136,13 @@ class TriPlaneGenerator(nn.Module):
     def num_ws(self) -> int:
         return self.backbone.num_ws
 
+    def extra_repr(self):
+        return (
+            f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, "
+            f"img_resolution={self.img_resolution}, "
+            f"neural_rendering_resolution={self.neural_rendering_resolution}, precision={self.precision}"
+        )
+
     def set_precision(self, precision: str) -> TriPlaneGenerator:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -182,8 +196,11 @@ class TriPlaneGenerator(nn.Module):
         depth_image = depth.reshape(n, 1, resolution, resolution)
         rgb_image = feature_image[:, :3].float()
         sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none")
-        image = self._run(lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast), ws)
-        return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
+        image, raw_image = self._run(
+            lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast, return_raw=True),
+            ws,
+        )
+        return {"image": image, "image_raw": raw_image, "image_depth": depth_image}
 
     def synthesis(
         self,
@@ -221,12 +238,15 @@ class TriPlaneGenerator(nn.Module):
     def _fast(self, ws) -> bool:
         return self.precision == "fast" and ws.device.type == "cuda"
 
-    def _run(self, network, ws) -> torch.Tensor:
-        """network(fast) in the fast mode when it applies, falling back to float32 on overflow."""
+    def _run(self, network, ws):
+        """network(fast) in the fast mode when it applies, falling back to float32 on overflow.
+
+        A network may return a tuple: its first tensor is checked (the final image, which an overflow
+        anywhere in the super-resolution reaches)."""
         if not self._fast(ws):
             return network(False)
         out = network(True)
-        if torch.isfinite(out).all():
+        if torch.isfinite(out[0] if isinstance(out, tuple) else out).all():
             return out
         warnings.warn("float16 overflowed in the fast mode; recomputing this pass in float32", stacklevel=3)
         return network(False)
