@@ -759,9 +759,10 @@ def _run_edit_video(args) -> int:
         )
     for name in (*edits, *args.hold):
         editor.directions.resolve(name)  # unknown names fail now, with the valid ones listed
+    length = f"about {clip.frame_count} frames" if clip.frame_count else "length unknown"
     print(
-        f"{args.input.name}: {clip.size[0]}x{clip.size[1]}, {clip.fps:.2f} fps, about {clip.frame_count} "
-        f"frames{', with audio' if clip.has_audio else ''}; editing on {editor.device}",
+        f"{args.input.name}: {clip.size[0]}x{clip.size[1]}, {clip.fps:.2f} fps, {length}"
+        f"{', with audio' if clip.has_audio else ''}; editing on {editor.device}",
         file=sys.stderr,
     )
 

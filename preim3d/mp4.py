@@ -26,7 +26,9 @@ import imageio_ffmpeg
 import numpy as np
 
 from .errors import InputVideoError
-from .validation import check_video_size
+from .validation import MAX_FPS, MIN_FPS, check_video_size
+
+FALLBACK_FPS = 30.0  # the rate of videos that state none, or one beyond what can be edited
 
 
 class Mp4Writer:
@@ -107,7 +109,9 @@ class VideoReader:
 
     ffmpeg applies rotation metadata (phone videos), so frames are as a player shows them, of size
     `size` = (width, height). A variable frame rate is resampled to the file's average rate `fps`
-    (frames repeated or dropped by their time stamps), which keeps them in step with the audio.
+    (frames repeated or dropped by their time stamps), which keeps them in step with the audio; a
+    file that states no usable rate (browser recordings) or one beyond MIN_FPS ... MAX_FPS
+    (slow-motion clips) is read at FALLBACK_FPS.
     `frame_count` is the expected number of frames, duration x fps (the decoder may give one or two
     fewer or more). Opening checks the file (InputVideoError for anything ffmpeg cannot decode or
     that holds no video) and its size against `preim3d.validation.check_video_size`.
@@ -120,6 +124,8 @@ class VideoReader:
         meta = self._header()
         self.size = tuple(int(v) for v in meta["size"])
         self.fps = float(meta.get("fps") or 0)
+        if not MIN_FPS <= self.fps <= MAX_FPS:
+            self.fps = FALLBACK_FPS
         self.duration = float(meta.get("duration") or 0)
         self.has_audio = "audio_codec" in meta
         self.frame_count = round(self.duration * self.fps)  # 0 when the file does not say its duration
