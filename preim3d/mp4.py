@@ -36,7 +36,8 @@ class Mp4Writer:
 
     yuv420p needs even sides: odd ones are rounded up by one pixel. The index is written first
     (+faststart), so browsers start playing at once. audio_from: a file whose first audio track is
-    muxed in (re-encoded as AAC, cut to the video's length). Use it as a context manager, or call
+    muxed in (re-encoded as AAC; ffmpeg's -shortest would drop the last video frames, so a longer
+    track is kept whole). Use it as a context manager, or call
     `close()` when done and `abort()` on failure.
     """
 
@@ -49,9 +50,6 @@ class Mp4Writer:
         handle, partial = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".mp4")
         os.close(handle)
         self._partial = Path(partial)
-        output_params = ["-movflags", "+faststart"]
-        if audio_from is not None:
-            output_params.append("-shortest")
         self._writer = imageio_ffmpeg.write_frames(
             str(self._partial),
             self.size,
@@ -61,7 +59,7 @@ class Mp4Writer:
             bitrate=bitrate,
             macro_block_size=2,
             ffmpeg_log_level="error",
-            output_params=output_params,
+            output_params=["-movflags", "+faststart"],
             audio_path=None if audio_from is None else str(audio_from),
             audio_codec=None if audio_from is None else "aac",
         )

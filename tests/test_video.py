@@ -245,6 +245,20 @@ def test_writer_renames_only_a_complete_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"] and decoded(target).shape[0] == 3
 
 
+def test_a_4k_clip_is_edited_at_its_size(editor, tmp_path):
+    path = tmp_path / "uhd.mp4"
+    make_face_video(path, FACE, size=(3840, 2160), frames=2, fps=30, face_width=0.3, motion=0.1)
+    report = editor.edit_video(path, tmp_path / "out.mp4", {"Smiling": 3}, workers=0, measure=False)
+    assert decoded(report.path).shape == (2, 2160, 3840, 3) and report.faces == 2
+
+
+def test_a_clip_of_one_or_two_frames_keeps_its_frames_and_sound(tmp_path):
+    for frames in (1, 2):
+        path = tmp_path / f"{frames}.mp4"
+        make_face_video(path, FACE, size=(160, 128), frames=frames, fps=30)
+        assert decoded(path).shape[0] == frames and has_audio(path)
+
+
 # --- the parts -------------------------------------------------------------------------------------------
 
 
