@@ -2,7 +2,7 @@
 
     report = edit_video(editor, "me.mp4", "out.mp4", {"smile": 2})    # or Editor.edit_video(...)
 
-The chain runs on chunks of frames (about 256 MB of pixels each), in four overlapped stages, so
+The chain runs on chunks of frames (at most 128 MB of pixels each), in four overlapped stages, so
 memory is bounded whatever the clip's length:
 
 1. Decode (`preim3d.mp4.VideoReader`, a thread): upright RGB frames at the clip's constant rate.
@@ -59,7 +59,7 @@ from .mp4 import Mp4Writer, VideoReader, exact_fps
 from .tracking import ChunkTrack, FaceFollower, find_landmarks, region_of, shared_pool
 from .validation import MIN_FACE_SIZE, check_face_index
 
-CHUNK_BYTES = 256 * 2**20  # decoded pixels per chunk
+CHUNK_BYTES = 128 * 2**20  # decoded pixels per chunk
 MAX_CHUNK = 32  # frames per chunk at most (also the GPU batch)
 QUEUE_CHUNKS = 2  # chunks waiting between two stages
 SMOOTHING = {"min_cutoff": 0.5, "beta": 50.0, "d_cutoff": 1.0}  # Hz, Hz per (crop side / s), Hz
