@@ -55,13 +55,15 @@ def build_editor(tiny: bool, device: str, folder: Path):
     )
 
 
+ASTRONAUT = Path(__file__).resolve().parent.parent / "examples" / "astronaut.png"
+
+
 def make_clip(path: Path, size, seconds: float, fps: float, face_width: float) -> None:
     from PIL import Image
-    from skimage import data
 
     from preim3d.testing import make_face_video
 
-    face = Image.fromarray(data.astronaut()).crop((120, 40, 360, 280))  # the face is ~1/3 of it
+    face = Image.open(ASTRONAUT).convert("RGB").crop((120, 40, 360, 280))  # the face is ~1/3 of it
     frames = round(seconds * fps)
     make_face_video(path, face, size=size, frames=frames, fps=fps, face_width=face_width, motion=0.5)
 

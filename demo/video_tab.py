@@ -17,6 +17,9 @@ from preim3d.validation import face_index_from_number
 from .handlers import PROGRESS, Handlers, handled, parse_edits, problem, uploaded_path
 
 MAX_VIDEO_FRAMES = 900  # the page's and the API's limit: 30 s at 30 fps (preim3d.validation allows more)
+# dlib runs in the server's own process: worker processes would start by importing the app file
+# again (Python's "spawn"), building a second demo each, and a Space has few CPUs anyway
+VIDEO_WORKERS = 0
 VIDEO_HEIGHT = 400
 
 
@@ -41,6 +44,7 @@ class VideoHandlers:
             face_index=face_index,
             side_by_side=side_by_side,
             max_frames=MAX_VIDEO_FRAMES,
+            workers=VIDEO_WORKERS,
             progress=lambda done, total: progress((done, total), desc="Editing frames"),
         )
         return str(out), report
