@@ -12,7 +12,7 @@ code would be no closer to the photo.
 Rows:
 * ours: `preim3d.refine.refine_generator` with its defaults (LoRA rank 8, Adam 2e-3 with cosine
   decay; pixel + LPIPS when installed + side-view depth + edit keeping along 8 random directions,
-  one edit in each step's batch + PTI's locality every other step, in the batch too), in the fast
+  one edit in each step's batch + PTI's locality, in the batch too), in the fast
   mode (bfloat16 autocast) for 100 and 300 steps; then variants: full-rank deltas (Adam 3e-4),
   pixel (+ LPIPS) only (what the regularisers cost), float32, and learning rates 1e-3 / 5e-3.
 * PTI as its authors' code and EG3D-projector run it on EG3D: Adam 3e-4 on every generator
@@ -24,7 +24,11 @@ Rows:
 Columns: wall seconds (the whole call: copy, untuned targets, steps), seconds a step, PSNR of a
 deterministic float32 render from the photo's camera against the target (before -> after), final
 pixel loss (MSE in [-1, 1] units, mean of the last 5 steps), peak GPU memory, and the size of one
-refined head's deltas (what each kept head costs). Which losses were used is printed (no LPIPS
+refined head's deltas (what each kept head costs); and what else moved: "edits" is the range over 4
+random unit directions the tuning never saw (edited by ±3) of how much the edit moves the tuned
+render against how much it moved the untuned one (1 = as much), "others" how much renders of 3
+codes 30 away from the pivot changed, against how much the pivot's render changed (0 = not at all).
+Which losses were used is printed (no LPIPS
 without the `lpips` package). With $OUT set, the details (loss curves included) go to
 $OUT/bench_refine.json.
 """
@@ -93,6 +97,33 @@ def tail(values, n=5) -> float:
     return statistics.fmean(values[-n:])
 
 
+def render(G, ws, pose):
+    with torch.no_grad():
+        c = camera_vector(*pose, device=ws.device).expand(len(ws), -1)
+        return G.synthesis(ws, c, deterministic=True)["image"].float()
+
+
+def side_effects(G, tuned, ws, pose) -> dict:
+    """How the tuning moved edits and other codes (see the module docstring)."""
+    gen = torch.Generator().manual_seed(1234)
+    directions = torch.randn(4, *ws.shape[1:], generator=gen).to(ws.device)
+    directions = directions / directions.flatten(1).norm(dim=1).reshape(-1, 1, 1)
+    base, head = render(G, ws, pose), render(tuned, ws, pose)
+    ratios = []
+    for d in directions:
+        for sign in (3, -3):
+            moved = (render(tuned, ws + sign * d, pose) - head).abs().mean()
+            ratios.append((moved / (render(G, ws + sign * d, pose) - base).abs().mean()).item())
+    away = torch.randn(3, *ws.shape[1:], generator=gen).to(ws.device)
+    others = ws + 30 * away / away.flatten(1).norm(dim=1).reshape(-1, 1, 1)
+    pivot = (head - base).abs().mean()
+    changes = [
+        ((render(tuned, w[None], pose) - render(G, w[None], pose)).abs().mean() / pivot).item()
+        for w in others
+    ]
+    return {"edits": f"{min(ratios):.2f}-{max(ratios):.2f}", "others": f"{max(changes):.2f}"}
+
+
 def run_ours(G, ws, target, pose, settings, device, lpips) -> dict:
     reset_peak(device)
     sync(device)
@@ -110,6 +141,7 @@ def run_ours(G, ws, target, pose, settings, device, lpips) -> dict:
         "peak GiB": peak_gib(device),
         "head MB": round(sum(t.numel() * 4 for t in deltas.values()) / 1e6, 2),
         "losses": list(result.losses),
+        **side_effects(G, result.generator, ws, pose),
         "pixel curve": [round(v, 5) for v in result.history["pixel"]],
     }
 
@@ -149,6 +181,7 @@ def run_pti(G, ws, target, pose, steps, device, lpips, reach) -> dict:
         "peak GiB": peak_gib(device),
         "head MB": round(sum(p.numel() * 4 for p in tuned.parameters()) / 1e6, 2),
         "losses": ["pixel"] + (["lpips"] if lpips is not None else []),
+        **side_effects(G, tuned, ws, pose),
         "steps to reach ours": None if reached is None else reached + 1,
         "seconds to reach ours": None if reached is None else round(times[reached], 3),
         "step where LPIPS <= 0.06 (EG3D-projector stops)": lpips_stop,
@@ -228,12 +261,12 @@ def main():
         f"\nlosses: ours {', '.join(rows[f'ours fast, LoRA r8, {long} steps']['losses'])}; "
         f"PTI {', '.join(rows[name]['losses'])}. PSNR before: {info['psnr before (dB)']} dB"
     )
-    print("| run | seconds | s/step | PSNR after (dB) | pixel loss | peak GiB | head MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | seconds | s/step | PSNR after (dB) | pixel loss | peak GiB | head MB | edits | others |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row_name, row in rows.items():
         print(
             f"| {row_name} | {row['seconds']} | {row['seconds per step']} | {row['psnr after']} | "
-            f"{row['pixel loss']} | {row['peak GiB']} | {row['head MB']} |"
+            f"{row['pixel loss']} | {row['peak GiB']} | {row['head MB']} | {row['edits']} | {row['others']} |"
         )
     pti = rows[name]
     print(

@@ -92,7 +92,7 @@ class RefineSettings:
     edit_directions: int = 8  # random unit directions for the edit term when the editor has none
     edit_strength: float = 3.0  # length in W+ of the edits kept (the directions are unit vectors)
     locality_weight: float = 0.1  # PTI's λ for its L2 and LPIPS terms
-    locality_every: int = 2  # PTI's code regularises every step; its codes ride in the pivot's batch
+    locality_every: int = 1  # as PTI's code; the codes ride in the pivot's batch
     locality_codes: int = 2
     fast: bool = True  # bfloat16 autocast on a GPU (ignored on a CPU)
     seed: int = 0  # of the low-rank factors' start and the locality codes
@@ -291,13 +291,14 @@ def locality_codes(G, ws: torch.Tensor, count: int, seed: int) -> torch.Tensor:
 def edit_steps(
     directions: torch.Tensor | None, count: int, strength: float, seed: int, shape
 ) -> torch.Tensor:
-    """The edits the tuning keeps [2K, num_ws, w_dim]: + and − strength times each unit direction of
-    `directions` [K, num_ws, w_dim], or of `count` seeded random unit directions when it is None."""
+    """The edits the tuning keeps [2K, num_ws, w_dim]: + strength times each unit direction of
+    `directions` [K, num_ws, w_dim] (or of `count` seeded random unit directions when it is None),
+    then − strength times each, so that the first K steps already see every direction."""
     if directions is None:
         directions = torch.randn(count, *shape, generator=torch.Generator().manual_seed(seed))
     directions = torch.as_tensor(directions, dtype=torch.float32).reshape(-1, *shape)
     directions = directions / directions.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
-    return strength * torch.stack([directions, -directions], 1).flatten(0, 1)
+    return strength * torch.cat([directions, -directions])
 
 
 # --- Tuning ----------------------------------------------------------------------------------------------
