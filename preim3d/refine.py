@@ -47,6 +47,7 @@ import contextlib
 import copy
 import functools
 import hashlib
+import importlib.util
 import itertools
 import json
 import logging
@@ -249,12 +250,17 @@ def perceptual_loss(device: str):
     """LPIPS (AlexNet) on `device`, or None (logged once) when the package or its weights are missing."""
     from .training.losses import PerceptualLoss
 
-    try:
-        loss = PerceptualLoss.create()
-    except Exception as exc:  # the AlexNet weights are fetched on first use and may be unreachable
-        log.warning("LPIPS loss off: the LPIPS model could not be loaded (%s: %s).", type(exc).__name__, exc)
+    if importlib.util.find_spec("lpips") is None:
+        log.warning(
+            "The LPIPS term is off: the optional package `lpips` is not installed (pip install lpips); "
+            "refining with the other terms."
+        )
         return None
-    return None if loss is None else loss.to(device)
+    try:
+        return PerceptualLoss.create().to(device)
+    except Exception as exc:  # the AlexNet weights are fetched on first use and may be unreachable
+        log.warning("The LPIPS term is off: its model could not be loaded (%s: %s).", type(exc).__name__, exc)
+        return None
 
 
 def _identity_loss(identity, device):
