@@ -13,6 +13,7 @@ _PUBLIC = {
     "load_generator": "preim3d.weights.generator",
     "save_generator": "preim3d.weights.generator",
     "TriPlaneGenerator": "preim3d.networks.triplane",
+    "set_kernels": "preim3d.networks.fused",
     "load_encoder": "preim3d.weights.encoder",
     "save_encoder": "preim3d.weights.encoder",
     "WPlusEncoder": "preim3d.networks.encoder",

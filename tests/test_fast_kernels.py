@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from preim3d.networks.renderer import ImportanceRenderer, OSGDecoder, sample_triplanes
+from preim3d.networks import fast_kernels, fused, ops
+from preim3d.networks.ops import BIAS_LRELU
+from preim3d.networks.renderer import (
+    SAMPLE_AND_DECODE,
+    WEIGHTED_SUM,
+    ImportanceRenderer,
+    OSGDecoder,
+    sample_triplanes,
+)
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -39,7 +49,7 @@ def test_kernels_in_the_triton_interpreter():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "8 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
+    assert "25 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
 
 
 def random_decoder(seed=0):
@@ -63,8 +73,6 @@ def rays(n, m, s, seed=1):
 @kernels_here
 @pytest.mark.parametrize("shared_planes", [True, False], ids=["one-latent-many-views", "batch"])
 def test_sample_and_decode_matches_pytorch(shared_planes):
-    from preim3d.networks import fast_kernels
-
     n, m, s = 2, 50, 7
     decoder = random_decoder()
     planes = torch.randn(1 if shared_planes else n, 3, 32, 16, 16, device=DEVICE).half()
@@ -84,8 +92,6 @@ def test_sample_and_decode_matches_pytorch(shared_planes):
 
 @kernels_here
 def test_weighted_sum_matches_pytorch():
-    from preim3d.networks import fast_kernels
-
     colors = torch.rand(2, 32, 45, 48, device=DEVICE).half()
     v = torch.rand(2, 45, 48, device=DEVICE)
     expected = (colors.float() * v.unsqueeze(1)).sum(-1)
@@ -95,23 +101,19 @@ def test_weighted_sum_matches_pytorch():
 @kernels_here
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_bias_lrelu_matches_pytorch(layout):
-    from preim3d.networks import fast_kernels
-
     for clamp in (None, 1.0):
         x = torch.randn(2, 6, 5, 7, device=DEVICE).half().to(memory_format=layout)
         bias = torch.randn(6, device=DEVICE)
         expected = F.leaky_relu(x.float() + bias.reshape(1, -1, 1, 1), 0.2) * 2**0.5
         if clamp is not None:
             expected = expected.clamp(-clamp, clamp)
-        out = fast_kernels.bias_lrelu_(x, bias, 2**0.5, clamp)
+        out = fast_kernels.bias_lrelu(x, bias, 2**0.5, clamp, x)
         assert out.data_ptr() == x.data_ptr()  # in place
         assert torch.allclose(out.float(), expected, atol=4e-3, rtol=1e-3)
 
 
 @kernels_here
 def test_float16_planes_render_like_float32_through_the_kernel():
-    from preim3d.networks import fast_kernels
-
     decoder = random_decoder()
     planes = torch.randn(1, 3, 32, 16, 16, device=DEVICE)
     origins, directions, _ = rays(2, 30, 1)
@@ -123,7 +125,7 @@ def test_float16_planes_render_like_float32_through_the_kernel():
         "depth_resolution_importance": 12,
         "box_warp": 1.0,
     }
-    assert fast_kernels.available(planes.half())
+    assert SAMPLE_AND_DECODE.usable(torch.device(DEVICE))
     with torch.no_grad():
         reference = ImportanceRenderer()(
             planes.expand(2, -1, -1, -1, -1), decoder, origins, directions, opts, deterministic=True
@@ -135,25 +137,163 @@ def test_float16_planes_render_like_float32_through_the_kernel():
         assert torch.allclose(ours.float(), ref, atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_bias_activations_overwrite_their_input_only_when_asked(dtype):
+    x = torch.randn(2, 6, 5, 7, device=DEVICE).to(dtype)
+    bias = torch.randn(6, device=DEVICE)
+    before = x.clone()
+    with torch.no_grad():
+        for op in (
+            lambda **kw: ops.bias_lrelu(x, bias, clamp=1.0, **kw),
+            lambda **kw: ops.bias_linear(x, bias, **kw),
+        ):
+            out = op()
+            assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+            assert op(inplace=True).data_ptr() == x.data_ptr() and not torch.equal(x, before)
+            x.copy_(before)
+
+
+# --- The gate: every fused kernel falls back to PyTorch, with one warning, whatever goes wrong ---------
+
+FUSED = [BIAS_LRELU, WEIGHTED_SUM, SAMPLE_AND_DECODE]
+fused_kernels = pytest.mark.parametrize("kernel", FUSED, ids=[k.triton_name for k in FUSED])
+
+
+@pytest.fixture
+def fresh_gate(monkeypatch):
+    """Every kernel unchecked, the default choice, and no PREIM3D_KERNELS."""
+    monkeypatch.delenv(fused.ENV_VAR, raising=False)
+    previous = fused.set_kernels("auto")
+    for kernel in FUSED:
+        kernel.reset()
+    yield
+    fused.set_kernels(previous)
+    for kernel in FUSED:
+        kernel.reset()
+
+
+def example(kernel):
+    return next(iter(kernel.examples(torch.device(DEVICE))))
+
+
+def copied(args):
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def call_and_compare(kernel, args):
+    """Calls the kernel and asserts that the result is PyTorch's."""
+    expected = kernel.torch_fn(*copied(args))
+    with torch.no_grad():
+        out = kernel(*args)
+    outs, refs = (out, expected) if isinstance(out, tuple) else ((out,), (expected,))
+    for a, b in zip(outs, refs, strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+
+
+class Counting:
+    """A stand-in for a Triton launcher: counts calls and does what `behaviour` says."""
+
+    def __init__(self, behaviour):
+        self.behaviour, self.calls = behaviour, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.behaviour(*args)
+
+
+def no_warnings():
+    return warnings.catch_warnings(record=True)
+
+
 @kernels_here
-def test_a_kernel_that_disagrees_with_pytorch_is_not_used(monkeypatch):
-    from preim3d.networks import fast_kernels
+@fused_kernels
+def test_a_kernel_that_disagrees_is_replaced_by_pytorch_with_one_warning(kernel, fresh_gate, monkeypatch):
+    real = getattr(fast_kernels, kernel.triton_name)
 
-    monkeypatch.setattr(fast_kernels, "_checked", {})
-    real = fast_kernels.sample_and_decode
-    monkeypatch.setattr(fast_kernels, "sample_and_decode", lambda *a: tuple(t + 1 for t in real(*a)))
-    with pytest.warns(UserWarning, match="disagrees"):
-        assert not fast_kernels.available(torch.zeros(1, 3, 32, 8, 8, device=DEVICE).half())
+    def wrong(*args):
+        out = real(*args)
+        return tuple(t + 1 for t in out) if isinstance(out, tuple) else out + 1
+
+    fake = Counting(wrong)
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, fake)
+    with pytest.warns(RuntimeWarning, match=f"fused {re.escape(kernel.name)} kernel disagrees with PyTorch"):
+        call_and_compare(kernel, example(kernel))
+    checks = fake.calls
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))
+    assert not caught and fake.calls == checks  # switched off: neither warned again nor called
 
 
 @kernels_here
-def test_a_kernel_that_cannot_run_is_not_used(monkeypatch):
-    from preim3d.networks import fast_kernels
-
+@fused_kernels
+def test_a_kernel_that_cannot_run_is_replaced_by_pytorch_with_one_warning(kernel, fresh_gate, monkeypatch):
     def fail(*args):
         raise RuntimeError("no compiler for this GPU")
 
-    monkeypatch.setattr(fast_kernels, "_checked", {})
-    monkeypatch.setattr(fast_kernels, "sample_and_decode", fail)
-    with pytest.warns(UserWarning, match="does not run"):
-        assert not fast_kernels.available(torch.zeros(1, 3, 32, 8, 8, device=DEVICE).half())
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, Counting(fail))
+    message = f"fused {re.escape(kernel.name)} kernel does not run .*no compiler"
+    with pytest.warns(RuntimeWarning, match=message):
+        call_and_compare(kernel, example(kernel))
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))
+    assert not caught
+
+
+@kernels_here
+@fused_kernels
+def test_a_kernel_that_raises_at_a_later_call_is_replaced_by_pytorch(kernel, fresh_gate, monkeypatch):
+    real = getattr(fast_kernels, kernel.triton_name)
+    used = Counting(real)
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, used)
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))  # checked, then run: Triton both times
+    assert not caught and used.calls >= 2
+
+    def out_of_resources(*args):
+        raise RuntimeError("out of resources: shared memory")
+
+    failing = Counting(out_of_resources)
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, failing)
+    message = f"fused {re.escape(kernel.name)} kernel failed .*out of resources"
+    with pytest.warns(RuntimeWarning, match=message):
+        call_and_compare(kernel, example(kernel))  # this very call still completes, with PyTorch
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))
+    assert not caught and failing.calls == 1
+
+
+@kernels_here
+@fused_kernels
+@pytest.mark.parametrize("how", ["environment", "set_kernels"])
+def test_the_torch_choice_never_runs_triton(kernel, how, fresh_gate, monkeypatch):
+    if how == "environment":
+        monkeypatch.setenv(fused.ENV_VAR, "torch")
+        fused.set_kernels("triton")  # the environment variable wins
+    else:
+        fused.set_kernels("torch")
+    never = Counting(lambda *args: pytest.fail("Triton ran"))
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, never)
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))
+    assert not caught and never.calls == 0
+
+
+@kernels_here
+def test_the_triton_choice_runs_the_kernel_unchecked(fresh_gate, monkeypatch):
+    fused.set_kernels("triton")
+    marker = Counting(lambda *args: "triton")
+    monkeypatch.setattr(fast_kernels, "weighted_sum", marker)
+    assert WEIGHTED_SUM(*example(WEIGHTED_SUM)) == "triton" and marker.calls == 1
+
+
+def test_unknown_kernel_choices_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="auto"):
+        fused.set_kernels("cuda")
+    monkeypatch.setenv(fused.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="PREIM3D_KERNELS"):
+        fused.kernel_choice()

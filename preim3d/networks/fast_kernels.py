@@ -1,4 +1,4 @@
-"""The fast mode's GPU kernels, in Triton: the renderer's hot loop and two one-pass element-wise steps.
+"""The fast mode's GPU kernels, in Triton: the renderer's hot loop and one-pass element-wise steps.
 
 * `sample_and_decode`: for every sample point (origin + depth · direction) one kernel reads the three
   planes bilinearly (as `grid_sample` with zero padding and align_corners=False), averages them, runs
@@ -7,19 +7,17 @@
   of every sample (about 0.3 KB for each of the ~1.6 M samples of a 512² frame); here they stay in
   registers. Plane coordinates, interpolation weights, the plane mean and the activations are
   float32; the planes, the decoder's matrix inputs and the colour output are float16; the density
-  is float32. `available()` says whether it can run (and checks it once per device against
-  PyTorch); the renderer falls back to PyTorch otherwise.
+  is float32.
 * `weighted_sum`: the composited colour Σ v·c of every ray in one pass over the colours.
-* `bias_lrelu_`: bias + leaky ReLU + gain + clamp of the float16 networks in one pass, in place.
+* `bias_lrelu`: bias + leaky ReLU + gain + clamp of the float16 networks in one pass.
 
-Triton ships with PyTorch's CUDA builds and compiles the kernels on first use: nothing is built at
-install time.
+These are the raw launchers. The networks call them through `fused.FusedKernel` objects (defined
+beside the PyTorch code each replaces), which choose between Triton and PyTorch, check each kernel
+against PyTorch once per device and fall back to PyTorch on any failure. Triton ships with
+PyTorch's CUDA builds and compiles the kernels on first use: nothing is built at install time.
 """
 
 from __future__ import annotations
-
-import os
-import warnings
 
 import torch
 
@@ -30,68 +28,10 @@ except ImportError:  # CPU-only PyTorch builds come without Triton
     triton = None
 
 # Sample points per program. 64 is the fastest on an H100, and Triton 3.6 miscompiles the second
-# matrix product for 128 and more there (wrong colours), which the self-check below would catch.
+# matrix product for 128 and more there (wrong colours), which the self-check in fused.py catches.
 BLOCK = 64
-# torch.compile (G.compile()) calls these as they are: Inductor cannot yet wrap these launches.
-_not_compiled = torch.compiler.disable
-_checked: dict[str, bool] = {}  # device → whether the kernel agreed with PyTorch there
 
 
-@_not_compiled
-def available(planes: torch.Tensor) -> bool:
-    """Whether the fused kernel can render these planes [N, 3, C, H, W] (float16, no gradients)."""
-    c = planes.shape[2]
-    return (
-        triton is not None
-        and planes.dtype == torch.float16
-        and (planes.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-        and not (torch.is_grad_enabled() and planes.requires_grad)
-        and c >= 16
-        and c & (c - 1) == 0
-        and _agrees_with_pytorch(planes.device)
-    )
-
-
-def _agrees_with_pytorch(device: torch.device) -> bool:
-    """Once per device: the kernel against `sample_triplanes` + `OSGDecoder` on a small random
-    problem, so that a Triton or driver that miscompiles it costs speed, never correct images."""
-    key = str(device)
-    if key not in _checked:
-        from .renderer import OSGDecoder, sample_triplanes
-
-        gen = torch.Generator().manual_seed(0)
-        decoder = OSGDecoder(32).to(device)
-        with torch.no_grad():
-            for param in decoder.parameters():
-                param.copy_(torch.randn(param.shape, generator=gen))
-            planes = torch.randn(1, 3, 32, 16, 16, generator=gen).to(device, torch.float16)
-            origins = (torch.randn(2, 40, 3, generator=gen) * 0.1).to(device)
-            directions = torch.nn.functional.normalize(torch.randn(2, 40, 3, generator=gen), dim=-1).to(
-                device
-            )
-            depths = (torch.rand(2, 40, 5, 1, generator=gen) * 1.2).to(device)
-            points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(2, -1, 3)
-            ref_colors, ref_densities = decoder(
-                sample_triplanes(planes.float().expand(2, -1, -1, -1, -1), points, 1.0)
-            )
-            try:
-                colors, densities = sample_and_decode(planes, decoder, origins, directions, depths, 1.0)
-                error = max(
-                    (colors.float().flatten(2) - ref_colors.transpose(1, 2)).abs().max().item(),
-                    (densities.flatten(1) - ref_densities.flatten(1)).abs().max().item(),
-                )
-                problem = f"disagrees with PyTorch (error {error:.3g})" if not error < 1e-2 else None
-            except Exception as exc:  # e.g. a GPU that Triton cannot compile for
-                problem = f"does not run ({type(exc).__name__}: {exc})"
-        _checked[key] = problem is None
-        if problem:
-            warnings.warn(
-                f"the fused tri-plane kernel {problem} on {key}; rendering without it", stacklevel=2
-            )
-    return _checked[key]
-
-
-@_not_compiled
 def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
     """colors [N, F, M, S] float16 and densities [N, M, S] float32 of the points
     origins + depths · directions (origins, directions [N, M, 3]; depths [N, M, S, 1]).
@@ -144,7 +84,6 @@ def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
     return colors, densities
 
 
-@_not_compiled
 def weighted_sum(colors: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Σ_s v[n,m,s] colors[n,:,m,s] → [N,F,M] float32, for colors [N,F,M,S] float16 and v [N,M,S]:
     one pass over the colours, without the [N,F,M,S] product PyTorch would write first."""
@@ -158,15 +97,18 @@ def weighted_sum(colors: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@_not_compiled
-def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float | None) -> torch.Tensor:
-    """In place and in one pass: x ← clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias over dim 1;
-    x float16 [N,C,H,W], contiguous or channels-last. PyTorch needs four passes (add, leaky_relu,
-    mul, clamp) over what is, in the super-resolution, a gigabyte of activations per batch."""
+def bias_lrelu(
+    x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float | None, out: torch.Tensor
+) -> torch.Tensor:
+    """out ← clamp(lrelu(x + b, 0.2) · gain, ±clamp) in one pass, the bias over dim 1; x float16
+    [N,C,H,W], contiguous or channels-last, and out of x's shape and layout (x itself: in place).
+    PyTorch needs four passes (add, leaky_relu, mul, clamp) over what is, in the super-resolution,
+    a gigabyte of activations per batch."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     count = x.numel()
     _bias_lrelu[(triton.cdiv(count, 1024),)](
         x,
+        out,
         bias.float().contiguous(),
         count,
         x.shape[1],
@@ -176,7 +118,7 @@ def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float |
         CHANNELS_LAST=channels_last,
         BLOCK=1024,
     )
-    return x
+    return out
 
 
 if triton is not None:
@@ -184,6 +126,7 @@ if triton is not None:
     @triton.jit
     def _bias_lrelu(
         x_ptr,
+        out_ptr,
         bias_ptr,
         count,
         channels,
@@ -200,7 +143,7 @@ if triton is not None:
             bias_ptr + channel, mask=ok, other=0.0
         )
         y = tl.where(y >= 0, y, y * 0.2) * gain
-        tl.store(x_ptr + i, tl.minimum(tl.maximum(y, -clamp), clamp).to(tl.float16), mask=ok)
+        tl.store(out_ptr + i, tl.minimum(tl.maximum(y, -clamp), clamp).to(tl.float16), mask=ok)
 
     @triton.jit
     def _weighted_sum(

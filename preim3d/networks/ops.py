@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import FusedKernel
+
 SQRT2 = math.sqrt(2.0)
 
 
@@ -21,33 +23,63 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 
 
 def bias_lrelu(
-    x: torch.Tensor, bias: torch.Tensor, gain: float = SQRT2, clamp: float | None = None
+    x: torch.Tensor,
+    bias: torch.Tensor,
+    gain: float = SQRT2,
+    clamp: float | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias broadcast over dim 1 (channels).
 
-    Without gradients x is updated in place (callers pass fresh activations): on a CPU, allocating
-    a new image-sized tensor for each step costs as much as the arithmetic; float16 images on a GPU
-    take one fused pass (fast_kernels.bias_lrelu_).
+    inplace=True lets it overwrite x (for callers that own x, e.g. a fresh convolution output: on a
+    CPU, allocating a new image-sized tensor for each step costs as much as the arithmetic); it is
+    ignored where autograd records x. Float16 images on a GPU take one fused pass (`BIAS_LRELU`).
     """
-    grad = torch.is_grad_enabled()
-    dense = x.ndim == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-    if not grad and x.is_cuda and x.dtype == torch.float16 and dense:
-        from . import fast_kernels  # imports Triton: only the fast mode needs it
-
-        if fast_kernels.triton is not None:
-            return fast_kernels.bias_lrelu_(x, bias, gain, clamp)
-    b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
-    if grad:
-        x = F.leaky_relu(x + b, 0.2) * gain
+    if _records_grad(x, bias):
+        x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * gain
         return x.clamp(-clamp, clamp) if clamp is not None else x
-    x = F.leaky_relu_(x.add_(b), 0.2).mul_(gain)
-    return x.clamp_(-clamp, clamp) if clamp is not None else x
+    return BIAS_LRELU(x, bias, gain, clamp, x if inplace else torch.empty_like(x))
 
 
-def bias_linear(x: torch.Tensor, bias: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
-    """clamp(x + b, ±clamp), the bias broadcast over dim 1 (channels); in place without gradients."""
+def _records_grad(*tensors) -> bool:
+    """Whether autograd records an op on these tensors (then nothing may be overwritten)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _bias_lrelu_torch(x, bias, gain, clamp, out):
+    """`bias_lrelu` into out (x itself, or a tensor of x's shape), in PyTorch."""
+    out = torch.add(x, bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), out=out)
+    out = F.leaky_relu_(out, 0.2).mul_(gain)
+    return out.clamp_(-clamp, clamp) if clamp is not None else out
+
+
+def _bias_lrelu_examples(device):
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for clamp in (None, 1.0):
+            x = torch.randn(2, 6, 5, 7, device=device).half().to(memory_format=layout)
+            yield x, torch.randn(6, device=device), SQRT2, clamp, x
+
+
+BIAS_LRELU = FusedKernel(
+    "bias + leaky ReLU",
+    "bias_lrelu",
+    _bias_lrelu_torch,
+    applies=lambda x, bias, gain, clamp, out: (
+        x.dtype == torch.float16
+        and x.ndim == 4
+        and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+        and out.stride() == x.stride()
+    ),
+    examples=_bias_lrelu_examples,
+)
+
+
+def bias_linear(
+    x: torch.Tensor, bias: torch.Tensor, clamp: float | None = None, inplace: bool = False
+) -> torch.Tensor:
+    """clamp(x + b, ±clamp), the bias broadcast over dim 1 (channels); inplace as in `bias_lrelu`."""
     b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
-    if torch.is_grad_enabled():
+    if not inplace or _records_grad(x, bias):
         x = x + b
         return x.clamp(-clamp, clamp) if clamp is not None else x
     x = x.add_(b)
@@ -113,7 +145,7 @@ class FullyConnectedLayer(nn.Module):
             b = b * self.bias_gain
         if self.activation == "linear":
             return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_lrelu(x.matmul(w.t()), b)
+        return bias_lrelu(x.matmul(w.t()), b, inplace=True)
 
     def extra_repr(self):
         return (

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import FusedKernel
 from .ops import FullyConnectedLayer
 
 
@@ -124,12 +125,24 @@ def sample_weights(weights):
 
 def weighted_colors(colors, v):
     """Σ_s v[n,m,s] colors[n,:,m,s] → [N,F,M] float32 (colors [N,F,M,S], v [N,M,S])."""
-    if colors.dtype == torch.float16 and colors.is_cuda:
-        from . import fast_kernels  # imports Triton: only the fast mode needs it
+    return WEIGHTED_SUM(colors, v)
 
-        if fast_kernels.triton is not None:
-            return fast_kernels.weighted_sum(colors, v)
-    return (colors * v.to(colors.dtype).unsqueeze(1)).sum(-1).float()
+
+def _weighted_sum_examples(device):
+    gen = torch.Generator().manual_seed(0)
+    yield (
+        torch.rand(2, 32, 45, 10, generator=gen).to(device, torch.float16),
+        torch.rand(2, 45, 10, generator=gen).to(device),
+    )
+
+
+WEIGHTED_SUM = FusedKernel(
+    "colour sum",
+    "weighted_sum",
+    lambda colors, v: (colors * v.to(colors.dtype).unsqueeze(1)).sum(-1).float(),
+    applies=lambda colors, v: colors.dtype == torch.float16,
+    examples=_weighted_sum_examples,
+)
 
 
 def stratified_depths(n, m, ray_start, ray_end, count, device, deterministic=False):
@@ -221,17 +234,58 @@ class ImportanceRenderer(nn.Module):
     @staticmethod
     def run_model(planes, decoder, origins, directions, depths, opts):
         """Colours [N,F,M,S] and densities [N,M,S] at origin + depth·direction (depths [N,M,S,1])."""
-        n, m, s, _ = depths.shape
-        if planes.dtype == torch.float16 and not opts.get("density_noise", 0):
-            from . import fast_kernels  # imports Triton: only the fast mode needs it
-
-            if fast_kernels.available(planes):
-                return fast_kernels.sample_and_decode(
-                    planes, decoder, origins, directions, depths, opts["box_warp"]
-                )
-        points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
-        colors, densities = decoder(sample_triplanes(planes, points, opts["box_warp"]))
         if opts.get("density_noise", 0) > 0:
-            densities = densities + torch.randn_like(densities) * opts["density_noise"]
-        # The decoder's outputs are views of channels-first tensors: transposing back is free.
-        return colors.transpose(1, 2).reshape(n, -1, m, s), densities.reshape(n, m, s)
+            colors, densities = sample_and_decode(
+                planes, decoder, origins, directions, depths, opts["box_warp"]
+            )
+            return colors, densities + torch.randn_like(densities) * opts["density_noise"]
+        return SAMPLE_AND_DECODE(planes, decoder, origins, directions, depths, opts["box_warp"])
+
+
+def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
+    """Colours [N,F,M,S] and raw densities [N,M,S] of the decoder at the points origins + depths ·
+    directions (origins, directions [N,M,3]; depths [N,M,S,1]) on planes [N,3,C,H,W]."""
+    n, m, s, _ = depths.shape
+    points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
+    colors, densities = decoder(sample_triplanes(planes, points, box_warp))
+    # The decoder's outputs are views of channels-first tensors: transposing back is free.
+    return colors.transpose(1, 2).reshape(n, -1, m, s), densities.reshape(n, m, s)
+
+
+def _sample_and_decode_examples(device):
+    """A random decoder and planes, rays from near the origin: many samples leave the box."""
+    gen = torch.Generator().manual_seed(0)
+    decoder = OSGDecoder(32).requires_grad_(False)
+    for param in decoder.parameters():
+        param.copy_(torch.randn(param.shape, generator=gen))
+    planes = torch.randn(1, 3, 32, 16, 16, generator=gen).to(device, torch.float16)
+    origins = torch.randn(2, 40, 3, generator=gen) * 0.1
+    directions = F.normalize(torch.randn(2, 40, 3, generator=gen), dim=-1)
+    depths = torch.rand(2, 40, 5, 1, generator=gen) * 1.2
+    yield (
+        planes.expand(2, -1, -1, -1, -1),
+        decoder.to(device),
+        origins.to(device),
+        directions.to(device),
+        depths.to(device),
+        1.0,
+    )
+
+
+def _fused_sampler_applies(planes, decoder, origins, directions, depths, box_warp):
+    """The kernel handles float16 planes without gradients, and power-of-two widths of at least 16."""
+    widths = (planes.shape[2], decoder.net[0].out_features, decoder.net[2].out_features - 1)
+    return (
+        planes.dtype == torch.float16
+        and not (torch.is_grad_enabled() and planes.requires_grad)
+        and all(w >= 16 and w & (w - 1) == 0 for w in widths)
+    )
+
+
+SAMPLE_AND_DECODE = FusedKernel(
+    "tri-plane sampler",
+    "sample_and_decode",
+    sample_and_decode,
+    applies=_fused_sampler_applies,
+    examples=_sample_and_decode_examples,
+)

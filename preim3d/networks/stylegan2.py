@@ -109,7 +109,7 @@ class SynthesisLayer(nn.Module):
         elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
             x = x + (noise * self.noise_strength).to(x.dtype)
-        return bias_lrelu(x, self.bias, clamp=self.conv_clamp)
+        return bias_lrelu(x, self.bias, clamp=self.conv_clamp, inplace=True)
 
 
 class ToRGBLayer(nn.Module):
@@ -126,7 +126,7 @@ class ToRGBLayer(nn.Module):
     def forward(self, x, w):
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)
-        return bias_linear(x, self.bias, clamp=self.conv_clamp)
+        return bias_linear(x, self.bias, clamp=self.conv_clamp, inplace=True)
 
 
 class SynthesisBlock(nn.Module):

@@ -56,7 +56,10 @@ class TriPlaneGenerator(nn.Module):
     (tri-plane backbone and super-resolution) run in float16, channels-last, with the official
     mixed-precision safeguards, and the plane sampler and decoder run in float16 (ray weights and
     depths stay float32). Should a float16 network pass overflow, it is recomputed in float32
-    (with a warning). Set it with `G.set_precision(...)`.
+    (with a warning). Set it with `G.set_precision(...)`. The fused steps run as Triton kernels
+    where each passed a check against PyTorch on that device, and as PyTorch otherwise or after
+    any failure: `preim3d.set_kernels("auto" | "triton" | "torch")`, or PREIM3D_KERNELS=torch in
+    the environment to never use Triton (see `preim3d.networks.fused`).
     """
 
     def __init__(
