@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from preim3d.networks import fast_kernels, fused, ops
-from preim3d.networks.ops import BIAS_LRELU
+from preim3d.networks.ops import BIAS_LRELU, UPFILTER_BIAS_LRELU
 from preim3d.networks.renderer import (
     SAMPLE_AND_DECODE,
     WEIGHTED_SUM,
@@ -49,7 +49,7 @@ def test_kernels_in_the_triton_interpreter():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "25 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
+    assert "35 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
 
 
 def random_decoder(seed=0):
@@ -153,9 +153,47 @@ def test_bias_activations_overwrite_their_input_only_when_asked(dtype):
             x.copy_(before)
 
 
+@kernels_here
+@pytest.mark.parametrize("noise", [None, "const", "per-sample"])
+def test_upfilter_bias_lrelu_matches_pytorch(noise):
+    t = torch.randn(2, 70, 3, 35, device=DEVICE)  # two blocks of channels and of pixels
+    bias = torch.randn(70, device=DEVICE)
+    noise = {
+        None: None,
+        "const": torch.randn(2, 34, device=DEVICE),
+        "per-sample": torch.randn(2, 1, 2, 34, device=DEVICE),
+    }[noise]
+    filtered = ops.fir_blur(t, ops.fir_filter_2d().to(DEVICE), pad=1, gain=4.0)
+    expected = F.leaky_relu(filtered + (0 if noise is None else noise) + bias[:, None, None], 0.2) * 2**0.5
+    out = fast_kernels.upfilter_bias_lrelu(
+        t.half().to(memory_format=torch.channels_last), noise, bias, 2**0.5, 1.0
+    )
+    assert out.shape == (2, 70, 2, 34) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out.float(), expected.clamp(-1, 1), atol=4e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("noise_mode", ["const", "none"])
+def test_float16_up_convolution_layer_matches_float32(noise_mode):
+    """The float16 up-convolution (stride-2 transposed convolution, then the filter fused with
+    noise, bias and activation: Triton where it runs, PyTorch elsewhere) against float32."""
+    from preim3d.networks.stylegan2 import SynthesisLayer
+
+    torch.manual_seed(0)
+    layer = SynthesisLayer(16, 24, 32, resolution=8, up=True, conv_clamp=256).to(DEVICE)
+    with torch.no_grad():
+        layer.noise_strength.fill_(0.5)
+        layer.bias.normal_()
+    x, w = torch.randn(2, 16, 4, 4, device=DEVICE), torch.randn(2, 32, device=DEVICE)
+    with torch.no_grad():
+        expected = layer(x, w, noise_mode)
+        half = layer(x.half().to(memory_format=torch.channels_last), w, noise_mode)
+    assert half.dtype == torch.float16 and half.shape == expected.shape == (2, 24, 8, 8)
+    assert torch.allclose(half.float(), expected, atol=2e-2, rtol=2e-2)
+
+
 # --- The gate: every fused kernel falls back to PyTorch, with one warning, whatever goes wrong ---------
 
-FUSED = [BIAS_LRELU, WEIGHTED_SUM, SAMPLE_AND_DECODE]
+FUSED = [BIAS_LRELU, UPFILTER_BIAS_LRELU, WEIGHTED_SUM, SAMPLE_AND_DECODE]
 fused_kernels = pytest.mark.parametrize("kernel", FUSED, ids=[k.triton_name for k in FUSED])
 
 

@@ -10,6 +10,8 @@
   is float32.
 * `weighted_sum`: the composited colour Σ v·c of every ray in one pass over the colours.
 * `bias_lrelu`: bias + leaky ReLU + gain + clamp of the float16 networks in one pass.
+* `upfilter_bias_lrelu`: the rest of a 2× up-convolution after its stride-2 transposed
+  convolution: EG3D's FIR filter, noise, bias, leaky ReLU, gain and clamp in one pass.
 
 These are the raw launchers. The networks call them through `fused.FusedKernel` objects (defined
 beside the PyTorch code each replaces), which choose between Triton and PyTorch, check each kernel
@@ -121,7 +123,109 @@ def bias_lrelu(
     return out
 
 
+def upfilter_bias_lrelu(
+    t: torch.Tensor, noise: torch.Tensor | None, bias: torch.Tensor, gain: float, clamp: float | None
+) -> torch.Tensor:
+    """[N,C,2H,2W] float16 channels-last: clamp(lrelu(filter(t) + noise + b, 0.2) · gain, ±clamp)
+    for t [N,C,2H+1,2W+1] float16 channels-last, where filter is EG3D's 4×4 FIR filter
+    outer(k, k), k = (1, 3, 3, 1)/4 (gain 4), with one pixel of zero padding; noise None or
+    [2H, 2W] or [N or 1, 1, 2H, 2W]. PyTorch needs a depthwise convolution and five element-wise passes."""
+    n, c, rows, cols = t.shape
+    out = torch.empty((n, c, rows - 1, cols - 1), dtype=torch.float16, device=t.device).to(
+        memory_format=torch.channels_last
+    )
+    if noise is None:
+        noise_arg, noise_strides = out, (0, 0, 0)  # unused
+    else:
+        noise = noise.float().reshape(-1, 1, rows - 1, cols - 1)
+        noise_arg, noise_strides = noise, (0 if noise.shape[0] == 1 else noise.stride(0), *noise.stride()[2:])
+    pixels, channels = 32, min(triton.next_power_of_2(c), 64)
+    grid = (n * (rows - 1) * triton.cdiv(cols - 1, pixels), triton.cdiv(c, channels))
+    _upfilter_bias_lrelu[grid](
+        t,
+        out,
+        bias.float().contiguous(),
+        noise_arg,
+        t.stride(0),
+        t.stride(2),
+        t.stride(3),
+        out.stride(0),
+        out.stride(2),
+        out.stride(3),
+        *noise_strides,
+        rows,
+        cols,
+        c,
+        gain,
+        float("inf") if clamp is None else clamp,
+        HAS_NOISE=noise is not None,
+        PIXELS=pixels,
+        CHANNELS=channels,
+    )
+    return out
+
+
 if triton is not None:
+
+    @triton.jit
+    def _upfilter_bias_lrelu(
+        t_ptr,
+        out_ptr,
+        bias_ptr,
+        noise_ptr,
+        t_sn,
+        t_sr,
+        t_ss,
+        out_sn,
+        out_sr,
+        out_ss,
+        noise_sn,
+        noise_sr,
+        noise_ss,
+        rows,
+        cols,
+        channels,
+        gain,
+        clamp,
+        HAS_NOISE: tl.constexpr,
+        PIXELS: tl.constexpr,
+        CHANNELS: tl.constexpr,
+    ):
+        """One program: PIXELS output pixels of one row × CHANNELS channels (channel stride 1)."""
+        blocks = tl.cdiv(cols - 1, PIXELS)
+        pid = tl.program_id(0)
+        n = (pid // blocks) // (rows - 1)
+        i = (pid // blocks) % (rows - 1)
+        j = (pid % blocks) * PIXELS + tl.arange(0, PIXELS)
+        c = tl.program_id(1) * CHANNELS + tl.arange(0, CHANNELS)
+        c_ok = c < channels
+        base = t_ptr + n.to(tl.int64) * t_sn
+        acc = tl.zeros((PIXELS, CHANNELS), dtype=tl.float32)
+        for a in tl.static_range(4):
+            r = i + a - 1  # one pixel of zero padding on each side
+            wa = 0.25 if a == 0 or a == 3 else 0.75
+            for b in tl.static_range(4):
+                s = j + b - 1
+                wb = 0.25 if b == 0 or b == 3 else 0.75
+                ok = (r >= 0) & (r < rows) & (s >= 0) & (s < cols)
+                v = tl.load(
+                    base + r.to(tl.int64) * t_sr + s[:, None].to(tl.int64) * t_ss + c[None, :],
+                    mask=ok[:, None] & c_ok[None, :],
+                    other=0.0,
+                )
+                acc += v.to(tl.float32) * (wa * wb)
+        j_ok = j < cols - 1
+        if HAS_NOISE:
+            acc += tl.load(noise_ptr + n * noise_sn + i * noise_sr + j * noise_ss, mask=j_ok, other=0.0)[
+                :, None
+            ]
+        y = acc + tl.load(bias_ptr + c, mask=c_ok, other=0.0)[None, :]
+        y = tl.where(y >= 0, y, y * 0.2) * gain
+        y = tl.minimum(tl.maximum(y, -clamp), clamp)
+        target = (
+            out_ptr + n.to(tl.int64) * out_sn + i * out_sr + j[:, None].to(tl.int64) * out_ss + c[None, :]
+        )
+        tl.store(target, y.to(tl.float16), mask=j_ok[:, None] & c_ok[None, :])
 
     @triton.jit
     def _bias_lrelu(

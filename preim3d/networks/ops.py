@@ -86,6 +86,60 @@ def bias_linear(
     return x.clamp_(-clamp, clamp) if clamp is not None else x
 
 
+def upfilter_bias_lrelu(
+    t: torch.Tensor,
+    noise: torch.Tensor | None,
+    bias: torch.Tensor,
+    gain: float = SQRT2,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """The end of a 2× up-convolution in float16: t [N,C,2H+1,2W+1] (its stride-2 transposed
+    convolution, `modulated_conv2d(..., up=True, up_filter=False)`) → EG3D's FIR filter (pad 1,
+    gain 4) → [N,C,2H,2W], + noise ([2H, 2W], [N or 1, 1, 2H, 2W] or None), then `bias_lrelu`;
+    one fused pass on a GPU (`UPFILTER_BIAS_LRELU`)."""
+    if _records_grad(t, bias):
+        x = upfilter(t)
+        return bias_lrelu(x if noise is None else x + noise.to(x.dtype), bias, gain, clamp)
+    return UPFILTER_BIAS_LRELU(t, noise, bias, gain, clamp)
+
+
+def upfilter(t: torch.Tensor) -> torch.Tensor:
+    """fir_blur(t, EG3D's filter, pad=1, gain=4): [N,C,R,S] → [N,C,R−1,S−1].
+
+    The filter is separable, (1, 3, 3, 1)/4 along each axis: four shifted sums per axis, which GPUs
+    run faster in float16 than a depthwise convolution.
+    """
+    t = F.pad(t, (1, 1, 1, 1))
+    t = (t[..., :-3, :] + t[..., 3:, :]).mul_(0.25).add_(t[..., 1:-2, :] + t[..., 2:-1, :], alpha=0.75)
+    return (t[..., :-3] + t[..., 3:]).mul_(0.25).add_(t[..., 1:-2] + t[..., 2:-1], alpha=0.75)
+
+
+def _upfilter_bias_lrelu_torch(t, noise, bias, gain, clamp):
+    x = upfilter(t)
+    if noise is not None:
+        x = x.add_(noise.to(x.dtype))
+    return _bias_lrelu_torch(x, bias, gain, clamp, x)
+
+
+def _upfilter_examples(device):
+    gen = torch.Generator().manual_seed(0)
+    for noise in (None, torch.randn(1, 1, 4, 6, generator=gen)):
+        t = torch.randn(2, 6, 5, 7, generator=gen).to(device, torch.float16)
+        noise = noise if noise is None else noise.to(device)
+        yield t.to(memory_format=torch.channels_last), noise, torch.randn(6).to(device), SQRT2, 256.0
+
+
+UPFILTER_BIAS_LRELU = FusedKernel(
+    "up-sampling filter + bias + leaky ReLU",
+    "upfilter_bias_lrelu",
+    _upfilter_bias_lrelu_torch,
+    applies=lambda t, noise, bias, gain, clamp: (
+        t.dtype == torch.float16 and t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    ),
+    examples=_upfilter_examples,
+)
+
+
 def fir_filter_2d(taps=(1.0, 3.0, 3.0, 1.0)) -> torch.Tensor:
     """The 2-D low-pass filter outer(taps, taps) normalised to sum 1 ([4,4] for the default taps)."""
     t = torch.as_tensor(taps, dtype=torch.float32)
@@ -160,6 +214,7 @@ def modulated_conv2d(
     demodulate: bool = True,
     up: bool = False,
     resample_filter: torch.Tensor | None = None,
+    up_filter: bool = True,
 ) -> torch.Tensor:
     """StyleGAN2 modulated convolution (without noise, bias and activation).
 
@@ -170,7 +225,8 @@ def modulated_conv2d(
     serves the whole batch instead of one per sample.
 
     `up`: a 3x3 "up" convolution = stride-2 transposed convolution with the unflipped weight, then
-    the FIR low-pass `resample_filter` with padding 1 and gain 4 (output 2H×2W).
+    the FIR low-pass `resample_filter` with padding 1 and gain 4 (output 2H×2W). up_filter=False
+    leaves the filter to the caller (output [N,C,2H+1,2W+1]; see `upfilter_bias_lrelu`).
 
     In half precision (x fp16) the weight and styles are first rescaled by their maxima, as the
     official mixed-precision path does, so that fp16 cannot overflow; demodulation cancels the scale.
@@ -188,17 +244,19 @@ def modulated_conv2d(
         w = weight * styles.reshape(1, -1, 1, 1)
         if dcoefs is not None:
             w = w * dcoefs.reshape(-1, 1, 1, 1)
-        return _conv(x, w.to(x.dtype), up, resample_filter)
-    x = _conv(x * styles.to(x.dtype).reshape(n, -1, 1, 1), weight.to(x.dtype), up, resample_filter)
+        return _conv(x, w.to(x.dtype), up, resample_filter, up_filter)
+    x = _conv(x * styles.to(x.dtype).reshape(n, -1, 1, 1), weight.to(x.dtype), up, resample_filter, up_filter)
     if dcoefs is not None:
         x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
     return x
 
 
-def _conv(x, w, up, resample_filter):
+def _conv(x, w, up, resample_filter, up_filter=True):
     """Same-size convolution, or the 2× up-convolution described in modulated_conv2d."""
     if not up:
         return F.conv2d(x, w, padding=w.shape[-1] // 2)
+    if not up_filter:
+        return F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
     if x.dtype == torch.float16:
         # One transposed convolution with the combined kernel: GPUs run this far faster in half
         # precision than a separate depthwise blur, at four times the multiply-adds.
