@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from eg3d_reference import FFHQ512, fill_random, inputs  # noqa: E402
 
 from preim3d import TriPlaneGenerator  # noqa: E402
-from preim3d.rendering import TriPlaneRenderer, export_mesh, render_turntable  # noqa: E402
+from preim3d.mesh import export_mesh, extract_mesh  # noqa: E402
+from preim3d.rendering import TriPlaneRenderer  # noqa: E402
+from preim3d.turntable import render_turntable  # noqa: E402
 
 
 def seconds(fn, device):
@@ -54,7 +56,8 @@ def measure(precision, args, device) -> dict:
             device,
         )
         mesh_s, mesh = seconds(
-            lambda: renderer.mesh(ws, resolution=args.mesh_resolution, threshold=args.threshold), device
+            lambda: extract_mesh(G, ws, args.mesh_resolution, args.threshold, planes=renderer.planes(ws)),
+            device,
         )
         export_s, _ = seconds(lambda: export_mesh(mesh, Path(tmp) / "m.glb"), "cpu")
         size_mb = (Path(tmp) / "m.glb").stat().st_size / 1e6

@@ -35,14 +35,14 @@ from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
 from .errors import LatentFileError, WeightsError
 from .images import load_image
 from .inversion import compute_latent_avg, invert
-from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, render_turntable, to_uint8
+from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
 from .weights.bundle import read_bundle_config
-from .weights.encoder import load_encoder, load_latent_avg, read_official_checkpoint
+from .weights.checks import check_latent_avg
+from .weights.encoder import encoder_from_official, load_encoder, load_latent_avg
 from .weights.generator import load_generator
 from .weights.resolve import WeightsLocation, resolve_weights
 
 LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
-LATENT_AVG_TOLERANCE = 1e-3  # max abs difference, as preim3d.weights.encoder.convert_encoder allows
 
 
 def default_device() -> torch.device:
@@ -154,23 +154,13 @@ class Editor:
         device = torch.device(device) if device is not None else default_device()
         G = load_generator(generator, device)
         latent_avg = compute_latent_avg(G, device=device)
-        stored = read_official_checkpoint(encoder)[2]
+        E, stored = encoder_from_official(encoder, device)
         if stored is not None:
-            diff = (
-                (stored.to(latent_avg) - latent_avg).abs().max().item()
-                if stored.shape == latent_avg.shape
-                else math.inf
-            )
-            if diff > LATENT_AVG_TOLERANCE:
-                raise WeightsError(
-                    f"The latent average of {Path(generator).name} differs from the one stored in "
-                    f"{Path(encoder).name} (max abs difference {diff:.3g}): use the generator the encoder "
-                    "was trained with (PREIM3D's eg3d_G_ema.pkl)."
-                )
+            check_latent_avg(latent_avg, stored, Path(generator).name, Path(encoder).name)
         kwargs.setdefault("source", f"official files {Path(generator).name}, {Path(encoder).name}")
         return cls(
             G,
-            load_encoder(encoder, device),
+            E,
             latent_avg,
             DirectionBank.from_dir(directions) if directions is not None else None,
             device=device,
@@ -237,11 +227,13 @@ class Editor:
             return multiview_grid(self.renderer, _one(ws), yaws, pitches, deterministic=self.deterministic)
 
     def turntable(self, ws, path, frames: int = 120, fps: float = 60, **kwargs) -> Path:
-        """An mp4 of the code on the official turntable path (see `preim3d.rendering.render_turntable`).
+        """An mp4 of the code on the official turntable path (see `preim3d.turntable.render_turntable`).
 
         Keywords: size, depth (add a depth panel), side_by_side (photos or codes shown beside it),
         cameras (another path), progress.
         """
+        from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
+
         kwargs.setdefault("deterministic", self.deterministic)
         with torch.inference_mode():
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
@@ -250,12 +242,15 @@ class Editor:
         """The head's surface as a coloured trimesh.Trimesh,
         also written to `path` (.glb, .ply, .obj) if given.
 
-        Keywords go to `preim3d.rendering.extract_mesh` (threshold, trim, progress).
+        Keywords go to `preim3d.mesh.extract_mesh` (threshold, trim, progress).
         """
-        from .rendering import export_mesh
+        from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 
+        ws = _one(ws)
         with torch.inference_mode():
-            mesh = self.renderer.mesh(_one(ws), resolution=resolution, **kwargs)
+            mesh = extract_mesh(
+                self.generator, ws, resolution=resolution, planes=self.renderer.planes(ws), **kwargs
+            )
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             export_mesh(mesh, path)

@@ -120,7 +120,7 @@ def _calibrate_density(G, seed: int) -> None:
     grid for a typical code, gives solid blobs in renders and a surface for marching cubes.
     """
     from .cameras import camera_vector
-    from .networks.renderer import sample_triplanes
+    from .networks.decoder import sample_triplanes
 
     z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():

@@ -19,14 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from preim3d.networks import fast_kernels, fused, ops
+from preim3d.networks.decoder import SAMPLE_AND_DECODE, OSGDecoder, sample_triplanes
 from preim3d.networks.ops import BIAS_LRELU, UPFILTER_BIAS_LRELU
-from preim3d.networks.renderer import (
-    SAMPLE_AND_DECODE,
-    WEIGHTED_SUM,
-    ImportanceRenderer,
-    OSGDecoder,
-    sample_triplanes,
-)
+from preim3d.networks.renderer import WEIGHTED_SUM, ImportanceRenderer
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"

@@ -161,9 +161,14 @@ def test_latent_files_accept_fit_direction_layout_and_refuse_bad_ones(tmp_path):
         load_latent(tmp_path / "missing.npz")
 
 
-def test_official_files_give_the_same_editor_as_the_bundle(tiny_official_files, editor, result):
+def test_official_files_give_the_same_editor_as_the_bundle(tiny_official_files, editor, result, monkeypatch):
     assert set(find_official_files(tiny_official_files)) == {"generator", "encoder", "directions"}
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(path) or real_load(path, *a, **k))
     official = Editor.from_pretrained(tiny_official_files, device="cpu", deterministic=True)
+    encoder_reads = [p for p in reads if str(p).endswith("preim3d_ffhq.pt")]
+    assert len(encoder_reads) == 1  # the large checkpoint gives encoder and stored latent average at once
     torch.testing.assert_close(official.latent_avg, editor.latent_avg)
     torch.testing.assert_close(official.invert(result.face), result.ws)
     assert official.directions.names == editor.directions.names

@@ -16,19 +16,11 @@ from PIL import Image
 from torch import nn
 
 from preim3d.cameras import camera_vector, turntable_path
-from preim3d.networks.renderer import sample_triplanes
+from preim3d.mesh import export_mesh, extract_mesh, srgb_to_linear
+from preim3d.networks.decoder import sample_triplanes
 from preim3d.networks.triplane import TriPlaneGenerator
-from preim3d.rendering import (
-    TriPlaneRenderer,
-    _resize,
-    depth_to_uint8,
-    export_mesh,
-    extract_mesh,
-    multiview_grid,
-    render_turntable,
-    srgb_to_linear,
-    to_uint8,
-)
+from preim3d.rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
+from preim3d.turntable import _resize, render_turntable
 
 
 def make_generator() -> TriPlaneGenerator:
@@ -281,7 +273,7 @@ def test_mesh_of_the_generator_exports_to_glb_ply_obj(G, ws, tmp_path):
     probe = torch.rand(1, 4096, 3, generator=torch.Generator().manual_seed(0)) * 0.6 - 0.3
     _, sigma = G.decoder(sample_triplanes(planes, probe, 1.0))
     threshold = sigma.quantile(0.7).item()
-    mesh = renderer.mesh(ws[:1], resolution=32, threshold=threshold)
+    mesh = extract_mesh(G, ws[:1], resolution=32, threshold=threshold, planes=planes)
     assert len(mesh.vertices) > 100 and np.abs(mesh.vertices).max() <= 0.5
     srgb = mesh.visual.vertex_colors
 

@@ -31,6 +31,7 @@ from preim3d.inversion import preprocess_for_encoder
 from preim3d.networks.encoder import WPlusEncoder
 from preim3d.networks.stylegan2 import MappingNetwork, SynthesisNetwork
 from preim3d.training import make_config
+from preim3d.training.checkpoint import read_training_checkpoint
 from preim3d.training.config import config_from_args
 from preim3d.training.data import CameraLabelledImages, epoch_batches
 from preim3d.training.discriminator import LatentDiscriminator, LatentPool, r1_penalty
@@ -43,7 +44,7 @@ from preim3d.training.identity import (
 )
 from preim3d.training.losses import PerceptualLoss, latent_loss_weight
 from preim3d.training.ranger import Ranger
-from preim3d.training.trainer import Trainer, camera_angles, read_training_checkpoint, train
+from preim3d.training.trainer import Trainer, camera_angles, train
 from preim3d.weights.encoder import load_encoder, load_latent_avg
 
 TINY_ARCFACE = dict(
@@ -532,7 +533,7 @@ def test_arcface_has_the_treb1en_layout_and_initialises_the_encoder(tmp_path):
     with pytest.raises(WeightsError, match="do not fit"):
         init_encoder_from_arcface(micro_encoder(), state)
     torch.save({"input_layer.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(WeightsError, match="not an IR-SE50 ArcFace"):
+    with pytest.raises(WeightsError, match="do not fit an IR-SE50 ArcFace"):
         load_arcface(tmp_path / "other.pth")
 
 

@@ -19,7 +19,8 @@ import warnings
 import torch
 from torch import nn
 
-from .renderer import ImportanceRenderer, OSGDecoder, camera_rays
+from .decoder import OSGDecoder
+from .renderer import ImportanceRenderer, camera_rays
 from .stylegan2 import StyleGAN2Backbone
 from .superresolution import SuperResolution
 

@@ -4,7 +4,8 @@
     trainer = train(make_config("run.toml", batch_size=4))
 
 Modules: `config` (settings), `data` (labelled crops), `losses`, `identity` (ArcFace),
-`discriminator` (latent D and pools), `ranger` (optimiser), `trainer` (the loop), `export`.
+`discriminator` (latent D and pools), `ranger` (optimiser), `trainer` (the loop), `checkpoint`
+(the training checkpoint format), `export`.
 Multi-GPU: `torchrun --nproc_per_node=N -m preim3d.training --config run.toml`.
 """
 

@@ -19,6 +19,11 @@ from pathlib import Path
 
 import torch
 
+from ..networks.encoder import WPlusEncoder
+from ..weights.encoder import save_encoder, save_latent_avg
+from ..weights.generator import save_generator
+from .checkpoint import read_training_checkpoint
+
 TRAINED_LICENCE = (
     "Encoder trained with preim3d. The weights inherit the terms of the training images, of the ArcFace "
     "weights used for initialisation and for the identity loss, and of the generator (EG3D: NVIDIA Source "
@@ -35,14 +40,10 @@ def export_bundle(
     licence: str = TRAINED_LICENCE,
 ) -> Path:
     """Write the encoder and its latent average (and the generator, when given) into the bundle `folder`."""
-    from ..weights.encoder import save_encoder, save_latent_avg
-
     provenance = dict(provenance or {})
     save_encoder(encoder, folder, provenance=provenance, licence=licence)
     save_latent_avg(latent_avg.detach().cpu(), folder, provenance={"computed_from": "the training generator"})
     if generator is not None:
-        from ..weights.generator import save_generator
-
         save_generator(generator, folder)
     return Path(folder)
 
@@ -77,9 +78,6 @@ def export_official(encoder, latent_avg: torch.Tensor, path, extra_opts: dict | 
 
 def encoder_from_checkpoint(path):
     """(encoder, latent_avg, step) from a training checkpoint of `preim3d train`."""
-    from ..networks.encoder import WPlusEncoder
-    from .trainer import read_training_checkpoint
-
     state = read_training_checkpoint(path)
     encoder = WPlusEncoder(**state["encoder_architecture"])
     encoder.load_state_dict(state["encoder"])

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..networks.encoder import IRSEUnit
+from ..weights.checks import load_state_strict, state_dict_mismatch
 
 ARCFACE_UNITS = (3, 4, 14, 3)
 ARCFACE_CHANNELS = (64, 128, 256, 512)
@@ -103,19 +104,10 @@ def load_arcface(path, device="cpu") -> ArcFaceBackbone:
     return arcface_from_state(read_arcface_weights(path), origin=path).to(device)
 
 
-def arcface_from_state(state: dict[str, torch.Tensor], origin="the ArcFace weights") -> ArcFaceBackbone:
+def arcface_from_state(state: dict[str, torch.Tensor], origin="the given state dict") -> ArcFaceBackbone:
     """IR-SE50 ArcFace holding `state` (keys and shapes checked), frozen and in eval mode."""
     net = ArcFaceBackbone()
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise WeightsError(
-            f"{origin} is not an IR-SE50 ArcFace backbone (TreB1eN layout): missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}."
-        )
-    net.load_state_dict(state)
+    load_state_strict(net, state, origin, "an IR-SE50 ArcFace backbone (TreB1eN layout)")
     return net.eval().requires_grad_(False)
 
 
@@ -128,12 +120,11 @@ def init_encoder_from_arcface(
     stem and body tensor of the encoder must be present with the same shape.
     """
     target = {k: v for k, v in encoder.state_dict().items() if k.startswith(("input_layer.", "body."))}
-    missing = [k for k in target if k not in state]
-    wrong = [k for k in target if k in state and state[k].shape != target[k].shape]
-    if missing or wrong:
+    mismatch = state_dict_mismatch(target, {k: v for k, v in state.items() if k in target})
+    if mismatch:
         raise WeightsError(
-            f"{origin} do not fit the encoder's stem and body (missing {missing[:3]}, wrong shape "
-            f"{wrong[:3]}): use IR-SE50 ArcFace weights with the full-size encoder."
+            f"{origin} do not fit the encoder's stem and body ({mismatch}): use IR-SE50 ArcFace weights "
+            "with the full-size encoder."
         )
     encoder.load_state_dict({k: state[k] for k in target}, strict=False)
     return len(target)

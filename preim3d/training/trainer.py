@@ -64,6 +64,7 @@ from ..networks.encoder import WPlusEncoder
 from ..rendering import to_uint8
 from ..weights.encoder import load_encoder
 from ..weights.generator import load_generator
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_training_checkpoint
 from .config import TrainConfig
 from .data import BatchStream, CameraLabelledImages
 from .discriminator import (
@@ -73,14 +74,13 @@ from .discriminator import (
     encoder_adversarial_loss,
     r1_penalty,
 )
+from .export import export_bundle, export_official
 from .identity import IdentityLoss, arcface_from_state, init_encoder_from_arcface, read_arcface_weights
 from .losses import PerceptualLoss, l2_loss, latent_loss, latent_loss_weight
 from .ranger import Ranger
 
 log = logging.getLogger("preim3d.training")
 
-CHECKPOINT_FORMAT = "preim3d-training-checkpoint"
-CHECKPOINT_VERSION = 1
 SAMPLE_YAWS = (-0.4, 0.0, 0.4)  # novel views of the sample grids, radians from the frontal view
 SAMPLE_ROWS = 4
 
@@ -521,8 +521,6 @@ class Trainer:
 
     def export(self) -> tuple[Path, Path]:
         """The trained encoder as a bundle (with latent average and generator) and in PREIM3D's layout."""
-        from .export import export_bundle, export_official
-
         provenance = {"trained_with": "preim3d train", "steps": self.step, "config": self.config.to_dict()}
         bundle = export_bundle(
             self.encoder_module,
@@ -544,24 +542,6 @@ class Trainer:
         """Leave the process group if this trainer created it."""
         if self._owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def read_training_checkpoint(path) -> dict:
-    """A training checkpoint's dict, loaded with torch.load(weights_only=True) and checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise Preim3DError(f"Training checkpoint {path} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged file, or one that needs arbitrary objects
-        raise Preim3DError(
-            f"{path} could not be read as a training checkpoint ({type(exc).__name__}: {exc})."
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise Preim3DError(f"{path} is not a preim3d training checkpoint (written by `preim3d train`).")
-    if state.get("version", 0) > CHECKPOINT_VERSION:
-        raise Preim3DError(f"{path} was written by a newer preim3d; upgrade to continue from it.")
-    return state
 
 
 def _init_distributed(device: str | None) -> tuple[int, int, int, bool]:

@@ -4,6 +4,9 @@ A bundle never needs unpickling. `config.json` holds one section per component (
 settings, provenance, licence) beside a few top-level fields; each component's tensors live in
 `<component>.safetensors`. Components are written one at a time, so a bundle can be assembled
 from several official files.
+
+Finding a bundle (`is_bundle`, `read_bundle_config`) needs neither torch nor safetensors, so that
+`preim3d.weights.resolve` answers at once; reading and writing tensors imports them.
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from ..errors import WeightsError
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG_NAME = "config.json"
 FORMAT_NAME = "preim3d-bundle"
@@ -25,13 +28,11 @@ FORMAT_VERSION = 1
 
 def is_bundle(path) -> bool:
     """True when `path` is a folder holding a preim3d `config.json`."""
-    config = Path(path) / CONFIG_NAME
-    if not config.is_file():
-        return False
     try:
-        return json.loads(config.read_text()).get("format") == FORMAT_NAME
+        config = json.loads((Path(path) / CONFIG_NAME).read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(config, dict) and config.get("format") == FORMAT_NAME
 
 
 def read_bundle_config(folder) -> dict:
@@ -55,6 +56,8 @@ def read_bundle_config(folder) -> dict:
 
 def write_bundle_component(folder, name: str, tensors: dict[str, torch.Tensor], config: dict) -> Path:
     """Write `<name>.safetensors` and the `name` section of `config.json` (other sections are kept)."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / CONFIG_NAME
@@ -70,6 +73,9 @@ def write_bundle_component(folder, name: str, tensors: dict[str, torch.Tensor], 
 
 def read_bundle_component(folder, name: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and config section of one component; a clear error when it is absent or damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     config = read_bundle_config(folder)
     if name not in config:
         present = sorted(k for k, v in config.items() if isinstance(v, dict))

@@ -28,6 +28,7 @@ import torch
 from ..errors import WeightsError
 from ..networks.encoder import WPlusEncoder
 from .bundle import is_bundle, read_bundle_component, write_bundle_component
+from .checks import check_latent_avg, check_latent_avg_shape, load_state_strict, preview
 from .checksum import file_sha256
 
 ENCODER_COMPONENT = "encoder"
@@ -47,6 +48,7 @@ LATENT_AVG_RECIPE = dict(
 _GENERATOR_PREFIXES = ("backbone.", "superresolution.", "decoder.", "renderer.")
 # torch's legacy (pre-zip) files start with a pickled magic number: PROTO 2, LONG1 of 10 bytes.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+ENCODER_WHAT = "the encoder architecture"
 _WHAT_TO_GIVE = (
     "load_encoder takes PREIM3D's encoder checkpoint (preim3d_ffhq.pt) or a preim3d bundle folder."
 )
@@ -71,12 +73,18 @@ def load_encoder(source, device="cpu") -> WPlusEncoder:
             raise WeightsError(
                 f"{path}/config.json describes an encoder preim3d cannot build ({exc})."
             ) from exc
-        origin = path / f"{ENCODER_COMPONENT}.safetensors"
-    else:
-        encoder, tensors, _ = _encoder_from_checkpoint(path)
-        origin = path
-    _load_strict(encoder, tensors, origin)
-    return encoder.eval().requires_grad_(False).to(device)
+        load_state_strict(encoder, tensors, path / f"{ENCODER_COMPONENT}.safetensors", ENCODER_WHAT)
+        return encoder.eval().requires_grad_(False).to(device)
+    return encoder_from_official(path, device)[0]
+
+
+def encoder_from_official(path, device="cpu") -> tuple[WPlusEncoder, torch.Tensor | None]:
+    """(encoder in eval mode on `device`, the latent average the checkpoint stores or None) from one
+    read of PREIM3D's checkpoint: it is large, and `Editor.from_official` needs both."""
+    path = Path(path)
+    encoder, tensors, stored = _encoder_from_checkpoint(path)
+    load_state_strict(encoder, tensors, path, ENCODER_WHAT)
+    return encoder.eval().requires_grad_(False).to(device), stored
 
 
 def save_encoder(encoder: WPlusEncoder, folder, latent_avg=None, provenance=None, licence=None) -> Path:
@@ -87,7 +95,7 @@ def save_encoder(encoder: WPlusEncoder, folder, latent_avg=None, provenance=None
     """
     config = dict(architecture=encoder.config, provenance=provenance or {}, licence=licence or "unspecified")
     if latent_avg is not None:
-        _check_latent_avg_shape(latent_avg, encoder)
+        check_latent_avg_shape(latent_avg, encoder)
     write_bundle_component(folder, ENCODER_COMPONENT, encoder.state_dict(), config)
     if latent_avg is not None:
         save_latent_avg(latent_avg, folder)
@@ -121,31 +129,23 @@ def load_latent_avg(source, device="cpu") -> torch.Tensor:
     return value.detach().float().to(device)
 
 
-def convert_encoder(checkpoint, folder, generator, tolerance: float = 1e-3, device=None) -> Path:
+def convert_encoder(checkpoint, folder, generator, device=None) -> Path:
     """Official checkpoint + generator -> bundle with the encoder and its latent average.
 
     The latent average is computed here, once, with the official recipe
     (`preim3d.inversion.compute_latent_avg`). When the checkpoint carries its own, both must agree
-    within `tolerance` (max abs difference), otherwise the generator is not the one the encoder was
-    trained with and a WeightsError says so.
+    (`preim3d.weights.checks.check_latent_avg`), otherwise the generator is not the one the encoder
+    was trained with and a WeightsError says so.
     """
     from ..inversion import compute_latent_avg  # the maths lives there; import on use keeps I/O light
 
     path = Path(checkpoint)
-    encoder, tensors, stored = _encoder_from_checkpoint(path)
-    _load_strict(encoder, tensors, path)
+    encoder, stored = encoder_from_official(path)
     latent_avg = compute_latent_avg(generator, device=device).cpu()
-    _check_latent_avg_shape(latent_avg, encoder)
+    check_latent_avg_shape(latent_avg, encoder)
     latent_provenance = dict(computed_from="the generator given to convert_encoder", checkpoint=path.name)
     if stored is not None:
-        stored = stored.detach().float().cpu()
-        diff = (stored - latent_avg).abs().max().item() if stored.shape == latent_avg.shape else math.inf
-        if diff > tolerance:
-            raise WeightsError(
-                f"The latent average computed from the generator differs from the one stored in {path} (max "
-                f"abs difference {diff:.3g}, tolerance {tolerance:g}): use the generator the encoder was "
-                "trained with (PREIM3D's eg3d_G_ema.pkl)."
-            )
+        diff = check_latent_avg(latent_avg, stored, "the generator", path)
         latent_provenance["checkpoint_latent_avg_max_abs_diff"] = diff
     provenance = dict(source=path.name, sha256=file_sha256(path), format="PREIM3D training checkpoint")
     save_encoder(encoder, folder, provenance=provenance, licence=OFFICIAL_LICENCE)
@@ -158,14 +158,6 @@ def _encoder_from_checkpoint(path: Path) -> tuple[WPlusEncoder, dict[str, torch.
     state, opts, stored = read_official_checkpoint(path)
     tensors = encoder_state_from_checkpoint(state, opts, path)
     return WPlusEncoder(**infer_architecture(tensors, path)), tensors, stored
-
-
-def _check_latent_avg_shape(latent_avg: torch.Tensor, encoder: WPlusEncoder) -> None:
-    if tuple(latent_avg.shape) != (1, encoder.n_styles, encoder.w_dim):
-        raise WeightsError(
-            f"The latent average has shape {list(latent_avg.shape)} but the encoder predicts "
-            f"[1, {encoder.n_styles}, {encoder.w_dim}]: the generator and the encoder do not belong together."
-        )
 
 
 def read_official_checkpoint(path) -> tuple[dict, dict, torch.Tensor | None]:
@@ -232,7 +224,7 @@ def encoder_state_from_checkpoint(state: dict, opts: dict, path) -> dict[str, to
                 f"{path} holds generator weights ({len(keys)} tensors such as {keys[0]!r}), not an encoder: "
                 f"load it with preim3d.load_generator. {_WHAT_TO_GIVE}"
             )
-        raise WeightsError(f"{path} has no 'encoder.*' weights (it holds {_preview(keys)}). {_WHAT_TO_GIVE}")
+        raise WeightsError(f"{path} has no 'encoder.*' weights (it holds {preview(keys)}). {_WHAT_TO_GIVE}")
     for key, value in tensors.items():
         if not isinstance(value, torch.Tensor):
             raise WeightsError(f"{path}: encoder entry {key!r} is a {type(value).__name__}, not a tensor.")
@@ -283,29 +275,6 @@ def infer_architecture(tensors: dict[str, torch.Tensor], path) -> dict:
     )
 
 
-def _load_strict(encoder: WPlusEncoder, tensors: dict[str, torch.Tensor], origin) -> None:
-    """load_state_dict(strict=True), turning every mismatch into one readable WeightsError."""
-    expected = encoder.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [
-        f"{k} {list(tensors[k].shape)} (expected {list(v.shape)})"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
-    problems = [
-        f"{label}: {_preview(items)}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-        if items
-    ]
-    if problems:
-        raise WeightsError(
-            f"The encoder weights in {origin} do not fit the encoder architecture ({'; '.join(problems)}). "
-            "The file is damaged or holds another network; re-download it or re-create the bundle."
-        )
-    encoder.load_state_dict(tensors, strict=True)
-
-
 def _file_kind(path: Path) -> str:
     """'zip' (torch >= 1.6 format), 'legacy' (older torch.save), 'pickle' (plain pickle) or 'other'."""
     if zipfile.is_zipfile(path):
@@ -342,12 +311,3 @@ def _explain_load_failure(path: Path, exc: Exception) -> str:
         f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:300]}). "
         f"{_WHAT_TO_GIVE}"
     )
-
-
-def _preview(items, limit: int = 5) -> str:
-    """'a, b, c and 7 more' (or 'nothing')."""
-    items = list(items)
-    if not items:
-        return "nothing"
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(str(i) for i in items[:limit]) + more

@@ -10,6 +10,7 @@ import torch
 from ..errors import WeightsError
 from ..networks.triplane import TriPlaneGenerator
 from .bundle import is_bundle, read_bundle_component, write_bundle_component
+from .checks import load_state_strict
 from .official_pickle import PickledModule, find_module, module_tensors, read_official_pickle
 
 EG3D_LICENCE = (
@@ -17,6 +18,7 @@ EG3D_LICENCE = (
     "(https://github.com/NVlabs/eg3d/blob/main/LICENSE.txt)"
 )
 GENERATOR_CLASS = "TriPlaneGenerator"  # persistent objects record the bare class name
+GENERATOR_WHAT = "the EG3D generator its config describes"
 
 
 def load_generator(source, device="cpu") -> TriPlaneGenerator:
@@ -34,7 +36,7 @@ def load_generator(source, device="cpu") -> TriPlaneGenerator:
         G = _build(
             config["init_kwargs"], config["rendering_kwargs"], config["neural_rendering_resolution"], path
         )
-        _load_state(G, tensors, path)
+        load_state_strict(G, tensors, path, GENERATOR_WHAT)
     else:
         G = generator_from_official(path)
     return G.eval().requires_grad_(False).to(device)
@@ -52,7 +54,7 @@ def generator_from_official(path) -> TriPlaneGenerator:
     resolution = int(state.get("neural_rendering_resolution", 64))
     G = _build(init_kwargs, rendering_kwargs, resolution, path)
     _check_plane_axes(record, path)
-    _load_state(G, module_tensors(record), path)
+    load_state_strict(G, module_tensors(record), path, GENERATOR_WHAT)
     G.source_info = {
         "file": path.name,
         "class_name": record.class_name,
@@ -101,26 +103,6 @@ def _build(init_kwargs, rendering_kwargs, resolution, path) -> TriPlaneGenerator
     G.rendering_kwargs = dict(rendering_kwargs)
     G.neural_rendering_resolution = int(resolution)
     return G
-
-
-def _load_state(G: TriPlaneGenerator, tensors: dict, path) -> None:
-    expected = G.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path}: the weights do not fit the EG3D architecture its config describes "
-            f"(missing {len(missing)} tensors, e.g. {missing[:3]}; unexpected {len(unexpected)}, "
-            f"e.g. {unexpected[:3]})."
-        )
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise WeightsError(
-                f"{path}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}."
-            )
-        if not torch.isfinite(value).all():
-            raise WeightsError(f"{path}: tensor {key} holds NaN or infinite values; the file is damaged.")
-    G.load_state_dict(tensors, strict=True)
 
 
 def _check_plane_axes(record: PickledModule, path) -> None:

@@ -19,13 +19,13 @@ message comes at once.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WeightsError, WeightsNotFoundError
+from .bundle import is_bundle
 from .sources import DIRECTIONS_FOLDER, DIRECTIONS_PATH, ENCODER, GENERATORS
 
 WEIGHTS_ENV = "PREIM3D_WEIGHTS"
@@ -83,7 +83,7 @@ def resolve_weights(source=None, *, revision: str | None = None) -> WeightsLocat
     if from_env:
         return locate(from_env, f"from the {WEIGHTS_ENV} environment variable", revision)
     folder = default_weights_dir()
-    if _is_bundle(folder):
+    if is_bundle(folder):
         return WeightsLocation(folder, "bundle", "the default weights folder")
     raise WeightsNotFoundError(
         f"No preim3d weights found: no source was given, {WEIGHTS_ENV} is not set, and the default folder "
@@ -131,7 +131,7 @@ def find_official_files(folder) -> dict[str, Path] | None:
 
 
 def _local(path: Path, origin: str) -> WeightsLocation:
-    if _is_bundle(path):
+    if is_bundle(path):
         return WeightsLocation(path, "bundle", origin)
     files = find_official_files(path) if path.is_dir() else None
     if files:
@@ -143,14 +143,6 @@ def _local(path: Path, origin: str) -> WeightsLocation:
         f"{ENCODER.filename}). Convert single official files with `preim3d convert`, or run "
         f"`{DOWNLOAD_COMMAND}`."
     )
-
-
-def _is_bundle(folder: Path) -> bool:
-    """`preim3d.weights.bundle.is_bundle` without importing torch: config.json names the bundle format."""
-    try:
-        return json.loads((folder / "config.json").read_text()).get("format") == "preim3d-bundle"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _hub_offline() -> bool:
@@ -206,7 +198,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, origin: str) -> Path:
         raise WeightsError(
             f"Could not fetch the Hugging Face Hub repo {repo_id!r} ({origin}): {exc}"
         ) from exc
-    if not _is_bundle(folder):
+    if not is_bundle(folder):
         raise WeightsError(
             f"The Hugging Face Hub repo {repo_id!r} holds no preim3d bundle (no config.json of format "
             f"'preim3d-bundle' at its root)."
