@@ -219,11 +219,15 @@ class TriPlaneGenerator(nn.Module):
         return self.precision == "fast" and ws.device.type == "cuda"
 
     def _run(self, network, ws) -> torch.Tensor:
-        """network(fast) in the fast mode when it applies, falling back to float32 on overflow."""
+        """network(fast) in the fast mode when it applies, falling back to float32 on overflow.
+
+        Inside a CUDA-graph capture the check cannot run (it reads the result on the host): whoever
+        replays the graph checks its outputs instead (see preim3d.rendering.TriPlaneRenderer).
+        """
         if not self._fast(ws):
             return network(False)
         out = network(True)
-        if torch.isfinite(out).all():
+        if torch.cuda.is_current_stream_capturing() or torch.isfinite(out).all():
             return out
         warnings.warn("float16 overflowed in the fast mode; recomputing this pass in float32", stacklevel=3)
         return network(False)
