@@ -98,7 +98,10 @@ def _sample_and_decode_examples(device):
 
 
 def _fused_sampler_applies(planes, decoder, origins, directions, depths, box_warp):
-    """The kernel handles float16 planes without gradients, and power-of-two widths of at least 16."""
+    """The kernel handles OSGDecoders of power-of-two widths (at least 16) on float16 planes without
+    gradients."""
+    if not isinstance(decoder, OSGDecoder):
+        return False
     widths = (planes.shape[2], decoder.net[0].out_features, decoder.net[2].out_features - 1)
     return (
         planes.dtype == torch.float16
