@@ -57,6 +57,7 @@ class Mp4Writer:
             fps=fps,
             codec="libx264",
             pix_fmt_out="yuv420p",
+            quality=None,  # imageio-ffmpeg's default would add a crf of its own
             macro_block_size=2,
             ffmpeg_log_level="error",
             output_params=["-preset", preset, *quality, "-movflags", "+faststart"],
