@@ -131,28 +131,22 @@ def upfilter_bias_lrelu(
     outer(k, k), k = (1, 3, 3, 1)/4 (gain 4), with one pixel of zero padding; noise None or
     [2H, 2W] or [N or 1, 1, 2H, 2W]. PyTorch needs a depthwise convolution and five element-wise passes."""
     n, c, rows, cols = t.shape
-    out = torch.empty((n, c, rows - 1, cols - 1), dtype=torch.float16, device=t.device).to(
-        memory_format=torch.channels_last
+    out = torch.empty(
+        (n, c, rows - 1, cols - 1), dtype=torch.float16, device=t.device, memory_format=torch.channels_last
     )
     if noise is None:
-        noise_arg, noise_strides = out, (0, 0, 0)  # unused
+        noise_arg, noise_batch_stride = out, 0  # unused
     else:
-        noise = noise.float().reshape(-1, 1, rows - 1, cols - 1)
-        noise_arg, noise_strides = noise, (0 if noise.shape[0] == 1 else noise.stride(0), *noise.stride()[2:])
+        noise = noise.float().reshape(-1, rows - 1, cols - 1).contiguous()
+        noise_arg, noise_batch_stride = noise, 0 if noise.shape[0] == 1 else noise.stride(0)
     pixels, channels = 32, min(triton.next_power_of_2(c), 64)
-    grid = (n * (rows - 1) * triton.cdiv(cols - 1, pixels), triton.cdiv(c, channels))
+    grid = (n * triton.cdiv(rows - 1, 2) * triton.cdiv(cols - 1, pixels), triton.cdiv(c, channels))
     _upfilter_bias_lrelu[grid](
         t,
         out,
         bias.float().contiguous(),
         noise_arg,
-        t.stride(0),
-        t.stride(2),
-        t.stride(3),
-        out.stride(0),
-        out.stride(2),
-        out.stride(3),
-        *noise_strides,
+        noise_batch_stride,
         rows,
         cols,
         c,
@@ -165,7 +159,79 @@ def upfilter_bias_lrelu(
     return out
 
 
+def ray_weights(densities: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    """renderer.ray_weights in one pass: interval weights [N,M,S−1] float32 of samples sorted by
+    depth (densities, depths [N,M,S]); the running sum of the log transmittances is a scan here."""
+    weights = torch.empty(
+        (*depths.shape[:-1], depths.shape[-1] - 1), dtype=torch.float32, device=depths.device
+    )
+    _composite(densities, depths, weights, weights, weights, weights, ONLY_WEIGHTS=True, **_ray_grid(depths))
+    return weights
+
+
+def composite_weights(densities: torch.Tensor, depths: torch.Tensor):
+    """renderer.composite_weights in one pass: per-sample colour weights [N,M,S], opacity [N,M] and
+    depth [N,M] (NaN where the opacity is 0) of samples sorted by depth (densities, depths [N,M,S])."""
+    v = torch.empty(depths.shape, dtype=torch.float32, device=depths.device)
+    opacity = torch.empty(depths.shape[:-1], dtype=torch.float32, device=depths.device)
+    depth = torch.empty_like(opacity)
+    _composite(densities, depths, v, v, opacity, depth, ONLY_WEIGHTS=False, **_ray_grid(depths))
+    return v, opacity, depth
+
+
+def _ray_grid(depths: torch.Tensor) -> dict:
+    samples = depths.shape[-1]
+    return {"rays": depths.numel() // samples, "samples": samples}
+
+
+def _composite(densities, depths, weights, v, opacity, depth, ONLY_WEIGHTS, rays, samples):
+    rays_per_program = 8
+    _composite_kernel[(triton.cdiv(rays, rays_per_program),)](
+        densities.float().contiguous(),
+        depths.float().contiguous(),
+        weights,
+        v,
+        opacity,
+        depth,
+        rays,
+        samples,
+        ONLY_WEIGHTS=ONLY_WEIGHTS,
+        RAYS=rays_per_program,
+        SAMPLES=triton.next_power_of_2(samples),
+    )
+
+
 if triton is not None:
+
+    @triton.jit
+    def _filter_row(
+        row_ptr, r, rows, offsets, j, cols, c_ok, channels, PIXELS: tl.constexpr, CHANNELS: tl.constexpr
+    ):
+        """[PIXELS, CHANNELS] float32: the horizontal pass (1, 3, 3, 1)/4 of input row r (zero outside)."""
+        acc = tl.zeros((PIXELS, CHANNELS), dtype=tl.float32)
+        if (r >= 0) & (r < rows):
+            for b in tl.static_range(4):
+                s = j + (b - 1)
+                ok = (s >= 0) & (s < cols)
+                v = tl.load(
+                    row_ptr + offsets + (b - 1) * channels, mask=ok[:, None] & c_ok[None, :], other=0.0
+                )
+                acc += v.to(tl.float32) * (0.25 if b == 0 or b == 3 else 0.75)
+        return acc
+
+    @triton.jit
+    def _filter_out(
+        acc, out_ptr, noise_ptr, i, j, cols, c, c_ok, bias, gain, clamp, channels, HAS_NOISE: tl.constexpr
+    ):
+        """Noise, bias, leaky ReLU, gain and clamp of output row i, stored."""
+        j_ok = j < cols - 1
+        if HAS_NOISE:
+            acc += tl.load(noise_ptr + i * (cols - 1) + j, mask=j_ok, other=0.0)[:, None]
+        y = acc + bias[None, :]
+        y = tl.where(y >= 0, y, y * 0.2) * gain
+        y = tl.minimum(tl.maximum(y, -clamp), clamp)
+        target = out_ptr + i * (cols - 1) * channels + j[:, None] * channels + c[None, :]
+        tl.store(target, y.to(tl.float16), mask=j_ok[:, None] & c_ok[None, :])
 
     @triton.jit
     def _upfilter_bias_lrelu(
@@ -173,15 +239,7 @@ if triton is not None:
         out_ptr,
         bias_ptr,
         noise_ptr,
-        t_sn,
-        t_sr,
-        t_ss,
-        out_sn,
-        out_sr,
-        out_ss,
-        noise_sn,
-        noise_sr,
-        noise_ss,
+        noise_batch_stride,
         rows,
         cols,
         channels,
@@ -191,41 +249,105 @@ if triton is not None:
         PIXELS: tl.constexpr,
         CHANNELS: tl.constexpr,
     ):
-        """One program: PIXELS output pixels of one row × CHANNELS channels (channel stride 1)."""
-        blocks = tl.cdiv(cols - 1, PIXELS)
+        """One program: output rows i and i+1, PIXELS pixels × CHANNELS channels (channels-last).
+        The filter is separable: the horizontal pass of the five input rows i−1 … i+3 is shared."""
+        col_blocks = tl.cdiv(cols - 1, PIXELS)
+        row_pairs = tl.cdiv(rows - 1, 2)
         pid = tl.program_id(0)
-        n = (pid // blocks) // (rows - 1)
-        i = (pid // blocks) % (rows - 1)
-        j = (pid % blocks) * PIXELS + tl.arange(0, PIXELS)
+        n = pid // (col_blocks * row_pairs)
+        i = (pid // col_blocks) % row_pairs * 2
+        j = (pid % col_blocks) * PIXELS + tl.arange(0, PIXELS)
         c = tl.program_id(1) * CHANNELS + tl.arange(0, CHANNELS)
         c_ok = c < channels
-        base = t_ptr + n.to(tl.int64) * t_sn
-        acc = tl.zeros((PIXELS, CHANNELS), dtype=tl.float32)
-        for a in tl.static_range(4):
-            r = i + a - 1  # one pixel of zero padding on each side
-            wa = 0.25 if a == 0 or a == 3 else 0.75
-            for b in tl.static_range(4):
-                s = j + b - 1
-                wb = 0.25 if b == 0 or b == 3 else 0.75
-                ok = (r >= 0) & (r < rows) & (s >= 0) & (s < cols)
-                v = tl.load(
-                    base + r.to(tl.int64) * t_sr + s[:, None].to(tl.int64) * t_ss + c[None, :],
-                    mask=ok[:, None] & c_ok[None, :],
-                    other=0.0,
-                )
-                acc += v.to(tl.float32) * (wa * wb)
-        j_ok = j < cols - 1
-        if HAS_NOISE:
-            acc += tl.load(noise_ptr + n * noise_sn + i * noise_sr + j * noise_ss, mask=j_ok, other=0.0)[
-                :, None
-            ]
-        y = acc + tl.load(bias_ptr + c, mask=c_ok, other=0.0)[None, :]
-        y = tl.where(y >= 0, y, y * 0.2) * gain
-        y = tl.minimum(tl.maximum(y, -clamp), clamp)
-        target = (
-            out_ptr + n.to(tl.int64) * out_sn + i * out_sr + j[:, None].to(tl.int64) * out_ss + c[None, :]
+        offsets = j[:, None] * channels + c[None, :]  # within a row, int32
+        t_image = t_ptr + n.to(tl.int64) * rows * cols * channels
+        row = cols * channels
+        h0 = _filter_row(
+            t_image + (i - 1) * row, i - 1, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
         )
-        tl.store(target, y.to(tl.float16), mask=j_ok[:, None] & c_ok[None, :])
+        h1 = _filter_row(t_image + i * row, i, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS)
+        h2 = _filter_row(
+            t_image + (i + 1) * row, i + 1, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
+        )
+        h3 = _filter_row(
+            t_image + (i + 2) * row, i + 2, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
+        )
+        bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
+        out_image = out_ptr + n.to(tl.int64) * (rows - 1) * (cols - 1) * channels
+        noise_image = noise_ptr + n.to(tl.int64) * noise_batch_stride
+        top = 0.25 * h0 + 0.75 * h1 + 0.75 * h2 + 0.25 * h3
+        _filter_out(top, out_image, noise_image, i, j, cols, c, c_ok, bias, gain, clamp, channels, HAS_NOISE)
+        if i + 1 < rows - 1:
+            h4 = _filter_row(
+                t_image + (i + 3) * row, i + 3, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
+            )
+            bottom = 0.25 * h1 + 0.75 * h2 + 0.75 * h3 + 0.25 * h4
+            _filter_out(
+                bottom,
+                out_image,
+                noise_image,
+                i + 1,
+                j,
+                cols,
+                c,
+                c_ok,
+                bias,
+                gain,
+                clamp,
+                channels,
+                HAS_NOISE,
+            )
+
+    @triton.jit
+    def _interval(densities_ptr, depths_ptr, at, ok):
+        """alpha and log(1 − alpha + 1e-10) of the intervals starting at `at` (MipRayMarcher2)."""
+        d0 = tl.load(depths_ptr + at, mask=ok, other=0.0)
+        d1 = tl.load(depths_ptr + at + 1, mask=ok, other=0.0)
+        x = (
+            tl.load(densities_ptr + at, mask=ok, other=0.0)
+            + tl.load(densities_ptr + at + 1, mask=ok, other=0.0)
+        ) * 0.5 - 1
+        sigma = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))  # softplus
+        alpha = tl.where(ok, 1 - tl.exp(-sigma * (d1 - d0)), 0.0)
+        return alpha, tl.where(ok, tl.log(1 - alpha + 1e-10), 0.0), d0, d1
+
+    @triton.jit
+    def _composite_kernel(
+        densities_ptr,
+        depths_ptr,
+        weights_ptr,
+        v_ptr,
+        opacity_ptr,
+        depth_ptr,
+        rays,
+        samples,
+        ONLY_WEIGHTS: tl.constexpr,
+        RAYS: tl.constexpr,
+        SAMPLES: tl.constexpr,
+    ):
+        """Per ray: interval weights w_k = alpha_k Π_{j<k}(1 − alpha_j + 1e-10) (ONLY_WEIGHTS), or
+        the sample weights v_k = (w_k + w_{k−1})/2, Σ w and Σ w·(d_k + d_{k+1})/2 / Σ w."""
+        ray = tl.program_id(0) * RAYS + tl.arange(0, RAYS)
+        k = tl.arange(0, SAMPLES)
+        ray_ok = ray < rays
+        row = ray[:, None].to(tl.int64) * samples
+        interval_ok = ray_ok[:, None] & (k < samples - 1)[None, :]
+        alpha, log_t, d0, d1 = _interval(densities_ptr, depths_ptr, row + k[None, :], interval_ok)
+        w = alpha * tl.exp(tl.cumsum(log_t, axis=1) - log_t)
+        if ONLY_WEIGHTS:
+            tl.store(
+                weights_ptr + ray[:, None].to(tl.int64) * (samples - 1) + k[None, :], w, mask=interval_ok
+            )
+        else:
+            # w_{k−1}, from the interval before each sample (none before the first).
+            prev_ok = ray_ok[:, None] & (k >= 1)[None, :] & (k < samples)[None, :]
+            alpha_p, log_p, _, _ = _interval(densities_ptr, depths_ptr, row + k[None, :] - 1, prev_ok)
+            w_prev = alpha_p * tl.exp(tl.cumsum(log_p, axis=1) - log_p)
+            sample_ok = ray_ok[:, None] & (k < samples)[None, :]
+            tl.store(v_ptr + row + k[None, :], (w + w_prev) * 0.5, mask=sample_ok)
+            total = tl.sum(w, axis=1)
+            tl.store(opacity_ptr + ray, total, mask=ray_ok)
+            tl.store(depth_ptr + ray, tl.sum(w * (d0 + d1) * 0.5, axis=1) / total, mask=ray_ok)
 
     @triton.jit
     def _bias_lrelu(
