@@ -40,19 +40,22 @@ class CUDAGraphed:
             return self.fn(*args)
         key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
         with self._lock:
-            if key not in self._graphs:
-                self._graphs[key] = self._capture(args)
-                while len(self._graphs) > self.max_graphs:
-                    self._graphs.popitem(last=False)
-            self._graphs.move_to_end(key)
-            entry = self._graphs[key]
-            if entry is None:  # this shape could not be captured
-                return self.fn(*args)
-            graph, static_in, static_out = entry
-            for buffer, a in zip(static_in, args):
-                buffer.copy_(a)
-            graph.replay()
-            return tree_map(torch.clone, static_out)
+            # The buffers live in inference mode whatever the caller's mode, so that they can be
+            # written in place after a capture made under torch.inference_mode (or before one).
+            with torch.inference_mode():
+                if key not in self._graphs:
+                    self._graphs[key] = self._capture(args)
+                    while len(self._graphs) > self.max_graphs:
+                        self._graphs.popitem(last=False)
+                self._graphs.move_to_end(key)
+                entry = self._graphs[key]
+                if entry is None:  # this shape could not be captured
+                    return self.fn(*args)
+                graph, static_in, static_out = entry
+                for buffer, a in zip(static_in, args):
+                    buffer.copy_(a)
+                graph.replay()
+            return tree_map(torch.clone, static_out)  # in the caller's mode
 
     def _capture(self, args):
         static_in = [a.clone() for a in args]

@@ -227,7 +227,7 @@ class TriPlaneGenerator(nn.Module):
         if not self._fast(ws):
             return network(False)
         out = network(True)
-        if torch.cuda.is_current_stream_capturing() or torch.isfinite(out).all():
+        if (out.is_cuda and torch.cuda.is_current_stream_capturing()) or torch.isfinite(out).all():
             return out
         warnings.warn("float16 overflowed in the fast mode; recomputing this pass in float32", stacklevel=3)
         return network(False)
