@@ -2,7 +2,8 @@
 
 Weights come from $PREIM3D_WEIGHTS (a bundle folder, a folder of the official files or a Hub repo
 id), else the default folder that `preim3d download` fills. Without weights the page still starts
-and says how to get them. GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose where it listens.
+and offers to download them (its Download button). GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose
+where it listens.
 """
 
 from demo import build_demo, launch

@@ -14,24 +14,28 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from eg3d_reference import FFHQ512, fill_random, inputs, psnr  # noqa: E402
-from official_eg3d import build_official, official_path  # noqa: E402
-
-from preim3d import TriPlaneGenerator  # noqa: E402
+from preim3d.testing import (
+    FFHQ512_GENERATOR_KWARGS,
+    FFHQ512_NEURAL_RESOLUTION,
+    build_official_eg3d,
+    ffhq512_generator,
+    official_eg3d_path,
+    psnr,
+    random_inputs,
+)
 
 
 def ours(device):
-    G = TriPlaneGenerator(**FFHQ512[0]).eval().requires_grad_(False)
-    fill_random(G, 11)
-    G.neural_rendering_resolution = FFHQ512[1]
-    return G.to(device)
+    return ffhq512_generator(seed=11).to(device)
+
+
+def official_generator(device, plugins):
+    return build_official_eg3d(FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION, 11, device, plugins)
 
 
 def timed(fn, device, repeats):
@@ -69,7 +73,7 @@ def turntable(generators, batches, device, json_path, frames=120):
     def rate(seconds):
         return {f"seconds for {frames} frames": round(seconds, 4), "frames/s": round(frames / seconds, 1)}
 
-    z, c = inputs(1, 512, 16)
+    z, c = random_inputs(1, 512, 16)
     results, frames_by_run = {}, {}
     for name, G in generators.items():
         with torch.no_grad():
@@ -122,7 +126,7 @@ def profile(generators, batch, device):
         [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else []
     )
     sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
-    z, c = inputs(batch, 512, 15)
+    z, c = random_inputs(batch, 512, 15)
     z, c = z.to(device), c.to(device)
     for name, G in generators.items():
         with torch.no_grad():
@@ -181,18 +185,18 @@ def main():
     if args.turntable is not None:
         if args.compile:
             generators["ours fast compiled"] = ours(device).set_precision("fast").compile(dynamic=False)
-        if official_path() is not None:
+        if official_eg3d_path() is not None:
             generators = {
-                "official": build_official(FFHQ512, 11, device, plugins=args.official_plugins),
+                "official": official_generator(device, args.official_plugins),
                 **generators,
             }
         return turntable(generators, args.turntable or [8, 20, 40, 60], device, args.json)
-    if official_path() is not None:
-        official = build_official(FFHQ512, 11, device, plugins=args.official_plugins)
+    if official_eg3d_path() is not None:
+        official = official_generator(device, args.official_plugins)
         generators = {"official": official, **generators}
 
     # Agreement with the official output (same weights, inputs and sampling seed).
-    z, c = inputs(2, 512, 12)
+    z, c = random_inputs(2, 512, 12)
     z, c = z.to(device), c.to(device)
     outputs = {}
     for name, G in generators.items():
@@ -212,7 +216,7 @@ def main():
     for name, G in generators.items():
         row = {}
         for batch in (1, args.batch):
-            z, c = inputs(batch, 512, 13)
+            z, c = random_inputs(batch, 512, 13)
             z, c = z.to(device), c.to(device)
             with torch.no_grad():
                 ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)
@@ -237,7 +241,7 @@ def main():
     for name in ("ours fp32", "ours fast"):
         G = generators[name]
         for batch in (1, args.batch):
-            z, c = inputs(batch, 512, 14)
+            z, c = random_inputs(batch, 512, 14)
             z, c = z.to(device), c.to(device)
             with torch.no_grad():
                 ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from eg3d_reference import FFHQ512, fill_random, inputs  # noqa: E402
-
-from preim3d import TriPlaneGenerator  # noqa: E402
-from preim3d.mesh import export_mesh, extract_mesh  # noqa: E402
-from preim3d.rendering import TriPlaneRenderer  # noqa: E402
-from preim3d.turntable import render_turntable  # noqa: E402
+from preim3d.mesh import export_mesh, extract_mesh
+from preim3d.rendering import TriPlaneRenderer
+from preim3d.testing import ffhq512_generator, random_inputs
+from preim3d.turntable import render_turntable
 
 
 def seconds(fn, device):
@@ -38,12 +34,9 @@ def seconds(fn, device):
 
 
 def measure(precision, args, device) -> dict:
-    G = TriPlaneGenerator(**FFHQ512[0]).eval().requires_grad_(False)
-    fill_random(G, 11)
-    G.neural_rendering_resolution = FFHQ512[1]
-    G = G.to(device).set_precision(precision)
+    G = ffhq512_generator(seed=11).to(device).set_precision(precision)
     renderer = TriPlaneRenderer(G, batch_size=args.batch)
-    z, c = inputs(1, 512, 3)
+    z, c = random_inputs(1, 512, 3)
     with torch.no_grad():
         ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
     with tempfile.TemporaryDirectory() as tmp:

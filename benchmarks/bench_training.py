@@ -30,15 +30,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from eg3d_reference import FFHQ512, fill_random  # noqa: E402
-
-from preim3d.cameras import camera_vector  # noqa: E402
-from preim3d.networks.encoder import WPlusEncoder  # noqa: E402
-from preim3d.networks.triplane import TriPlaneGenerator  # noqa: E402
-from preim3d.training import make_config  # noqa: E402
-from preim3d.training.identity import ArcFaceBackbone  # noqa: E402
-from preim3d.training.trainer import Trainer  # noqa: E402
+from preim3d.cameras import camera_vector
+from preim3d.networks.encoder import WPlusEncoder
+from preim3d.testing import ffhq512_generator
+from preim3d.training import make_config
+from preim3d.training.identity import ArcFaceBackbone
+from preim3d.training.trainer import Trainer
 
 
 class RandomFaces(Dataset):
@@ -57,13 +54,11 @@ class RandomFaces(Dataset):
 
 
 def networks(device):
-    G = TriPlaneGenerator(**FFHQ512[0])
-    fill_random(G, 11)
-    G.neural_rendering_resolution = FFHQ512[1]
+    G = ffhq512_generator(seed=11)
     torch.manual_seed(0)
     encoder = WPlusEncoder().to(device)
     initial = {k: v.clone() for k, v in encoder.state_dict().items()}
-    return G.eval().requires_grad_(False).to(device), encoder, ArcFaceBackbone().eval().to(device), initial
+    return G.to(device), encoder, ArcFaceBackbone().eval().to(device), initial
 
 
 def measure(nets, data, batch, bf16, multi_view, steps, lpips, out):

@@ -6,16 +6,57 @@ what this script writes, then runs it headless against a tiny random-weight bund
 Each code cell opens with a Colab form (`# @title`, `# @param`): in Colab the parameters show as
 sliders, boxes and menus; anywhere else they are ordinary assignments, so the notebook also runs
 top to bottom with nbclient or Jupyter.
+
+The notebook carries the preim3d package itself: its install cell holds a zip of the package's
+source (preim3d/, pyproject.toml, LICENSE), which pip installs, with the dependencies from the
+package index. So the file works alone, opened from the repository or uploaded to Colab, with
+nothing to fill in. Regenerate it after changing the package: the test says when it is stale.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import zipfile
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 NOTEBOOK = Path(__file__).with_name("preim3d_colab.ipynb")
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = "@PREIM3D_SOURCE@"  # where the install cell's source archive goes
+
+
+def package_files(root: Path = ROOT) -> dict[str, bytes]:
+    """What the notebook carries: the package's source, its build file (without the README it names) and
+    the licence, by path in the archive."""
+    files = {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted((root / "preim3d").rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+    pyproject = (root / "pyproject.toml").read_text().splitlines(keepends=True)
+    files["pyproject.toml"] = "".join(line for line in pyproject if not line.startswith("readme =")).encode()
+    files["LICENSE"] = (root / "LICENSE").read_bytes()
+    return files
+
+
+def archive(files: dict[str, bytes]) -> str:
+    """A zip of `files` as base64 text; fixed dates and order, so the same files give the same text."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in sorted(files.items()):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def unpack(text: str) -> dict[str, bytes]:
+    """The files of an archive written by `archive`."""
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(text))) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
 
 
 def md(text: str) -> nbformat.NotebookNode:
@@ -51,18 +92,19 @@ The pretrained weights are for **non-commercial use only** (details in step 2).
 """),
     code('''
 # @title 1. Install preim3d { display-mode: "form" }
-# @markdown The package is installed from its GitHub repository.
-# @markdown **REPO_URL is a placeholder:** replace OWNER with the repository's owner (or use your fork).
-REPO_URL = "https://github.com/OWNER/preim3d"  # @param {type:"string"}
-
+# @markdown This notebook carries the preim3d package itself (its source, zipped, in this cell):
+# @markdown there is nothing to fill in. Its dependencies come from the Python package index.
+import base64
 import importlib
 import importlib.util
-import os
+import io
+import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
 
-# Set by the automated tests: a folder of small random weights; nothing is installed or downloaded then.
-TEST_WEIGHTS = os.environ.get("PREIM3D_NOTEBOOK_WEIGHTS", "").strip()
+PREIM3D_SOURCE = "@PREIM3D_SOURCE@"  # written by notebooks/make_colab_notebook.py
 
 try:
     from google.colab import files as colab_files
@@ -70,15 +112,23 @@ except ImportError:  # not running in Google Colab
     colab_files = None
 IN_COLAB = colab_files is not None
 
-if TEST_WEIGHTS:
-    print("Test run (PREIM3D_NOTEBOOK_WEIGHTS is set): using the installed preim3d, skipping the installation.")
-elif importlib.util.find_spec("preim3d") is not None:
+
+def pip_install(*args):
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *args], check=True)
+
+
+if importlib.util.find_spec("preim3d") is not None:
     print("preim3d is already installed: skipping the installation.")
 else:
-    if "/OWNER/" in REPO_URL:
-        raise RuntimeError("REPO_URL still holds the placeholder: set it to the preim3d GitHub repository "
-                           "(https://github.com/<owner>/preim3d) and run this cell again.")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"preim3d @ git+{REPO_URL}"], check=True)
+    if importlib.util.find_spec("torch") is None:  # Colab has PyTorch; elsewhere, the build for this machine
+        if shutil.which("nvidia-smi"):
+            pip_install("torch")  # the default build uses CUDA
+        else:
+            pip_install("torch", "--index-url", "https://download.pytorch.org/whl/cpu")  # no GPU: a small build
+    source = tempfile.mkdtemp(prefix="preim3d-source-")
+    zipfile.ZipFile(io.BytesIO(base64.b64decode(PREIM3D_SOURCE))).extractall(source)
+    print("Installing preim3d and its dependencies ...")
+    pip_install(source)
     importlib.invalidate_caches()
 
 import preim3d
@@ -87,7 +137,7 @@ import torch
 print(f"preim3d {preim3d.__version__}, PyTorch {torch.__version__}")
 if torch.cuda.is_available():
     print("GPU:", torch.cuda.get_device_name())
-elif not TEST_WEIGHTS:
+else:
     print("No GPU found: everything works, but slowly. In Colab: Runtime > Change runtime type > GPU.")
 ''', "install"),
     md("""
@@ -124,27 +174,23 @@ from preim3d.errors import WeightsNotFoundError
 from preim3d.weights.resolve import resolve_weights
 from preim3d.weights.sources import licence_notice, official_files
 
-if TEST_WEIGHTS:
-    WEIGHTS = resolve_weights(TEST_WEIGHTS)
-    print("Test run: using the random-weight bundle in", WEIGHTS.path)
-else:
-    try:  # the source given above, else $PREIM3D_WEIGHTS, else an earlier download
-        WEIGHTS = resolve_weights(WEIGHTS_SOURCE.strip() or None)
-        print(f"Using the weights in {WEIGHTS.path} ({WEIGHTS.origin}).")
-    except WeightsNotFoundError:
-        if WEIGHTS_SOURCE.strip():
-            raise
-        print("The official weights come under these licences:")
-        print(licence_notice(official_files(GENERATOR)))
-        print("* dlib's 68-point landmark model: trained on iBUG 300-W, non-commercial use only.")
-        if not ACCEPT_LICENCES:
-            raise RuntimeError("The licences were not accepted, so nothing was downloaded. If you accept them, "
-                               "tick ACCEPT_LICENCES in this cell's form and run it again.") from None
-        from preim3d.weights.download import download_official
+try:  # the source given above, else $PREIM3D_WEIGHTS, else an earlier download
+    WEIGHTS = resolve_weights(WEIGHTS_SOURCE.strip() or None)
+    print(f"Using the weights in {WEIGHTS.path} ({WEIGHTS.origin}).")
+except WeightsNotFoundError:
+    if WEIGHTS_SOURCE.strip():
+        raise
+    print("The official weights come under these licences:")
+    print(licence_notice(official_files(GENERATOR)))
+    print("* dlib's 68-point landmark model: trained on iBUG 300-W, non-commercial use only.")
+    if not ACCEPT_LICENCES:
+        raise RuntimeError("The licences were not accepted, so nothing was downloaded. If you accept them, "
+                           "tick ACCEPT_LICENCES in this cell's form and run it again.") from None
+    from preim3d.weights.download import download_official
 
-        download_official(generator=GENERATOR, accept_licences=True)
-        WEIGHTS = resolve_weights()
-        print(f"Done: the weights are in {WEIGHTS.path}.")
+    download_official(generator=GENERATOR, accept_licences=True)
+    WEIGHTS = resolve_weights()
+    print(f"Done: the weights are in {WEIGHTS.path}.")
 ''', "weights"),
     md("""
 ## 3. Load the models
@@ -164,12 +210,13 @@ import numpy as np
 from IPython.display import Video, display
 from PIL import Image, ImageDraw, ImageFont
 
+from preim3d.editing import friendly_name
 from preim3d.pipeline import Editor
 
 editor = Editor.from_pretrained(WEIGHTS, precision=PRECISION)
 print(editor)
 if editor.directions is not None:
-    print("Attributes you can edit:", ", ".join(editor.directions.names))
+    print("Attributes you can edit:", ", ".join(friendly_name(name) for name in editor.directions.names))
 
 OUT = Path("preim3d_results")
 OUT.mkdir(exist_ok=True)
@@ -245,22 +292,31 @@ show([photo], height=320)
 
 dlib finds the face and 68 landmarks on it; the photo is then rotated, scaled and cropped to
 512×512 pixels, the framing EG3D was trained on. Left: what was found. Right: the crop the
-encoder sees. If the photo holds several faces, pick another with `FACE_INDEX` (0 = the largest).
+encoder sees. If the photo holds several faces, pick another with `FACE` (1 = the largest; the
+numbers are those drawn on the picture).
 """),
     code('''
 # @title 5. Align the face { display-mode: "form" }
-FACE_INDEX = 0  # @param {type:"integer"}
+FACE = 1  # @param {type:"integer"}
 
-face = editor.align(photo, face_index=FACE_INDEX or None)
+from preim3d import detect_faces
+from preim3d.validation import face_index_from_number
+
+faces = detect_faces(photo)
+face = editor.align(photo, face_index=face_index_from_number(FACE))
 face.image.save(OUT / "aligned.png")
 
 marked = photo.copy()
 draw = ImageDraw.Draw(marked)
 width = max(2, round(max(photo.size) / 250))
-draw.rectangle(face.box, outline=(255, 64, 64), width=width)
+for number, found in enumerate(faces, 1):
+    colour = (255, 64, 64) if number == FACE else (255, 200, 0)
+    draw.rectangle(found.box, outline=colour, width=width)
+    draw.text((found.box[0] + width, found.box[1] + width), str(number), fill=colour, font=_font)
 for x, y in face.landmarks:
     draw.ellipse((x - width, y - width, x + width, y + width), fill=(64, 255, 64))
-show([marked, face.image], ["detected face and landmarks", "aligned crop"], height=320)
+print(f"{len(faces)} face(s) found; editing face {FACE}.")
+show([marked, face.image], ["detected faces and landmarks", "aligned crop"], height=320)
 ''', "align"),
     md("""
 ## 6. Invert: from the photo to a 3D head
@@ -272,13 +328,15 @@ generator renders it back from the camera angle estimated from the photo: this i
 """),
     code('''
 # @title 6. Invert { display-mode: "form" }
+import math
+
 ws = editor.invert(face)
 yaw, pitch = face.estimate_pose()
 reconstruction = editor.render(ws, yaw, pitch)
 reconstruction.save(OUT / "reconstruction.png")
 editor.save_latent(ws, OUT / "latent.npz", {"photo": photo_name})
 
-print(f"Estimated head pose: yaw {yaw:+.2f}, pitch {pitch:+.2f} (radians from frontal)")
+print(f"Estimated head pose: yaw {math.degrees(yaw):+.0f}°, pitch {math.degrees(pitch):+.0f}° (from frontal)")
 show([face.image, reconstruction], ["aligned photo", "reconstruction"])
 ''', "invert"),
     md("""
@@ -287,7 +345,7 @@ show([face.image, reconstruction], ["aligned photo", "reconstruction"])
 Move the sliders and run the cell again. A positive value moves towards what the name says (more
 smile, older, glasses, more beard, ...), a negative one away from it; 0 leaves the attribute alone.
 Values around 5 to 10 give clear changes. `MORE_EDITS` takes any attribute from the list printed
-in step 3, as `name=value` pairs separated by commas.
+in step 3, as `name=value` pairs separated by commas; the names are those of the web demo's sliders.
 
 Attributes are entangled: making a face older can also change its hair, for instance.
 **Precise editing** moves each edited attribute by exactly its value while the attributes named in
@@ -301,15 +359,15 @@ GLASSES = 0  # @param {type:"slider", min:-10, max:10, step:0.5}
 BEARD = 0  # @param {type:"slider", min:-10, max:10, step:0.5}
 LIPSTICK = 0  # @param {type:"slider", min:-10, max:10, step:0.5}
 BLOND_HAIR = 0  # @param {type:"slider", min:-10, max:10, step:0.5}
-# @markdown Other attributes, e.g. `Wavy_Hair=5, Bangs=4`:
+# @markdown Other attributes, e.g. `wavy_hair=5, bangs=4`:
 MORE_EDITS = ""  # @param {type:"string"}
 PRECISE = False  # @param {type:"boolean"}
-# @markdown Attributes to keep unchanged (implies a precise edit), e.g. `Male, Eyeglasses`:
+# @markdown Attributes to keep unchanged (implies a precise edit), e.g. `male, glasses`:
 HOLD = ""  # @param {type:"string"}
 
 
 def parse_edits(text):
-    """'Wavy_Hair=5, Bangs=4' -> {'Wavy_Hair': 5.0, 'Bangs': 4.0}."""
+    """'wavy_hair=5, bangs=4' -> {'wavy_hair': 5.0, 'bangs': 4.0}."""
     edits = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = item.partition("=")
@@ -318,7 +376,7 @@ def parse_edits(text):
                 raise ValueError
             edits[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"MORE_EDITS: write name=value pairs like Wavy_Hair=5, not {item!r}.") from None
+            raise ValueError(f"MORE_EDITS: write name=value pairs like wavy_hair=5, not {item!r}.") from None
     return edits
 
 
@@ -344,31 +402,32 @@ show([photo, pasted], ["photo", "edit pasted back into the photo"], height=320)
     md("""
 ## 8. Look from any angle
 
-The edited head is a 3D object: turn it with the sliders (angles in radians from the frontal
-view). On the right, its depth map (near = bright).
+The edited head is a 3D object: turn it with the sliders (angles in degrees from the frontal
+view, as on the web demo; the model knows views within about ±46° yaw and ±34° pitch). On the
+right, its depth map (near = bright).
 """),
     code('''
 # @title 8. Look from any angle { display-mode: "form" }
-YAW = 0.4  # @param {type:"slider", min:-0.8, max:0.8, step:0.05}
-PITCH = 0  # @param {type:"slider", min:-0.6, max:0.6, step:0.05}
+YAW = 23  # @param {type:"slider", min:-46, max:46, step:1}
+PITCH = 0  # @param {type:"slider", min:-34, max:34, step:1}
 
-view = editor.render(edited_ws, YAW, PITCH)
-depth = editor.depth(edited_ws, YAW, PITCH)
+view = editor.render(edited_ws, math.radians(YAW), math.radians(PITCH))
+depth = editor.depth(edited_ws, math.radians(YAW), math.radians(PITCH))
 view.save(OUT / "view.png")
-show([view, depth], [f"yaw {YAW:+.2f}, pitch {PITCH:+.2f}", "depth"])
+show([view, depth], [f"yaw {YAW:+}°, pitch {PITCH:+}°", "depth"])
 ''', "view"),
     md("""
 ## 9. Multi-view grid
 
 The reconstruction (top row) and the edit (bottom row) from `VIEWS` cameras spread over
-±`YAW_RANGE` radians. Saved as `grid.png`.
+±`YAW_RANGE` degrees. Saved as `grid.png`.
 """),
     code('''
 # @title 9. Multi-view grid { display-mode: "form" }
 VIEWS = 5  # @param {type:"slider", min:2, max:9, step:1}
-YAW_RANGE = 0.6  # @param {type:"slider", min:0.1, max:0.8, step:0.05}
+YAW_RANGE = 34  # @param {type:"slider", min:5, max:46, step:1}
 
-yaws = np.linspace(-YAW_RANGE, YAW_RANGE, int(VIEWS)).tolist()
+yaws = np.radians(np.linspace(-YAW_RANGE, YAW_RANGE, int(VIEWS))).tolist()
 rows = [editor.grid(latent, yaws=yaws, pitches=(0.0,)) for latent in (ws, edited_ws)]
 grid = Image.new("RGB", (rows[0].width, rows[0].height * 2))
 grid.paste(rows[0], (0, 0))
@@ -405,7 +464,7 @@ file. `PREVIEW` shows a coarser copy right here, which you can turn with the mou
 """),
     code('''
 # @title 11. Export a 3D mesh { display-mode: "form" }
-MESH_RESOLUTION = 256  # @param {type:"slider", min:64, max:512, step:64}
+MESH_RESOLUTION = 256  # @param [64, 128, 256, 512] {type:"raw"}
 MESH_FORMAT = "glb"  # @param ["glb", "ply", "obj"]
 PREVIEW = True  # @param {type:"boolean"}
 DOWNLOAD_MESH = True  # @param {type:"boolean"}
@@ -419,7 +478,7 @@ if PREVIEW:
     import trimesh
     from trimesh.viewer.notebook import scene_to_notebook
 
-    display(scene_to_notebook(trimesh.Scene(editor.mesh(edited_ws, resolution=96)), height=400))
+    display(scene_to_notebook(trimesh.Scene(editor.mesh(edited_ws, resolution=64)), height=400))
 if IN_COLAB and DOWNLOAD_MESH:
     colab_files.download(str(mesh_path))
 ''', "mesh"),
@@ -452,8 +511,13 @@ if IN_COLAB:
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=CELLS)
+def build(payload: str | None = None) -> nbformat.NotebookNode:
+    """The notebook, carrying `payload` (default: the package's current source, see `archive`)."""
+    payload = archive(package_files()) if payload is None else payload
+    cells = [nbformat.from_dict(dict(cell)) for cell in CELLS]
+    for cell in cells:
+        cell.source = cell.source.replace(PAYLOAD, payload)
+    nb = new_notebook(cells=cells)
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"},

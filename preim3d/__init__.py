@@ -1,10 +1,13 @@
 """preim3d: edit a face photo in 3D with the PREIM3D encoder and the EG3D generator, in plain PyTorch.
 
 The public API is imported lazily, so `import preim3d` stays fast and does not load dlib or
-gradio until they are needed.
+gradio until they are needed. Type checkers and IDEs read the same names from the imports under
+TYPE_CHECKING below, which a test keeps in step with `_PUBLIC`.
 """
 
-from importlib import import_module
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -24,7 +27,7 @@ _PUBLIC = {
     "EditResult": "preim3d.pipeline",
     "save_latent": "preim3d.pipeline",
     "load_latent": "preim3d.pipeline",
-    "default_device": "preim3d.pipeline",
+    "default_device": "preim3d.distributed",
     "resolve_weights": "preim3d.weights.resolve",
     "download_official": "preim3d.weights.download",
     "convert_official": "preim3d.weights.convert",
@@ -62,19 +65,70 @@ _PUBLIC = {
     "WeightsNotFoundError": "preim3d.errors",
     "DownloadError": "preim3d.errors",
     "LatentFileError": "preim3d.errors",
+    "InvalidValueError": "preim3d.errors",
+    "NoSuchFaceError": "preim3d.errors",
+    "Preim3DWarning": "preim3d.errors",
+    "MeshLevelWarning": "preim3d.errors",
 }
 
 __all__ = [*sorted(_PUBLIC), "__version__"]
 
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)
 
-def __getattr__(name):
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'preim3d' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks a re-export)
+    from .align import AlignedFace as AlignedFace
+    from .align import align_face as align_face
+    from .align import detect_faces as detect_faces
+    from .align import paste_back as paste_back
+    from .cameras import camera_vector as camera_vector
+    from .cameras import keyframe_path as keyframe_path
+    from .cameras import turntable_path as turntable_path
+    from .cameras import yaw_sweep as yaw_sweep
+    from .distributed import default_device as default_device
+    from .editing import CELEBA_ATTRIBUTES as CELEBA_ATTRIBUTES
+    from .editing import DirectionBank as DirectionBank
+    from .editing import fit_direction as fit_direction
+    from .editing import fit_directions_from_photos as fit_directions_from_photos
+    from .editing import similarity_heatmap as similarity_heatmap
+    from .errors import DownloadError as DownloadError
+    from .errors import FaceTooSmallError as FaceTooSmallError
+    from .errors import InputImageError as InputImageError
+    from .errors import InvalidValueError as InvalidValueError
+    from .errors import LatentFileError as LatentFileError
+    from .errors import MeshLevelWarning as MeshLevelWarning
+    from .errors import NoFaceError as NoFaceError
+    from .errors import NoSuchFaceError as NoSuchFaceError
+    from .errors import Preim3DError as Preim3DError
+    from .errors import Preim3DWarning as Preim3DWarning
+    from .errors import UnknownAttributeError as UnknownAttributeError
+    from .errors import WeightsError as WeightsError
+    from .errors import WeightsNotFoundError as WeightsNotFoundError
+    from .images import load_image as load_image
+    from .inversion import compute_latent_avg as compute_latent_avg
+    from .inversion import invert as invert
+    from .inversion import preprocess_for_encoder as preprocess_for_encoder
+    from .mesh import export_mesh as export_mesh
+    from .mesh import extract_mesh as extract_mesh
+    from .networks.encoder import WPlusEncoder as WPlusEncoder
+    from .networks.fused import set_kernels as set_kernels
+    from .networks.triplane import TriPlaneGenerator as TriPlaneGenerator
+    from .pipeline import Editor as Editor
+    from .pipeline import EditResult as EditResult
+    from .pipeline import load_latent as load_latent
+    from .pipeline import save_latent as save_latent
+    from .rendering import TriPlaneRenderer as TriPlaneRenderer
+    from .rendering import multiview_grid as multiview_grid
+    from .training.config import TrainConfig as TrainConfig
+    from .training.trainer import train as train
+    from .turntable import render_turntable as render_turntable
+    from .weights.convert import convert_official as convert_official
+    from .weights.download import download_official as download_official
+    from .weights.encoder import convert_encoder as convert_encoder
+    from .weights.encoder import load_encoder as load_encoder
+    from .weights.encoder import load_latent_avg as load_latent_avg
+    from .weights.encoder import save_encoder as save_encoder
+    from .weights.encoder import save_latent_avg as save_latent_avg
+    from .weights.generator import load_generator as load_generator
+    from .weights.generator import save_generator as save_generator
+    from .weights.info import describe as describe
+    from .weights.resolve import resolve_weights as resolve_weights

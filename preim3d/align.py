@@ -54,13 +54,16 @@ from PIL import Image, ImageFilter
 
 from .errors import FaceTooSmallError, NoFaceError, WeightsError
 from .images import load_image
+from .validation import MIN_FACE_SIZE, MIN_PHOTO_SIDE, check_face_index
 
 CROP_SIZE = 512
-MIN_FACE_SIZE = 64  # px of face box in the photo; smaller faces would be magnified > ~3x in the crop
 
 _DETECT_SIDE = 640  # long side of the copy the first HOG pass looks at
 _DETECT_MAX_PIXELS = 4_000_000  # bound of the second, small-face pass
 _HOG_FACE = 80  # HOG's window: the smallest face it finds, in pixels of the image it looks at
+# Neither detector finds a face in an image with a side under ~80 px, and dlib's CNN corrupts memory
+# (crashing the process) on sides under 10 px: downscaled copies narrower than this are not looked at.
+_DETECT_MIN_SIDE = 32
 _LANDMARK_BOX = 400  # face-box side above which the landmark region is downscaled
 _CONFIDENT = 0.5  # faces scoring at least this fraction of the best score count as confident
 
@@ -183,10 +186,10 @@ def detect_faces(image, *, cnn_fallback: bool = True) -> list[FaceDetection]:
     Looks for faces down to MIN_FACE_SIZE px (in photos above ~6 MP the 4 MP detection budget
     raises that to 80 * sqrt(pixels / 4e6) px). A face is confident when its score is at least
     half the best score: HOG also reports weak false positives, e.g. on patterned clothes, some
-    as large as the face. `image` is anything `preim3d.images.load_image` reads. An empty list
-    when there is no face.
+    as large as the face. `image` is anything `preim3d.images.load_image` reads, at least
+    `preim3d.validation.MIN_PHOTO_SIDE` px on each side. An empty list when there is no face.
     """
-    return _rank(_detect(load_image(image), cnn_fallback, thorough=True))
+    return _rank(_detect(load_image(image, min_side=MIN_PHOTO_SIDE), cnn_fallback, thorough=True))
 
 
 def align_face(
@@ -202,18 +205,20 @@ def align_face(
     image: a path, bytes, file object, PIL image or array (see `preim3d.images.load_image`).
     face: None for the default face (the first of `detect_faces`; found faster by looking at a
         640 px copy first, which is enough unless the face is under 1/8 of the photo's long
-        side), an index into `detect_faces`' list, a `FaceDetection`, or a box (left, top,
-        right, bottom) in photo pixels.
+        side), an index from 0 into `detect_faces`' list (face_index; users' face numbers count
+        from 1: see `preim3d.validation.face_index_from_number`), a `FaceDetection`, or a box
+        (left, top, right, bottom) in photo pixels.
     padding: "reflect" (FFHQ's look, default) or "zero" (black, as EG3D's in-the-wild script) for
         crop pixels outside the photo.
     min_face_size: smallest face box side in photo pixels; smaller faces raise FaceTooSmallError.
 
     Raises NoFaceError when no face is found, FaceTooSmallError for a face below min_face_size,
-    InputImageError for unreadable input.
+    NoSuchFaceError for an index beyond the faces found, InputImageError for unreadable input
+    or a photo under MIN_PHOTO_SIDE px a side.
     """
     if padding not in ("reflect", "zero"):
         raise ValueError(f"padding must be 'reflect' or 'zero', not {padding!r}")
-    photo = load_image(image)
+    photo = load_image(image, min_side=MIN_PHOTO_SIDE)
     detection = _choose(photo, face, cnn_fallback)
     if detection.size < min_face_size:
         raise FaceTooSmallError(
@@ -371,6 +376,8 @@ def _detect(photo: Image.Image, cnn_fallback: bool, thorough: bool) -> list[Face
 
 def _run_detector(photo: Image.Image, scale: float, kind: str) -> list[FaceDetection]:
     gray = _gray(photo, scale)
+    if min(gray.shape) < _DETECT_MIN_SIDE:  # e.g. the 640 px copy of a very long, thin photo
+        return []
     sx, sy = photo.width / gray.shape[1], photo.height / gray.shape[0]
     if kind == "hog":
         rects, scores, _ = _hog_detector().run(gray, 0, 0.0)
@@ -416,10 +423,7 @@ def _choose(photo: Image.Image, face, cnn_fallback: bool) -> FaceDetection:
             f"No face was found in the {photo.width}x{photo.height} photo. Use a photo where one face "
             f"looks roughly toward the camera, is not hidden, and is at least {MIN_FACE_SIZE} px wide."
         )
-    index = 0 if face is None else int(face)
-    if not -len(faces) <= index < len(faces):
-        raise IndexError(f"face index {index} is out of range: {len(faces)} face(s) were found.")
-    return faces[index]
+    return faces[0 if face is None else check_face_index(face, len(faces))]
 
 
 def _landmarks(photo: Image.Image, box) -> np.ndarray:

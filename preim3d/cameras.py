@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from .validation import check_angles, check_frames
+
 FRONTAL_ANGLE = 3.14 / 2
 DEFAULT_RADIUS = 2.7
 DEFAULT_PIVOT = (0.0, 0.0, 0.2)
@@ -84,7 +86,9 @@ def camera_vector(
     """c [N,25] for yaw/pitch offsets (radians, floats or 1-D sequences) from PREIM3D's frontal view.
 
     Positive yaw moves the camera toward +x (the subject's left), positive pitch moves it down.
+    |yaw| <= π and |pitch| <= π/2 (see `preim3d.validation`); other values raise InvalidValueError.
     """
+    check_angles(yaw, pitch)
     yaw = torch.as_tensor(yaw, dtype=torch.float32)
     pitch = torch.as_tensor(pitch, dtype=torch.float32)
     pose = orbit_cam2world(FRONTAL_ANGLE + yaw, FRONTAL_ANGLE + pitch, radius=radius, device=device)
@@ -108,8 +112,7 @@ def turntable_path(
     writes 3.14 for pi here too; kept, so frame f matches its frame f (and the loop closes 0.05 %
     short of a full period, as there).
     """
-    if frames < 1:
-        raise ValueError(f"frames must be at least 1, got {frames}")
+    frames = check_frames(frames)
     t = 2 * 3.14 * torch.arange(frames, dtype=torch.float64) / frames
     yaw = TURNTABLE_YAW * torch.sin(t)
     pitch = TURNTABLE_PITCH_OFFSET + TURNTABLE_PITCH * torch.cos(t)
@@ -120,8 +123,7 @@ def yaw_sweep(
     frames: int, yaw_range=(-0.6, 0.6), pitch=0.0, radius=DEFAULT_RADIUS, focal=DEFAULT_FOCAL, device="cpu"
 ) -> torch.Tensor:
     """c [frames,25] for yaws evenly spaced from yaw_range[0] to yaw_range[1] (both included), fixed pitch."""
-    if frames < 1:
-        raise ValueError(f"frames must be at least 1, got {frames}")
+    frames = check_frames(frames)
     yaw = torch.linspace(yaw_range[0], yaw_range[1], frames, dtype=torch.float64)
     return camera_vector(yaw, torch.full_like(yaw, pitch), radius=radius, focal=focal, device=device)
 
@@ -139,9 +141,10 @@ def keyframe_path(
     wrap the neighbours around and use t = K·f/F, so the video repeats without a seam. Key k is
     frame f exactly when t(f) = k.
     """
+    frames = check_frames(frames)
     keys = torch.as_tensor(keyframes, dtype=torch.float64).reshape(-1, 2)
-    if len(keys) == 0 or frames < 1:
-        raise ValueError("keyframe_path needs at least one (yaw, pitch) key and one frame")
+    if len(keys) == 0:
+        raise ValueError("keyframe_path needs at least one (yaw, pitch) key")
     k = len(keys)
     if loop:
         t = k * torch.arange(frames, dtype=torch.float64) / frames

@@ -8,12 +8,37 @@ the run functions, so `preim3d --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import Preim3DError, WeightsError
+from .errors import InvalidValueError, Preim3DError, Preim3DWarning, WeightsError
+from .validation import (
+    check_angles,
+    check_fps,
+    check_frames,
+    check_mesh_resolution,
+    check_mesh_threshold,
+    check_strength,
+    face_index_from_number,
+)
+
+
+def _checked(check):
+    """An argparse `type=` from a `preim3d.validation` check: a bad value is a usage error, same message."""
+
+    def convert(text: str):
+        try:
+            return check(text)
+        except InvalidValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = check.__name__  # argparse names the type in some messages
+    return convert
+
 
 # ------------------------------------------------------------------ fit-direction
 
@@ -330,6 +355,46 @@ def _confirm(question: str) -> bool:
     return input(question).strip().lower() in ("y", "yes")
 
 
+# ------------------------------------------------------------------ space
+
+
+def _add_space(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="space_action", metavar="ACTION", required=True)
+    build = actions.add_parser(
+        "build", help="write a runnable Space folder", description="Write the web demo as a Space folder."
+    )
+    build.add_argument("folder", type=Path, help="new or empty folder to write")
+    build.add_argument(
+        "--weights", metavar="REPO", help="Hub model repo id holding a bundle, the weights the Space loads"
+    )
+    push = actions.add_parser(
+        "push",
+        help="create the Space on the Hugging Face Hub and upload it",
+        description="Upload a weights bundle (optional), create the Space, upload the demo and set its "
+        "PREIM3D_WEIGHTS variable. The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    push.add_argument("repo", metavar="USER/NAME", help="the Space to create or update")
+    push.add_argument(
+        "--weights-repo", metavar="REPO", help="Hub model repo holding (or to hold) the weights bundle"
+    )
+    push.add_argument(
+        "--bundle", type=Path, metavar="FOLDER", help="a local bundle to upload to --weights-repo first"
+    )
+    push.add_argument("--private", action="store_true", help="make the Space (and the weights repo) private")
+
+
+def _run_space(args) -> int:
+    from .space import build_space, push_space
+
+    if args.space_action == "build":
+        folder = build_space(args.folder, weights=args.weights)
+        print(f"wrote the Space into {folder}: try it with `cd {folder} && python app.py`")
+        return 0
+    url = push_space(args.repo, weights_repo=args.weights_repo, bundle=args.bundle, private=args.private)
+    print(f"done: {url}")
+    return 0
+
+
 # ------------------------------------------------------------------ convert
 
 
@@ -400,9 +465,6 @@ def _run_info(args) -> int:
 
 # ------------------------------------------------------------------ edit
 
-_PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-_ROW_YAWS = (-0.6, -0.3, 0.0, 0.3, 0.6)
-
 
 def _add_edit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, metavar="PHOTO_OR_FOLDER", help="a photo, or a folder of photos")
@@ -445,12 +507,34 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
         metavar="NAME.mp4",
         help="also write a turntable video: aligned photo | reconstruction | edit",
     )
-    parser.add_argument("--frames", type=int, default=120, help="video frames (default 120)")
-    parser.add_argument("--fps", type=float, default=60, help="video frame rate (default 60)")
+    parser.add_argument(
+        "--frames", type=_checked(check_frames), default=120, help="video frames, 1 to 3600 (default 120)"
+    )
+    parser.add_argument(
+        "--fps", type=_checked(check_fps), default=60, help="video frame rate, 1 to 120 (default 60)"
+    )
     parser.add_argument(
         "--mesh", metavar="NAME.glb", help="also write the edited head's mesh (.glb, .ply or .obj)"
     )
-    parser.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid (default 256)")
+    parser.add_argument(
+        "--mesh-resolution",
+        type=_checked(check_mesh_resolution),
+        default=256,
+        help="density samples per side of the mesh: 64, 128, 256 (default) or 512",
+    )
+    parser.add_argument(
+        "--mesh-threshold",
+        type=_checked(check_mesh_threshold),
+        default="auto",
+        metavar="SIGMA",
+        help="density level of the mesh's surface: a number, or 'auto' (default): the official 10, or "
+        "the middle of the density's range where it never reaches 10, with a warning",
+    )
+    parser.add_argument(
+        "--allow-slow",
+        action="store_true",
+        help="allow a 512 mesh on a CPU (it takes minutes there)",
+    )
     parser.add_argument(
         "--paste", action="store_true", help="also write pasted.png: the edit blended into the photo"
     )
@@ -462,9 +546,11 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--face",
-        type=int,
-        metavar="INDEX",
-        help="which face of a photo with several (0 = the largest, the default)",
+        type=_checked(face_index_from_number),
+        dest="face_index",
+        metavar="N",
+        help="which face of a photo with several, numbered from 1 as the web page shows them "
+        "(default: the largest face)",
     )
     parser.add_argument(
         "--weights",
@@ -473,70 +559,124 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
         "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)",
     )
     parser.add_argument("--device", help="cuda, mps or cpu (default: the first available, in that order)")
+    _add_folder_run_arguments(parser)
+
+
+def _add_folder_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that work through folders of photos, on one process or under torchrun."""
+    runs = parser.add_argument_group(
+        "folders of photos (several GPUs: torchrun --nproc_per_node=N -m preim3d COMMAND ...)"
+    )
+    runs.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the photos whose outputs an earlier run with the same options completed",
+    )
+    runs.add_argument(
+        "--batch-size", type=int, default=8, help="photos inverted and rendered together (default 8)"
+    )
+    _add_workers_argument(runs)
+    _add_debug_argument(runs)
+    runs.add_argument(
+        "--timings", type=Path, metavar="FILE.json", help="write the seconds each stage took, per process"
+    )
+
+
+def _add_workers_argument(parser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes aligning photos ahead, per GPU process (default: half the CPU cores of each)",
+    )
+
+
+def _add_debug_argument(parser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
+
+
+def _check_workers(args) -> None:
+    if args.workers is not None and args.workers < 0:
+        raise Preim3DError(f"--workers must be 0 or more, got {args.workers}.")
 
 
 def _run_edit(args) -> int:
-    import time
-
     from .weights.resolve import resolve_weights
 
-    photos = _photos(args.input)
     edits = dict(_parse_edit(text) for text in args.edit)
     for option, suffixes in (("video", (".mp4",)), ("mesh", (".glb", ".ply", ".obj"))):
         value = getattr(args, option)
         if value is not None and Path(value).suffix.lower() not in suffixes:
             raise Preim3DError(f"--{option} {value}: the file name must end in {' or '.join(suffixes)}.")
+    if args.mesh:  # the CPU limit needs the device, which is known without loading a model
+        from .pipeline import default_device
+
+        check_mesh_resolution(args.mesh_resolution, args.device or default_device(), args.allow_slow)
+    if args.batch_size < 1:
+        raise Preim3DError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    _check_workers(args)
+    from .batch import list_photos
+
+    list_photos(args.input)  # a missing input or an empty folder is reported before any loading
     location = resolve_weights(args.weights)  # before torch loads: a missing-weights message comes at once
 
+    from .batch_edit import EditOptions, edit_folder
+    from .distributed import OBJECT_TIMEOUT, start_processes
     from .pipeline import Editor
 
-    editor = Editor.from_pretrained(location, device=args.device)
-    if edits or args.hold:
-        if editor.directions is None:
-            raise Preim3DError(
-                f"The weights {location.path} hold no editing directions, so --edit and --hold "
-                "cannot be used; add directions with `preim3d convert --directions`."
-            )
-        for name in (*edits, *args.hold):
-            editor.directions.resolve(name)  # unknown names fail now, with the valid ones listed
-    failed = 0
-    for photo in photos:
-        folder = args.out / _subfolder(photo, photos) if args.input.is_dir() else args.out
-        start = time.perf_counter()
+    processes = start_processes(args.device, timeout=OBJECT_TIMEOUT)
+    try:
+        # fixed depth samples: the same photo and options give the same files
+        editor = Editor.from_pretrained(location, device=processes.device, deterministic=True)
+        if edits or args.hold:
+            if editor.directions is None:
+                raise Preim3DError(
+                    f"The weights {location.path} hold no editing directions, so --edit and --hold "
+                    "cannot be used; add directions with `preim3d convert --directions`."
+                )
+            for name in (*edits, *args.hold):
+                editor.directions.resolve(name)  # unknown names fail now, with the valid ones listed
+        options = EditOptions(
+            edits=edits,
+            precise=args.precise,
+            hold=list(args.hold),
+            face=args.face_index,
+            pose=args.pose,
+            views=args.views,
+            video=args.video,
+            frames=args.frames,
+            fps=args.fps,
+            mesh=args.mesh,
+            mesh_resolution=args.mesh_resolution,
+            mesh_threshold=args.mesh_threshold,
+            allow_slow=args.allow_slow,
+            paste=args.paste,
+        )
         try:
-            written, pose = _edit_one(editor, photo, folder, edits, args)
-        except (Preim3DError, ValueError, OSError, RuntimeError) as exc:
-            failed += 1
-            print(f"{photo.name}: failed: {exc}", file=sys.stderr)
-            continue
-        pose_text = f"yaw {math.degrees(pose[0]):+.0f}°, pitch {math.degrees(pose[1]):+.0f}°"
-        edit_text = ", ".join(f"{name} {value:+g}" for name, value in edits.items()) or "no edit"
-        print(
-            f"{photo.name}: ok ({pose_text}; {edit_text}{'; precise' if args.precise or args.hold else ''}) "
-            f"-> {folder}: {', '.join(written)} [{time.perf_counter() - start:.1f} s]"
-        )
-    if len(photos) > 1:
-        print(
-            f"{len(photos) - failed} of {len(photos)} photos edited"
-            + (f", {failed} failed" if failed else "")
-        )
-    return 1 if failed else 0
-
-
-def _photos(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        photos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _PHOTO_SUFFIXES)
-        if not photos:
-            raise Preim3DError(f"{path} holds no photos ({', '.join(sorted(_PHOTO_SUFFIXES))}).")
-        return photos
-    raise Preim3DError(f"{path} does not exist: give a photo or a folder of photos.")
-
-
-def _subfolder(photo: Path, photos: list[Path]) -> str:
-    """The photo's stem, or its whole name when another photo has the same stem (a.jpg, a.png)."""
-    return photo.name if sum(p.stem == photo.stem for p in photos) > 1 else photo.stem
+            status, timings = edit_folder(
+                editor,
+                args.input,
+                args.out,
+                options,
+                processes=processes,
+                resume=args.resume,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                debug=args.debug,
+                manifest_options={"weights": str(location.path)},
+            )
+        except KeyboardInterrupt:
+            text = "preim3d edit: interrupted; the files written are complete"
+            if args.input.is_dir():
+                text += "; the same command with --resume continues where it stopped"
+            print(text, file=sys.stderr)
+            return 130
+        if args.timings is not None and processes.main:
+            args.timings.parent.mkdir(parents=True, exist_ok=True)
+            args.timings.write_text(json.dumps(timings, indent=1))
+        return status
+    finally:
+        processes.close()
 
 
 def _parse_edit(text: str) -> tuple[str, float]:
@@ -547,56 +687,7 @@ def _parse_edit(text: str) -> tuple[str, float]:
         strength = math.nan
     if not sep or not name.strip() or not math.isfinite(strength):
         raise Preim3DError(f"--edit {text!r}: write NAME=STRENGTH, e.g. smile=2 or age=-1.")
-    return name.strip(), strength
-
-
-def _edit_one(editor, photo: Path, folder: Path, edits: dict, args) -> tuple[list[str], tuple[float, float]]:
-    """Edit one photo and write its outputs into `folder`; returns (file names written, render pose)."""
-    from PIL import Image
-
-    result = editor.edit_photo(
-        photo, edits, precise=args.precise, hold=args.hold, face_index=args.face, pose=args.pose
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def write(name: str, save) -> None:
-        save(folder / name)
-        written.append(name)
-
-    write("aligned.png", result.face.image.save)
-    write("reconstruction.png", result.reconstruction.save)
-    write("edited.png", result.image.save)
-    about = {"photo": photo.name, "edits": ", ".join(f"{k}={v:g}" for k, v in edits.items())}
-    write("inverted.npz", lambda path: editor.save_latent(result.ws, path, {"photo": photo.name}))
-    write("edited.npz", lambda path: editor.save_latent(result.edited_ws, path, about))
-    if args.paste:
-        write("pasted.png", result.pasted().save)
-    if args.views == "grid":
-        write("views.png", editor.grid(result.edited_ws).save)
-    elif args.views == "row":
-        rows = [editor.grid(ws, yaws=_ROW_YAWS, pitches=(0.0,)) for ws in (result.ws, result.edited_ws)]
-        grid = Image.new("RGB", (rows[0].width, rows[0].height * 2))
-        grid.paste(rows[0], (0, 0))
-        grid.paste(rows[1], (0, rows[0].height))
-        write("views.png", grid.save)
-    # a folder of photos gets one video and mesh per photo folder, under the given file name
-    if args.video:
-        name = Path(args.video).name if args.input.is_dir() else args.video
-        write(
-            name,
-            lambda path: editor.turntable(
-                result.edited_ws,
-                path,
-                frames=args.frames,
-                fps=args.fps,
-                side_by_side=[result.face.image, result.ws],
-            ),
-        )
-    if args.mesh:
-        name = Path(args.mesh).name if args.input.is_dir() else args.mesh
-        write(name, lambda path: editor.mesh(result.edited_ws, path, resolution=args.mesh_resolution))
-    return written, result.pose
+    return name.strip(), check_strength(strength, name.strip())
 
 
 # ------------------------------------------------------------------ train
@@ -735,6 +826,9 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
         "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)",
     )
     parser.add_argument("--device", help="cuda, mps or cpu (default: the first available, in that order)")
+    runs = parser.add_argument_group("several GPUs: torchrun --nproc_per_node=N -m preim3d evaluate ...")
+    _add_workers_argument(runs)
+    _add_debug_argument(runs)
 
 
 def _degrees(text: str, option: str) -> list[float]:
@@ -744,6 +838,7 @@ def _degrees(text: str, option: str) -> list[float]:
         values = []
     if not values or not all(math.isfinite(v) for v in values):
         raise Preim3DError(f"--{option} {text!r}: give comma-separated angles in degrees, e.g. -30,0,30.")
+    check_angles(yaw=values) if option == "yaws" else check_angles(pitch=values)
     return values
 
 
@@ -759,27 +854,40 @@ def _run_evaluate(args) -> int:
     if args.repeats < 1:
         raise Preim3DError(f"--repeats must be at least 1, got {args.repeats}.")
     yaws, pitches = _degrees(args.yaws, "yaws"), _degrees(args.pitches, "pitches")
+    _check_workers(args)
     edits = dict(_parse_edit(text) for text in args.edit) or None
     location = resolve_weights(args.weights)
 
+    from .batch import default_workers
+    from .distributed import OBJECT_TIMEOUT, start_processes
     from .evaluation import evaluate
     from .pipeline import Editor
 
-    editor = Editor.from_pretrained(location, device=args.device)
-    report = evaluate(
-        editor,
-        args.photos,
-        args.labels,
-        args.out,
-        yaws=yaws,
-        pitches=pitches,
-        edits=edits,
-        hold=args.hold,
-        arcface=args.arcface,
-        weights=location.path,
-        repeats=args.repeats,
-        log=print,
-    )
+    processes = start_processes(args.device, timeout=OBJECT_TIMEOUT)
+    try:
+        editor = Editor.from_pretrained(location, device=processes.device)
+        report = evaluate(
+            editor,
+            args.photos,
+            args.labels,
+            args.out if processes.main else None,
+            yaws=yaws,
+            pitches=pitches,
+            edits=edits,
+            hold=args.hold,
+            arcface=args.arcface,
+            weights=location.path,
+            repeats=args.repeats,
+            log=print,
+            processes=processes,
+            workers=default_workers(processes.world_size) if args.workers is None else args.workers,
+            debug=args.debug,
+        )
+        processes.barrier()  # torchrun stops the others when one leaves with an error
+    finally:
+        processes.close()
+    if report is None:  # another process writes the report
+        return 0
     if not report.photos:
         raise Preim3DError(f"No face could be aligned in any photo of {args.photos}; nothing was measured.")
     width = max(len(row["metric"]) for row in report.summary())
@@ -808,6 +916,7 @@ _COMMANDS = {
     "download": ("fetch the official weights and convert them into a bundle", _add_download, _run_download),
     "convert": ("convert official weight files into a bundle", _add_convert, _run_convert),
     "info": ("what a bundle or an official weights file holds", _add_info, _run_info),
+    "space": ("the web demo as a Hugging Face Space: build a folder, or push it", _add_space, _run_space),
     "edit": ("edit the faces of photos: align, invert, edit, render", _add_edit, _run_edit),
     "train": ("train the encoder against a frozen generator (PREIM3D's recipe)", _add_train, _run_train),
     "export-encoder": (
@@ -842,7 +951,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        with warnings.catch_warnings():  # restores the usual display afterwards
+            warnings.showwarning = _warning_display(args.command, warnings.showwarning)
+            return args.run(args)
     except Preim3DError as exc:
         print(f"preim3d {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _warning_display(command: str, usual):
+    """Show preim3d's own warnings as one line like its errors; others as Python shows them."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Preim3DWarning):
+            print(f"preim3d {command}: warning: {message}", file=sys.stderr)
+        else:
+            usual(message, category, filename, lineno, file, line)
+
+    return show

@@ -27,7 +27,8 @@ official files: 39 of them, no Blurry). Names match case- and punctuation-insens
 everywhere: a positive strength moves towards what the name says. So +Young = younger but
 +age = older (age = -Young), +beard = more beard (beard = -No_Beard), +female = -Male.
 The official command line applies +degree to Young for "age" (younger); its web demo negates it,
-as we do. A strength is a distance in W+ along a unit vector; the official examples use 10.
+as we do. A strength is a distance in W+ along a unit vector; the official examples use 10, and
+strengths beyond ±10 (`preim3d.validation.STRENGTH_LIMIT`) are refused.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputImageError, UnknownAttributeError, WeightsError
+from .validation import check_strength
 from .weights.bundle import is_bundle, read_bundle_component, write_bundle_component
 
 NUM_WS = 14
@@ -121,6 +123,76 @@ ALIASES: dict[str, tuple[str, int]] = {
     "pale": ("Pale_Skin", 1),
     "cheekbones": ("High_Cheekbones", 1),
 }
+
+# The name people use for each attribute (its alias where one reads better, with the alias's sign:
+# "age" +3 is older) and how it is shown, grouped as the demo lays the sliders out. The page, the
+# notebook and the messages use these names; any spelling `DirectionBank.resolve` knows still works.
+ATTRIBUTE_GROUPS: dict[str, tuple[str, ...]] = {
+    "Expression": ("Smiling", "Mouth_Slightly_Open", "Narrow_Eyes"),
+    "Age and gender": ("Young", "Male"),
+    "Hair": (
+        "Bald",
+        "Bangs",
+        "Black_Hair",
+        "Blond_Hair",
+        "Brown_Hair",
+        "Gray_Hair",
+        "Receding_Hairline",
+        "Straight_Hair",
+        "Wavy_Hair",
+    ),
+    "Facial hair": ("No_Beard", "5_o_Clock_Shadow", "Goatee", "Mustache", "Sideburns", "Bushy_Eyebrows"),
+    "Makeup and accessories": (
+        "Heavy_Makeup",
+        "Wearing_Lipstick",
+        "Rosy_Cheeks",
+        "Eyeglasses",
+        "Wearing_Earrings",
+        "Wearing_Hat",
+        "Wearing_Necklace",
+        "Wearing_Necktie",
+    ),
+    "Face shape": (
+        "Oval_Face",
+        "Chubby",
+        "Double_Chin",
+        "High_Cheekbones",
+        "Arched_Eyebrows",
+        "Big_Lips",
+        "Big_Nose",
+        "Pointy_Nose",
+        "Bags_Under_Eyes",
+        "Pale_Skin",
+        "Attractive",
+    ),
+}
+_FRIENDLY = {  # attribute -> the alias users see instead of its CelebA name
+    "Smiling": "smile",
+    "Mouth_Slightly_Open": "mouth_open",
+    "Young": "age",
+    "No_Beard": "beard",
+    "5_o_Clock_Shadow": "stubble",
+    "Heavy_Makeup": "makeup",
+    "Wearing_Lipstick": "lipstick",
+    "Eyeglasses": "glasses",
+    "Wearing_Earrings": "earrings",
+    "Wearing_Hat": "hat",
+    "Wearing_Necklace": "necklace",
+    "Wearing_Necktie": "necktie",
+}
+_LABELS = {"age": "Age (older →)", "male": "Male (← female)"}
+
+
+def friendly_name(attribute: str) -> str:
+    """The name users see and type for an attribute: 'No_Beard' -> 'beard', 'Wavy_Hair' -> 'wavy_hair'."""
+    return _FRIENDLY.get(attribute, attribute.lower())
+
+
+def attribute_label(attribute: str) -> str:
+    """A readable label for an attribute: 'No_Beard' -> 'Beard', 'Young' -> 'Age (older →)'."""
+    name = friendly_name(attribute)
+    return _LABELS.get(name, name.replace("_", " ").capitalize())
+
 
 # A target whose direction keeps less than this fraction of its length once the held directions
 # (and the other targets) are projected out cannot be moved without moving them.
@@ -376,10 +448,7 @@ class DirectionBank:
         coefficients: dict[str, float] = {}
         for name, strength in edits.items():
             stored, sign = self.resolve(name)
-            value = float(strength)
-            if not math.isfinite(value):
-                raise ValueError(f"The strength for {name!r} is {value}; it must be a finite number.")
-            coefficients[stored] = coefficients.get(stored, 0.0) + sign * value
+            coefficients[stored] = coefficients.get(stored, 0.0) + sign * check_strength(strength, name)
         return coefficients
 
     def _held(self, hold, coefficients) -> tuple[str, ...]:

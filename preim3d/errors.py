@@ -21,6 +21,17 @@ class FaceTooSmallError(InputImageError):
     """The face found in a photo is too small to give a useful crop."""
 
 
+class InvalidValueError(Preim3DError, ValueError):
+    """A value a user gave (strength, angle, frame count, resolution ...) is not a number or out of its range.
+
+    The limits and their reasons are listed in `preim3d.validation`.
+    """
+
+
+class NoSuchFaceError(InvalidValueError, IndexError):
+    """A face number or face_index beyond the faces found in a photo."""
+
+
 class UnknownAttributeError(Preim3DError, KeyError):
     """An editing attribute name that the direction bank does not know."""
 
@@ -38,3 +49,11 @@ class DownloadError(Preim3DError, OSError):
 
 class LatentFileError(Preim3DError, ValueError):
     """A latent file (.npz / .safetensors of W+ codes) is missing, unreadable or of the wrong shape."""
+
+
+class Preim3DWarning(UserWarning):
+    """Base class of the warnings preim3d gives: the result is made, but not quite as asked."""
+
+
+class MeshLevelWarning(Preim3DWarning):
+    """A mesh was cut at a level taken from the density, which never reaches the official level."""

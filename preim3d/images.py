@@ -9,7 +9,9 @@
   (or [0, 255] when any value exceeds 1); channels-first [C,H,W] arrays are transposed;
 * composites anything with transparency (RGBA, LA, palette with a transparent index) on white,
   because a transparent background would otherwise turn black and look like hair to the networks;
-* refuses images of more than `max_pixels` pixels before decoding them (decompression bombs).
+* refuses images of more than `max_pixels` pixels before decoding them (decompression bombs), and,
+  when asked with `min_side` (face detection asks for `preim3d.validation.MIN_PHOTO_SIDE`), images
+  too small to hold a face.
 
 Every failure raises `InputImageError` saying what was wrong and what to do.
 """
@@ -24,38 +26,40 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputImageError
+from .validation import MAX_PIXELS, check_image_size
 
-MAX_PIXELS = 100_000_000  # 100 MP: larger than any phone photo; ~300 MB once decoded as RGB
 _WHITE = (255, 255, 255)
 
 
-def load_image(image, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(image, *, max_pixels: int = MAX_PIXELS, min_side: int = 1) -> Image.Image:
     """Return `image` as a loaded, EXIF-upright, 8-bit RGB `PIL.Image`.
 
     image: a path (str or os.PathLike), bytes / bytearray / memoryview holding an encoded image,
     a binary file object, a `PIL.Image.Image`, or an array-like [H,W], [H,W,C] or [C,H,W] with
     C in 1, 3, 4 (bool, integer or floating dtype; see the module docstring for value ranges).
-    A PIL image passed in is never modified.
+    A PIL image passed in is never modified. The size is checked before decoding: at most
+    `max_pixels` pixels, at least `min_side` pixels on each side.
     """
+    limits = dict(max_pixels=max_pixels, min_side=min_side)
     if isinstance(image, Image.Image):
-        _check_size(image.size, max_pixels, "the image")
+        check_image_size(*image.size, "the image", **limits)
         return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise InputImageError(f"No image file at {path!r}: check the path.")
-        return _decode(path, f"the file {path!r}", max_pixels)
+        return _decode(path, f"the file {path!r}", limits)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(bytes(image)), "the given bytes", max_pixels)
+        return _decode(io.BytesIO(bytes(image)), "the given bytes", limits)
     if hasattr(image, "read"):
-        return _decode(image, "the given file object", max_pixels)
+        return _decode(image, "the given file object", limits)
     try:
         array = np.asarray(image)
     except Exception as exc:  # objects numpy cannot convert at all
         raise InputImageError(_unsupported(image)) from exc
     if array.dtype == object or array.ndim not in (2, 3):
         raise InputImageError(_unsupported(image))
-    return _array_to_rgb(array, max_pixels)
+    return _array_to_rgb(array, limits)
 
 
 def _unsupported(image) -> str:
@@ -65,25 +69,14 @@ def _unsupported(image) -> str:
     )
 
 
-def _check_size(size: tuple[int, int], max_pixels: int, what: str) -> None:
-    width, height = size
-    if width < 1 or height < 1:
-        raise InputImageError(f"{what} is empty ({width}x{height} pixels).")
-    if width * height > max_pixels:
-        raise InputImageError(
-            f"{what} has {width}x{height} = {width * height:,} pixels, more than the limit of "
-            f"{max_pixels:,}: downscale it first, or raise max_pixels if you trust the file."
-        )
-
-
-def _decode(source, what: str, max_pixels: int) -> Image.Image:
-    """Open (header only), check the pixel count, then decode, upright and convert to RGB."""
+def _decode(source, what: str, limits: dict) -> Image.Image:
+    """Open (header only), check the size against `limits`, then decode, upright and convert to RGB."""
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's warning for >89 MP would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:
-                _check_size(im.size, max_pixels, what)
+                check_image_size(*im.size, what, **limits)
                 im.load()
                 return _to_rgb(ImageOps.exif_transpose(im))
     except InputImageError:
@@ -101,7 +94,7 @@ def _decode(source, what: str, max_pixels: int) -> Image.Image:
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB; transparency composited on white; 16/32-bit and float via arrays."""
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        return _array_to_rgb(np.asarray(im), max_pixels=None)
+        return _array_to_rgb(np.asarray(im), limits=None)
     if im.mode == "RGB":
         return im.copy()  # a fresh image the caller can modify freely
     if "A" in im.getbands() or "a" in im.getbands() or "transparency" in im.info:
@@ -111,7 +104,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _array_to_rgb(array: np.ndarray, max_pixels: int | None) -> Image.Image:
+def _array_to_rgb(array: np.ndarray, limits: dict | None) -> Image.Image:
     """[H,W], [H,W,C] or [C,H,W] array (C in 1, 3, 4) -> RGB image; 4 channels = RGBA on white."""
     if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # channels-first, as torch tensors are
@@ -120,8 +113,8 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int | None) -> Image.Image:
             f"An image array of shape {array.shape} has {array.shape[-1]} channels: expected 1 "
             "(gray), 3 (RGB) or 4 (RGBA)."
         )
-    if max_pixels is not None:
-        _check_size((array.shape[1], array.shape[0]), max_pixels, "the image array")
+    if limits is not None:
+        check_image_size(array.shape[1], array.shape[0], "the image array", **limits)
     if array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3:  # the common case, no copy
         return Image.fromarray(np.ascontiguousarray(array), "RGB")
     values = _to_unit_range(array)

@@ -6,7 +6,8 @@
 latent_avg is the mean W+ code of the generator under PREIM3D's fixed recipe:
 
     z_i ~ N(0, I), i < 10000, drawn by numpy RandomState(123)
-    c   = the frontal camera (yaw = pitch = 3.14/2, radius 2.7, pivot (0, 0, 0.2), focal 4.2647)
+    c   = the frontal camera (yaw = pitch = 3.14/2, focal 4.2647) on the generator's average orbit:
+          rendering_kwargs avg_camera_radius and avg_camera_pivot (FFHQ: 2.7 and (0, 0, 0.2))
     latent_avg = (1/10000) sum_i G.mapping(z_i, c, truncation_psi=0.7, truncation_cutoff=14)   [1, 14, 512]
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cameras import camera_vector
+from .cameras import DEFAULT_PIVOT, DEFAULT_RADIUS, FRONTAL_ANGLE, conditioning, intrinsics, orbit_cam2world
 from .errors import InputImageError
 
 ENCODER_RESOLUTION = 256
@@ -68,14 +69,23 @@ def _resized_rgb(image, index: int) -> np.ndarray:
 def compute_latent_avg(G, device=None, batch_size: int = 2000) -> torch.Tensor:
     """PREIM3D's latent average of generator `G` (see the module docstring) -> [1, num_ws, w_dim] float32.
 
-    `G` needs `.z_dim` and `.mapping(z, c, truncation_psi, truncation_cutoff)`. The 10,000 codes are
+    `G` needs `.z_dim` and `.mapping(z, c, truncation_psi, truncation_cutoff)`; its `.rendering_kwargs`,
+    if any, place the camera (see the module docstring). The 10,000 codes are
     mapped `batch_size` at a time on `device` (default: G's) and summed in float64, which keeps the
     result within float32 rounding of the official single-batch mean.
     """
     if device is None:
         device = next(iter(G.parameters())).device if hasattr(G, "parameters") else "cpu"
     z_all = np.random.RandomState(LATENT_AVG_SEED).randn(LATENT_AVG_SAMPLES, G.z_dim)
-    c = camera_vector(device=device)
+    rendering = getattr(G, "rendering_kwargs", None) or {}
+    pose = orbit_cam2world(
+        FRONTAL_ANGLE,
+        FRONTAL_ANGLE,
+        radius=rendering.get("avg_camera_radius", DEFAULT_RADIUS),
+        pivot=tuple(rendering.get("avg_camera_pivot", DEFAULT_PIVOT)),
+        device=device,
+    )
+    c = conditioning(pose, intrinsics(device=device))
     total = None
     for start in range(0, LATENT_AVG_SAMPLES, batch_size):
         z = torch.from_numpy(z_all[start : start + batch_size]).to(device=device, dtype=torch.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +20,22 @@ import torch.nn.functional as F
 import trimesh
 from skimage.measure import marching_cubes
 
+from .errors import InvalidValueError, MeshLevelWarning
 from .networks.decoder import SAMPLE_AND_DECODE
 from .rendering import Progress
+from .validation import check_mesh_threshold
 
 # --- Extraction ----------------------------------------------------------------------------------------
 
 TRIM = 30 / 256  # border of the box dropped before marching cubes, as the official shape extraction
+OFFICIAL_LEVEL = 10.0  # σ of the official shape extraction's surface
 
 
 def extract_mesh(
     G,
     ws,
     resolution: int = 256,
-    threshold: float = 10.0,
+    threshold: float | str = "auto",
     batch_points: int | None = None,
     trim: float = TRIM,
     planes=None,
@@ -46,9 +50,10 @@ def extract_mesh(
     background density), which also closes the surface there; the raw decoder output σ (before the
     renderer's softplus(σ − 1)) is sampled at the points inside it, `batch_points` at a time
     (default 2²² on a GPU, 2¹⁸ elsewhere; the fused kernel in the fast mode). Marching cubes
-    (skimage) at σ = threshold (official level 10), on the smallest box around the points above it,
-    gives the triangles, wound so normals point out, and the vertex normals (the density's
-    gradient). Vertex colours are the decoder's first three colour features at each vertex, the
+    (skimage) at σ = threshold, on the smallest box around the points above it, gives the
+    triangles, wound so normals point out, and the vertex normals (the density's gradient);
+    "auto" takes the official level 10, or one from the density where it never gets there
+    (`surface_level`). Vertex colours are the decoder's first three colour features at each vertex, the
     colours of the raw (pre-super-resolution) image, as sRGB uint8.
 
     Orientation: EG3D's world frame has y up and the face looking toward +z (the frontal camera sits
@@ -77,16 +82,12 @@ def extract_mesh(
     for start in range(0, total, batch_points):
         index = torch.arange(start, min(start + batch_points, total), device=device)
         ijk = torch.stack((index // (inner * inner), index // inner % inner, index % inner), dim=-1) + pad
-        sigma[start : start + len(index)] = _decode(G, planes, ijk * step - box / 2)[1]
+        sigma[start : start + len(index)] = _decode(G, planes, ijk * step - box / 2)[1][:, 0]
         if progress is not None:
             progress(start + len(index), total)
     volume = sigma.view(inner, inner, inner)  # volume[i, j, k] is the point (x_{pad+i}, y_{pad+j}, z_{pad+k})
+    threshold = surface_level(volume, threshold, trimmed=pad > 0)
     above = volume > threshold
-    if not above.any() or (above.all() and not pad):
-        raise ValueError(
-            f"no surface at threshold {threshold}: the density σ inside the box ranges over "
-            f"[{volume.min().item():.3g}, {volume.max().item():.3g}]; pick a threshold inside that range"
-        )
     # Marching cubes (on the CPU) only over the box around the points above the threshold, one voxel
     # wider, and one more layer below the threshold where the trimmed border was.
     lo, hi = [], []
@@ -110,8 +111,47 @@ def extract_mesh(
     return trimesh.Trimesh(vertices, faces, vertex_normals=normals, vertex_colors=colors, process=False)
 
 
+def surface_level(sigma, threshold: float | str = "auto", trimmed: bool = True) -> float:
+    """The density level at which to cut the surface of the raw densities σ inside the trimmed box.
+
+    sigma: σ at the grid points inside the trimmed border (numpy array or tensor). threshold: a
+    number is used as it is; "auto" takes the official level 10 where σ exceeds it somewhere, else
+    the middle of σ's range, (min + max) / 2, with a MeshLevelWarning: random or partly trained
+    generators often stay below 10 (official-format random weights give σ in about [-3, 9]), and
+    the middle of the range always has a surface. trimmed: the border around `sigma` counts as
+    below the level, so a surface needs only σ > level somewhere (without it, also σ < level).
+    Raises InvalidValueError when there is no surface at the level.
+    """
+    threshold = check_mesh_threshold(threshold)
+    low, high = float(sigma.min()), float(sigma.max())
+    if low == high:
+        raise InvalidValueError(
+            f"The density is the same everywhere inside the box (σ = {low:.3g}): there is no shape to mesh."
+        )
+    if threshold != "auto":
+        level = threshold
+    elif high > OFFICIAL_LEVEL:
+        level = OFFICIAL_LEVEL
+    else:
+        level = (low + high) / 2
+        warnings.warn(
+            f"The density never reaches the official mesh level σ = {OFFICIAL_LEVEL:g} (inside the "
+            f"box it ranges over [{low:.3g}, {high:.3g}]), so the mesh is the surface at "
+            f"σ = {level:.3g}, the middle of that range. Give a threshold (--mesh-threshold on the "
+            "command line) for another.",
+            MeshLevelWarning,
+            stacklevel=3,
+        )
+    if not (high > level and (trimmed or low < level)):
+        raise InvalidValueError(
+            f"There is no surface at threshold {level:.3g}: inside the box the density σ ranges over "
+            f"[{low:.3g}, {high:.3g}]. Choose a threshold inside that range, or 'auto'."
+        )
+    return level
+
+
 def _decode(G, planes, points: torch.Tensor):
-    """Decoder outputs at world points [M,3]: colour features [M,F] and raw σ [M], through the
+    """Decoder outputs at world points [M,3]: colour features [M,F] and raw σ [M,1], through the
     sampler the renderer uses (the fused kernel in the fast mode)."""
     zeros = torch.zeros(1, len(points), 1, 1, device=points.device)
     with torch.no_grad():
@@ -123,7 +163,7 @@ def _decode(G, planes, points: torch.Tensor):
             zeros,
             G.rendering_kwargs["box_warp"],
         )
-    return colors[0, :, :, 0].t(), sigma[0, :, 0]
+    return colors[0, :, :, 0].t(), sigma[0]
 
 
 # --- Export --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
     editor.turntable(ws_edit, "turntable.mp4")
     editor.mesh(ws_edit, "head.glb")
     editor.save_latent(ws_edit, "me.npz")
+    editor.save_pretrained("my-bundle")                    # Editor.from_pretrained("my-bundle") loads it
 
 Codes returned to the caller are float32 CPU tensors (small, and usable with autograd); the
 networks run on `editor.device`. Renders of one code share its tri-planes through the renderer's
@@ -31,34 +32,39 @@ from PIL import Image
 
 from .align import AlignedFace, align_face, paste_back
 from .cameras import camera_vector
+from .distributed import default_device
 from .editing import CODE_DIM, NUM_WS, W_DIM, DirectionBank
 from .errors import LatentFileError, WeightsError
 from .images import load_image
 from .inversion import compute_latent_avg, invert
 from .rendering import TriPlaneRenderer, depths_to_uint8, multiview_grid, uint8_images
+from .validation import (
+    MIN_PHOTO_SIDE,
+    check_angles,
+    check_edits,
+    check_mesh_resolution,
+)
 from .weights.bundle import read_bundle_config
 from .weights.checks import check_latent_avg
-from .weights.encoder import encoder_from_official, load_encoder, load_latent_avg
-from .weights.generator import load_generator
+from .weights.encoder import (
+    OFFICIAL_LICENCE,
+    encoder_from_official,
+    load_encoder,
+    load_latent_avg,
+    save_encoder,
+    save_latent_avg,
+)
+from .weights.generator import EG3D_LICENCE, load_generator, save_generator
 from .weights.resolve import WeightsLocation, resolve_weights
 
 LATENT_KEY = "latents"  # the array name fit-direction's --latents files use too
-
-
-def default_device() -> torch.device:
-    """CUDA if available, then Apple's MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
 class EditResult:
     """What `Editor.edit_photo` made: the face, both codes and the renders from the photo's camera."""
 
-    photo: Image.Image  # the input, upright RGB
+    photo: Image.Image | None  # the input, upright RGB (None where a folder run did not keep it)
     face: AlignedFace
     ws: torch.Tensor  # [1, 14, 512] inverted code
     edited_ws: torch.Tensor  # [1, 14, 512] after the edits
@@ -76,7 +82,10 @@ class Editor:
     """Generator, encoder, latent average and directions on one device, with a caching renderer.
 
     Build it with `from_pretrained` (bundle folder, Hub repo id, folder of official files, or the
-    default weights), `from_bundle`, `from_official`, or directly from loaded networks.
+    default weights), `from_bundle`, `from_official`, or directly from loaded networks; write it
+    as a bundle with `save_pretrained`. `provenance` and `licences` map component names
+    ("generator", "encoder", "latent_avg") to where the weights came from and their terms; the
+    loaders fill them and `save_pretrained` writes them.
     precision="fast" runs the generator's backbone and super-resolution and the encoder in float16
     on CUDA (float32 elsewhere). deterministic=True renders with fixed depth samples instead of
     the official random ones, so renders repeat without seeding.
@@ -95,16 +104,22 @@ class Editor:
         batch_size: int = 8,
         cache_size: int = 4,
         source: str | None = None,
+        provenance: Mapping[str, dict] | None = None,
+        licences: Mapping[str, str] | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.generator = generator.to(self.device).eval().set_precision(precision)
         encoder = encoder.to(self.device).eval()
         self.encoder = encoder.fast() if precision == "fast" else encoder
+        # save_pretrained writes the encoder's own weights (the fast copy has its batch norms folded).
+        self._encoder_weights = encoder.cpu() if precision == "fast" else encoder
         self.latent_avg = latent_avg.to(self.device, torch.float32)
         self.directions = directions
         self.deterministic = deterministic
         self.renderer = TriPlaneRenderer(self.generator, batch_size=batch_size, cache_size=cache_size)
         self.source = source
+        self.provenance = {"generator": dict(getattr(generator, "source_info", {})), **(provenance or {})}
+        self.licences = dict(licences or {})
 
     # ------------------------------------------------------------------ construction
 
@@ -131,8 +146,11 @@ class Editor:
     def from_bundle(cls, folder, device=None, **kwargs) -> Editor:
         """Load a local bundle folder; its directions are optional (without them, `edit` is unavailable)."""
         device = torch.device(device) if device is not None else default_device()
-        has_directions = "directions" in read_bundle_config(folder)
+        sections = {k: v for k, v in read_bundle_config(folder).items() if isinstance(v, dict)}
+        has_directions = "directions" in sections
         kwargs.setdefault("source", str(folder))
+        kwargs.setdefault("provenance", {k: v.get("provenance", {}) for k, v in sections.items()})
+        kwargs.setdefault("licences", {k: v["licence"] for k, v in sections.items() if "licence" in v})
         return cls(
             load_generator(folder, device),
             load_encoder(folder, device),
@@ -158,6 +176,14 @@ class Editor:
         if stored is not None:
             check_latent_avg(latent_avg, stored, Path(generator).name, Path(encoder).name)
         kwargs.setdefault("source", f"official files {Path(generator).name}, {Path(encoder).name}")
+        kwargs.setdefault(
+            "provenance",
+            {
+                "encoder": {"source": Path(encoder).name, "format": "PREIM3D training checkpoint"},
+                "latent_avg": {"computed_from": Path(generator).name},
+            },
+        )
+        kwargs.setdefault("licences", {"generator": EG3D_LICENCE, "encoder": OFFICIAL_LICENCE})
         return cls(
             G,
             E,
@@ -166,6 +192,32 @@ class Editor:
             device=device,
             **kwargs,
         )
+
+    def save_pretrained(self, folder) -> Path:
+        """Write the weights as a bundle in `folder` (new or empty), which `Editor.from_pretrained`
+        loads back: generator, encoder, latent average and directions (if any), each with its
+        provenance and licence. Returns the folder."""
+        folder = Path(folder)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise ValueError(
+                f"save_pretrained writes a new bundle: {folder} exists and is not an empty folder."
+            )
+        save_generator(
+            self.generator,
+            folder,
+            self.provenance.get("generator"),
+            self.licences.get("generator", EG3D_LICENCE),
+        )
+        save_encoder(
+            self._encoder_weights,
+            folder,
+            provenance=self.provenance.get("encoder"),
+            licence=self.licences.get("encoder"),
+        )
+        save_latent_avg(self.latent_avg, folder, provenance=self.provenance.get("latent_avg"))
+        if self.directions is not None:
+            self.directions.save(folder)
+        return folder
 
     def __repr__(self) -> str:
         n = len(self.directions) if self.directions is not None else 0
@@ -177,7 +229,11 @@ class Editor:
     # ------------------------------------------------------------------ stages
 
     def align(self, image, face_index: int | None = None, **kwargs) -> AlignedFace:
-        """Detect and crop one face (`preim3d.align_face`); face_index picks among `detect_faces`' list."""
+        """Detect and crop one face (`preim3d.align_face`).
+
+        face_index picks among `detect_faces`' list, from 0; users number faces from 1 (see
+        `preim3d.validation.face_index_from_number`).
+        """
         return align_face(image, face=face_index, **kwargs)
 
     def invert(self, faces) -> torch.Tensor:
@@ -202,8 +258,26 @@ class Editor:
         return self.directions.apply(torch.as_tensor(ws).cpu(), edits, hold=hold, precise=precise)
 
     def render(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
-        """One code seen from (yaw, pitch) radians off the frontal view, as a PIL image."""
+        """One code seen from (yaw, pitch) radians off the frontal view, as a PIL image.
+
+        Angles: |yaw| <= π, |pitch| <= π/2 (here and in `depth`, `views`, `grid`); the model knows
+        views within about ±0.8 rad yaw and ±0.6 rad pitch.
+        """
         return self.views(ws, [yaw], [pitch])[0]
+
+    def render_each(self, ws, yaws, pitches) -> list[Image.Image]:
+        """Several codes ws [N, 14, 512], each seen from its own (yaws[i], pitches[i]) radians: N images.
+
+        Renders `renderer.batch_size` codes at a time, which is faster than one `render` per code.
+        """
+        c = camera_vector(
+            torch.as_tensor(yaws, dtype=torch.float32), torch.as_tensor(pitches, dtype=torch.float32)
+        )
+        with torch.inference_mode():
+            batches = self.renderer.render_codes(
+                ws, c, deterministic=self.deterministic, outputs=("image",), on_device=uint8_images
+            )
+            return [Image.fromarray(image) for out in batches for image in out["image"].numpy()]
 
     def depth(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
         """The depth map of one view (neural rendering resolution, near = bright) as a grayscale image."""
@@ -236,7 +310,7 @@ class Editor:
         """An mp4 of the code on the official turntable path (see `preim3d.turntable.render_turntable`).
 
         Keywords: size, depth (add a depth panel), side_by_side (photos or codes shown beside it),
-        cameras (another path), progress.
+        cameras (another path), progress. frames: 1 to 3600; fps: 1 to 120 (see `preim3d.validation`).
         """
         from .turntable import render_turntable  # loads imageio-ffmpeg: only when a video is made
 
@@ -244,14 +318,18 @@ class Editor:
         with torch.inference_mode():
             return render_turntable(self.renderer, _one(ws), path, frames=frames, fps=fps, **kwargs)
 
-    def mesh(self, ws, path=None, resolution: int = 256, **kwargs):
+    def mesh(self, ws, path=None, resolution: int = 256, *, allow_slow: bool = False, **kwargs):
         """The head's surface as a coloured trimesh.Trimesh,
         also written to `path` (.glb, .ply, .obj) if given.
 
-        Keywords go to `preim3d.mesh.extract_mesh` (threshold, trim, progress).
+        resolution: density samples per side, 64, 128, 256 or 512; 512 on a CPU only with
+        allow_slow=True (it takes minutes there). Keywords go to `preim3d.mesh.extract_mesh`:
+        threshold ("auto", the default: the official level 10, or one from the density with a
+        MeshLevelWarning where it never gets there; or a density σ), trim, progress.
         """
         from .mesh import export_mesh, extract_mesh  # loads trimesh and scikit-image: only for meshes
 
+        resolution = check_mesh_resolution(resolution, self.device, allow_slow)
         ws = _one(ws)
         with torch.inference_mode():
             mesh = extract_mesh(
@@ -280,18 +358,22 @@ class Editor:
     ) -> EditResult:
         """Align, invert, edit and render one photo; returns an EditResult.
 
+        face_index: which face, from 0 (None: the default face; see `align`).
         pose: "photo" renders from the camera estimated from the face (so the render lines up with
         the crop and `EditResult.pasted()` fits), "frontal", or a (yaw, pitch) pair in radians.
         With no edits, the edited code is the reconstruction.
         """
-        photo = load_image(image)
+        # values first, so a bad one fails before the slow steps
+        if isinstance(pose, str) and pose not in ("photo", "frontal"):
+            raise ValueError(f"pose must be 'photo', 'frontal' or (yaw, pitch), not {pose!r}")
+        if not isinstance(pose, str):
+            check_angles(*pose)
+        edits = check_edits(edits or {})
+        photo = load_image(image, min_side=MIN_PHOTO_SIDE)
         face = self.align(photo, face_index)
         ws = self.invert(face)
-        edits = dict(edits or {})
         edited = self.edit(ws, edits, precise=precise, hold=hold) if edits or hold else ws.clone()
         if isinstance(pose, str):
-            if pose not in ("photo", "frontal"):
-                raise ValueError(f"pose must be 'photo', 'frontal' or (yaw, pitch), not {pose!r}")
             pose = face.estimate_pose() if pose == "photo" else (0.0, 0.0)
         yaw, pitch = (float(v) for v in pose)
         return EditResult(

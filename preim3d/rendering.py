@@ -214,6 +214,36 @@ class TriPlaneRenderer:
                 progress(done, total)
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
+    def render_codes(
+        self,
+        ws,
+        c,
+        deterministic: bool = False,
+        outputs=OUTPUTS,
+        on_device: Callable[[dict], dict] | None = None,
+    ) -> Iterator[dict]:
+        """Several codes, one camera each: ws [N,num_ws,w_dim] and c [N,25] -> yields, for each batch
+        of at most batch_size of them, what `render_batches` yields (the requested `outputs`, after
+        `on_device`, on the CPU; copied while the next batch renders). Their planes are not cached."""
+        ws = torch.as_tensor(ws).detach().to(self.device, torch.float32)
+        c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
+        if ws.ndim != 3 or len(ws) != len(c):
+            raise ValueError(
+                f"need ws [N, num_ws, w_dim] and c [N, 25], got {list(ws.shape)} and {list(c.shape)}"
+            )
+        pending = None
+        for start in range(0, len(c), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            with torch.no_grad():
+                out = self.G.synthesis(ws[chunk], c[chunk], noise_mode="const", deterministic=deterministic)
+                selected = {key: out[key] for key in outputs}
+                batch = self._to_host(on_device(selected) if on_device else selected)
+            if pending is not None:
+                yield pending.result()
+            pending = batch
+        if pending is not None:
+            yield pending.result()
+
     def clear(self) -> None:
         """Forget every cached tri-plane and captured graph."""
         self._cache.clear()

@@ -14,11 +14,19 @@ and directions — built from the same classes as the real models, only narrow a
 The weights are random but seeded (same seed, same bytes), scaled so images vary with the code
 and the camera, and the density is calibrated to have a surface at the official mesh threshold.
 Nothing here is meaningful as a face model.
+
+For benchmarks and conformance checks: `ffhq512_generator` (the released architecture with seeded
+random weights), `random_inputs`, `psnr`, and `build_official_eg3d`, which puts the same weights
+into the official EG3D generator of a checkout named by $PREIM3D_OFFICIAL_EG3D.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import os
+import sys
+import types
 from pathlib import Path
 
 import torch
@@ -112,6 +120,17 @@ def tiny_generator(seed: int = 0):
     return G
 
 
+def ffhq512_generator(seed: int = 11):
+    """A TriPlaneGenerator of the released ffhq512-128 configuration with `fill_random` weights, in eval
+    mode: full-size work for benchmarks (the density is not calibrated; it has no face's surface)."""
+    from .networks.triplane import TriPlaneGenerator
+
+    G = TriPlaneGenerator(**copy.deepcopy(FFHQ512_GENERATOR_KWARGS))
+    G.neural_rendering_resolution = FFHQ512_NEURAL_RESOLUTION
+    fill_random(G, seed)
+    return G.eval().requires_grad_(False)
+
+
 def _calibrate_density(G, seed: int) -> None:
     """Rescale the decoder's density output so that it crosses the official mesh threshold (10) in the box.
 
@@ -138,7 +157,12 @@ def tiny_encoder(seed: int = 0):
     """A tiny WPlusEncoder with seeded random weights (BatchNorm statistics included), in eval mode."""
     from .networks.encoder import WPlusEncoder
 
-    encoder = WPlusEncoder(**TINY_ENCODER_KWARGS)
+    return fill_random_encoder(WPlusEncoder(**TINY_ENCODER_KWARGS), seed).eval().requires_grad_(False)
+
+
+def fill_random_encoder(encoder, seed: int):
+    """Overwrite a WPlusEncoder's parameters and BatchNorm statistics with seeded values, keyed by name
+    order: variance-preserving convolutions, offsets with a face-like spread. Returns the encoder."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in sorted(encoder.state_dict().items()):
@@ -156,7 +180,7 @@ def tiny_encoder(seed: int = 0):
             tensor.copy_(value)
         # EqualLinear divides by sqrt(w_dim) itself; scale its weight so offsets have a face-like spread.
         encoder.linear.weight.mul_(_OFFSET_STD * encoder.w_dim**0.5)
-    return encoder.eval().requires_grad_(False)
+    return encoder
 
 
 def fill_random(module: torch.nn.Module, seed: int) -> None:
@@ -199,18 +223,88 @@ def make_tiny_bundle(folder, seed: int = 0) -> Path:
     Deterministic: the same seed writes the same tensors. Returns the folder.
     """
     from .inversion import compute_latent_avg
-    from .weights.bundle import read_bundle_config, write_bundle_component
     from .weights.encoder import save_encoder, save_latent_avg
     from .weights.generator import save_generator
 
     folder = Path(folder)
     provenance = {"source": "preim3d.testing.make_tiny_bundle", "seed": seed, "random_weights": True}
     G = tiny_generator(seed)
-    save_generator(G, folder, provenance=provenance)
-    # save_generator states EG3D's licence, which these random weights do not carry
-    config = dict(read_bundle_config(folder)["generator"], licence=TINY_LICENCE)
-    write_bundle_component(folder, "generator", G.state_dict(), config)
+    save_generator(G, folder, provenance=provenance, licence=TINY_LICENCE)
     save_encoder(tiny_encoder(seed + 1), folder, provenance=provenance, licence=TINY_LICENCE)
     save_latent_avg(compute_latent_avg(G, batch_size=5000), folder, provenance=provenance)
     tiny_directions(seed + 2).save(folder)
     return folder
+
+
+def random_inputs(
+    batch: int, z_dim: int, seed: int, rendering_kwargs: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded z [batch, z_dim] and cameras c [batch, 25]: yaw and pitch spread around the frontal view,
+    on the configuration's average camera orbit (radius and pivot of `rendering_kwargs`; FFHQ's when
+    not given)."""
+    from .cameras import FRONTAL_ANGLE, conditioning, intrinsics, orbit_cam2world
+
+    rendering_kwargs = rendering_kwargs or {}
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, z_dim, generator=gen)
+    yaw = (torch.rand(batch, generator=gen) - 0.5) * 0.8
+    pitch = (torch.rand(batch, generator=gen) - 0.5) * 0.4
+    pose = orbit_cam2world(
+        FRONTAL_ANGLE + yaw,
+        FRONTAL_ANGLE + pitch,
+        radius=rendering_kwargs.get("avg_camera_radius", 2.7),
+        pivot=tuple(rendering_kwargs.get("avg_camera_pivot", (0, 0, 0.2))),
+    )
+    return z, conditioning(pose, intrinsics())
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR of x against ref, in dB, over the reference's value range."""
+    x, ref = x.double().cpu(), ref.double().cpu()
+    mse = (x - ref).square().mean().item()
+    span = (ref.max() - ref.min()).item()
+    return math.inf if mse == 0 else 10 * math.log10(span * span / mse)
+
+
+# --- The official EG3D generator, from a checkout the user points to (nothing official is vendored) ---
+
+OFFICIAL_EG3D_ENV = "PREIM3D_OFFICIAL_EG3D"  # the eg3d/ folder holding `training/` and `torch_utils/`
+
+
+def official_eg3d_path() -> Path | None:
+    """The checkout named by $PREIM3D_OFFICIAL_EG3D, or None when it is unset or not an EG3D checkout."""
+    value = os.environ.get(OFFICIAL_EG3D_ENV)
+    return Path(value) if value and (Path(value) / "training" / "triplane.py").is_file() else None
+
+
+def official_eg3d_class():
+    """The official TriPlaneGenerator class, imported from the checkout named by $PREIM3D_OFFICIAL_EG3D."""
+    path = official_eg3d_path()
+    if path is None:
+        raise RuntimeError(f"set {OFFICIAL_EG3D_ENV} to the eg3d/ folder of an official EG3D checkout")
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    try:
+        import requests  # noqa: F401  (dnnlib imports it, for downloads only)
+    except ImportError:
+        sys.modules["requests"] = types.ModuleType("requests")
+    from training.triplane import TriPlaneGenerator
+
+    return TriPlaneGenerator
+
+
+def build_official_eg3d(kwargs: dict, resolution: int, seed: int, device="cpu", plugins: bool = False):
+    """The official TriPlaneGenerator of the checkout, built with `kwargs`, holding our `fill_random`
+    weights (the state-dict names are equal) and rendering at `resolution`, in eval mode on `device`.
+
+    Unless `plugins`, the official code runs its reference PyTorch ops instead of building its CUDA
+    extensions (which need a compiler set-up and fail on many machines).
+    """
+    G = official_eg3d_class()(**copy.deepcopy(kwargs)).eval().requires_grad_(False)
+    if not plugins:
+        from torch_utils.ops import bias_act, upfirdn2d
+
+        bias_act._init = upfirdn2d._init = lambda: False
+    fill_random(G, seed)
+    G.neural_rendering_resolution = resolution
+    return G.to(device)

@@ -20,6 +20,7 @@ from .cameras import turntable_path
 from .images import load_image
 from .mp4 import CRF, Mp4Writer
 from .rendering import Progress, TriPlaneRenderer, depths_to_uint8, images_to_uint8
+from .validation import check_fps, check_frames
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -60,8 +61,10 @@ def render_turntable(
     for the whole video (a per-frame range would flicker). Panels are resized and converted to uint8
     where they were rendered, and frames are encoded (`Mp4Writer`: x264 constant quality `crf`, or
     a target `bitrate` such as "10M") while the next ones render, so memory does not grow with the
-    frame count. progress(done_frames, total) after each batch.
+    frame count. progress(done_frames, total) after each batch. frames: 1 to 3600, fps: 1 to 120
+    (`preim3d.validation`).
     """
+    frames, fps = check_frames(frames), check_fps(fps)
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"render_turntable writes H.264 .mp4 files; got {path.name!r}")

@@ -8,6 +8,7 @@ import torch
 from official_format import write_torch_save
 from PIL import Image
 from skimage import data
+from weights_server import FileServer
 
 from preim3d.inversion import compute_latent_avg
 from preim3d.testing import make_tiny_bundle, tiny_directions, tiny_encoder, tiny_generator
@@ -51,3 +52,12 @@ def tiny_official_files(tmp_path_factory):
     for name in bank.names:
         torch.save(bank.direction(name).reshape(1, -1), folder / "directions" / f"{name}.pt")
     return folder
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server standing in for the official weight sources (see weights_server.py)."""
+    s = FileServer()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()

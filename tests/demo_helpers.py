@@ -4,9 +4,14 @@ the demo served in-process on 127.0.0.1, bad input files."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
+import time
+import urllib.request
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,11 +47,11 @@ def loopback_only():
 
 
 @contextmanager
-def serving(editor_or_source, **launch_kwargs):
+def serving(editor_or_source, build_kwargs=None, **launch_kwargs):
     """Yields (url, demo) of the demo launched on a free local port; closes it afterwards."""
     from demo import build_demo, launch
 
-    demo = build_demo(editor_or_source)
+    demo = build_demo(editor_or_source, **(build_kwargs or {}))
     _, url, _ = launch(
         demo,
         server_name="127.0.0.1",
@@ -97,9 +102,80 @@ def bad_files(folder: Path) -> dict[str, Path]:
 
 
 BAD_INPUT_MESSAGES = {
-    "text": "is not an image that can be read",
-    "text named .png": "is not an image that can be read",
+    "text": "is not an image format PIL can read",
+    "text named .png": "is not an image format PIL can read",
     "no face": "No face was found in this photo",
     "over 100 MP": "10500x10000 = 105,000,000 pixels, more than the limit",
-    "decompression bomb": "is too large to open safely",
+    "decompression bomb": "is too large to decode safely",
 }
+
+
+def start_app(
+    folder: Path, tmp_path: Path, python=sys.executable, **env_vars
+) -> tuple[subprocess.Popen, dict]:
+    """`python app.py` in `folder` as a user starts it, with no weights but those given in env_vars;
+    returns the process and the page's config once it answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREIM3D_WEIGHTS"}
+    env.update(
+        PREIM3D_HOME=str(tmp_path / "home"),
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        PYTHONUNBUFFERED="1",
+        **env_vars,
+    )
+    process = subprocess.Popen(
+        [str(python), "app.py"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
+                config = json.loads(response.read())
+                config["url"] = f"http://127.0.0.1:{port}/"
+                return process, config
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"app.py did not start:\n{process.communicate()[0]}") from None
+            time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> str:
+    """Stop an app started by `start_app`; returns what it printed."""
+    process.terminate()
+    return process.communicate(timeout=30)[0]
+
+
+@contextmanager
+def weights_to_download(server, official_folder, home: Path):
+    """The tiny official files served where the Download button fetches them (PREIM3D_*_URL pointing at
+    `server`), `home` as PREIM3D_HOME, and no PREIM3D_WEIGHTS. Yields the table of files to fetch."""
+    from weights_server import fixture_table
+
+    from preim3d.weights import sources
+
+    table, bodies = fixture_table(official_folder)
+    for file in table:
+        server.serve(file, bodies[file.filename])
+    saved = {
+        key: os.environ.get(key)
+        for key in [*sources.BASE_URL_ENV.values(), "PREIM3D_HOME", "PREIM3D_WEIGHTS"]
+    }
+    os.environ.update({sources.BASE_URL_ENV[host]: url for host, url in server.base_urls.items()})
+    os.environ["PREIM3D_HOME"] = str(home)
+    os.environ.pop("PREIM3D_WEIGHTS", None)
+    try:
+        yield table
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

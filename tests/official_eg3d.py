@@ -6,54 +6,36 @@ PREIM3D_OFFICIAL_EG3D=/path/to/eg3d/eg3d (the folder holding `training/` and `to
 from __future__ import annotations
 
 import copy
-import os
 import pickle
-import sys
 from pathlib import Path
 
 import torch
-from eg3d_reference import fill_random, inputs
+from eg3d_reference import seeded_weights
 
-ENV = "PREIM3D_OFFICIAL_EG3D"
-
-
-def official_path() -> Path | None:
-    value = os.environ.get(ENV)
-    return Path(value) if value and (Path(value) / "training" / "triplane.py").is_file() else None
+from preim3d.testing import official_eg3d_class, random_inputs
 
 
-def import_official():
-    """The official TriPlaneGenerator class, imported from the checkout."""
-    path = official_path()
-    if path is None:
-        raise RuntimeError(f"set {ENV} to the eg3d/ folder of an official EG3D checkout")
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-    from training.triplane import TriPlaneGenerator
-
-    return TriPlaneGenerator
-
-
-def build_official(config, seed: int, device="cpu", plugins=False):
-    """Official generator with the configuration's kwargs and our seeded random weights.
+def build_official(config, seed: int, device="cpu", plugins=False, weight_scales=None):
+    """Official generator with the configuration's kwargs and our seeded random weights
+    (eg3d_reference.seeded_weights).
 
     Unless `plugins`, the official code runs its reference PyTorch ops instead of building its CUDA
     extensions (which need a compiler set-up and fail on many machines).
     """
     kwargs, resolution = config
-    G = import_official()(**copy.deepcopy(kwargs)).eval().requires_grad_(False)
+    G = official_eg3d_class()(**copy.deepcopy(kwargs)).eval().requires_grad_(False)
     if not plugins:
         from torch_utils.ops import bias_act, upfirdn2d
 
         bias_act._init = upfirdn2d._init = lambda: False
-    fill_random(G, seed)
+    seeded_weights(G, seed, weight_scales)
     G.neural_rendering_resolution = resolution
     return G.to(device)
 
 
 def run_generator(G, config, seed: int, batch: int, device="cpu", **synthesis_kwargs):
     """Seeded mapping + synthesis; the same call works for the official generator and ours."""
-    z, c = inputs(batch, config[0]["z_dim"], seed)
+    z, c = random_inputs(batch, config[0]["z_dim"], seed, config[0]["rendering_kwargs"])
     z, c = z.to(device), c.to(device)
     with torch.no_grad():
         ws = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=14)

@@ -129,7 +129,7 @@ def official_tree(G, init_kwargs: dict | None = None, module_src: str = "# stand
     """`init_kwargs` overrides the recorded constructor arguments (to fake a mismatched file)."""
     extra = {
         "_init_args": (),
-        "_init_kwargs": init_kwargs or G.init_kwargs,
+        "_init_kwargs": init_kwargs or G.config,
         "rendering_kwargs": G.rendering_kwargs,
         "neural_rendering_resolution": G.neural_rendering_resolution,
     }

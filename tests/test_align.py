@@ -197,7 +197,9 @@ def test_detect_faces_lists_faces_largest_first(photo):
     assert preim3d.align_face(canvas, face=small).box == small.box
     default = np.reshape(preim3d.align_face(canvas).box, (2, 2)).mean(0)  # found at another scale
     assert np.linalg.norm(default - np.reshape(big.box, (2, 2)).mean(0)) < 0.1 * big.size
-    with pytest.raises(IndexError, match=f"{len(faces)} face"):
+    with pytest.raises(
+        IndexError, match=f"has {len(faces)} faces .numbered 1 to {len(faces)}.; there is no face"
+    ):
         preim3d.align_face(canvas, face=len(faces))
 
 

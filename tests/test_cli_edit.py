@@ -33,7 +33,7 @@ def test_edit_one_photo_writes_every_output(tiny_bundle, astronaut_png, tmp_path
             "--mesh",
             "out.glb",
             "--mesh-resolution",
-            "24",
+            "64",
             "--weights",
             str(tiny_bundle),
             "--device",
@@ -44,7 +44,7 @@ def test_edit_one_photo_writes_every_output(tiny_bundle, astronaut_png, tmp_path
     )
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
-    assert len(lines) == 1 and lines[0].startswith("astronaut.png: ok") and "smile +2, age -1" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("astronaut.png: done") and "smile +2, age -1" in lines[0]
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
             "aligned.png",
@@ -96,7 +96,7 @@ def test_edit_a_folder_reports_each_photo_and_fails_on_a_bad_one(
     )
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.out.splitlines()[0].startswith("astronaut.jpg: ok")
+    assert captured.out.splitlines()[0].startswith("astronaut.jpg: done")
     assert "precise" in captured.out.splitlines()[0]
     assert "1 of 2 photos edited, 1 failed" in captured.out
     assert captured.err.startswith("wall.png: failed: No face was found")

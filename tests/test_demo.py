@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import gradio as gr
@@ -19,13 +15,22 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from demo_helpers import BAD_INPUT_MESSAGES, bad_files, client_for, free_port, loopback_only, serving
+from demo_helpers import (
+    BAD_INPUT_MESSAGES,
+    bad_files,
+    client_for,
+    loopback_only,
+    serving,
+    start_app,
+    stop,
+    weights_to_download,
+)
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 from PIL import Image
 
-from demo.handlers import Handlers, slider_attributes
+from demo.handlers import Handlers, slider_groups
 from demo.ui import EXAMPLES
 from preim3d.align import align_face, detect_faces
 from preim3d.pipeline import Editor, load_latent
@@ -53,8 +58,8 @@ def client(editor):
 
 @pytest.fixture(scope="module")
 def astronaut(editor, astronaut_png):
-    """The photo's aligned face, its code and its pose, computed here without the demo."""
-    face = align_face(astronaut_png)
+    """The photo's first detected face aligned, its code and its pose, computed here without the demo."""
+    face = align_face(astronaut_png, detect_faces(astronaut_png)[0])
     return face, editor.invert(face), face.estimate_pose()
 
 
@@ -86,19 +91,19 @@ def test_align_returns_the_crop_and_the_faces(client, astronaut, astronaut_png):
     crop, info = client.predict(photo=handle_file(astronaut_png), api_name="/align")
     face, _, (yaw, pitch) = astronaut
     assert Image.open(crop).size == (512, 512)
-    assert np.array_equal(pixels(crop), pixels(face.image))
-    assert info["faces"] == 1 and info["face"] == 0
+    assert np.array_equal(pixels(crop), pixels(face.image))  # the face listed first is the face aligned
+    assert info["faces"] == 1 and info["face"] == 1  # faces are numbered from 1, as on the page
     assert info["boxes"] == [pytest.approx(f.box, abs=0.1) for f in detect_faces(astronaut_png)]
     left, top, right, bottom = info["boxes"][0]
     assert left < (face.box[0] + face.box[2]) / 2 < right and top < (face.box[1] + face.box[3]) / 2 < bottom
     assert (info["yaw"], info["pitch"]) == pytest.approx((math.degrees(yaw), math.degrees(pitch)))
 
     first, info = client.predict(photo=handle_file(TWO_FACES), api_name="/align")
-    second, info_second = client.predict(photo=handle_file(TWO_FACES), face=1, api_name="/align")
-    assert info["faces"] == info_second["faces"] == 2 and info_second["face"] == 1
+    second, info_second = client.predict(photo=handle_file(TWO_FACES), face=2, api_name="/align")
+    assert info["faces"] == info_second["faces"] == 2 and (info["face"], info_second["face"]) == (1, 2)
     assert np.abs(pixels(first) - pixels(second)).mean() > 5  # the mirrored, smaller copy
-    with pytest.raises(AppError, match="There is no face 2: 2 found"):
-        client.predict(photo=handle_file(TWO_FACES), face=2, api_name="/align")
+    faces = detect_faces(TWO_FACES)
+    assert np.array_equal(pixels(second), pixels(align_face(TWO_FACES, faces[1]).image))
 
 
 def test_edit_from_a_photo_renders_the_edit_from_the_photos_view(client, editor, astronaut, astronaut_png):
@@ -154,8 +159,6 @@ def test_mesh_is_a_glb_that_loads(client, editor, astronaut, astronaut_png):
     expected = editor.mesh(editor.edit(astronaut[1], {"beard": 2}), resolution=64)
     assert len(mesh.vertices) == len(expected.vertices) > 100 and len(mesh.faces) == len(expected.faces)
     assert mesh.visual.kind == "vertex" and mesh.visual.vertex_colors[:, :3].std() > 1
-    with pytest.raises(AppError, match="resolution must be one of 64, 128, 256, 512"):
-        client.predict(photo=handle_file(astronaut_png), resolution=100, api_name="/mesh")
 
 
 def test_bad_input_gets_a_readable_message(client, tmp_path, astronaut_png):
@@ -171,6 +174,64 @@ def test_bad_input_gets_a_readable_message(client, tmp_path, astronaut_png):
     (tmp_path / "ws.npz").write_bytes(b"PK not really a zip")
     with pytest.raises(AppError, match="is not a readable .npz or .safetensors file"):
         client.predict(latent=handle_file(tmp_path / "ws.npz"), api_name="/edit")
+
+
+def test_bad_values_get_a_message_and_the_server_stays_up(client, editor, astronaut, astronaut_png, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (3, 2), (200, 180, 150)).save(tiny)  # dlib fails on such images: refused before it
+    photo = handle_file(astronaut_png)
+    refused = {  # each with the message of preim3d.validation, as the command line and library give it
+        "tiny.png is 3x2 pixels, too small to hold a face": dict(photo=handle_file(tiny), api_name="/edit"),
+        "frames must be a whole number from 1 to 480, not 0": dict(
+            photo=photo, frames=0, api_name="/turntable"
+        ),
+        "The strength of 'smile' must be a number from -10 to 10, not 1e\\+09": dict(
+            photo=photo, edits={"smile": 1e9}, api_name="/edit"
+        ),
+        "yaw must be a number within ±180°": dict(photo=photo, yaw=1e9, api_name="/edit"),
+        "pitch must be a number within ±90°": dict(photo=photo, pitch=-100, api_name="/edit"),
+        "This photo has 1 face \\(numbered 1\\); there is no face 2": dict(
+            photo=photo, face=2, api_name="/align"
+        ),
+        "Faces are numbered from 1": dict(photo=photo, face=0, api_name="/edit"),
+        "The mesh resolution must be 64, 128, 256 or 512": dict(
+            photo=photo, resolution=100, api_name="/mesh"
+        ),
+        "A 512³ mesh takes several minutes": dict(photo=photo, resolution=512, api_name="/mesh"),  # on a CPU
+    }
+    for message, request in refused.items():
+        with pytest.raises(AppError, match=message):
+            client.predict(**request)
+    _, ws, pose = astronaut  # and the next request is answered as usual
+    image = client.predict(photo=photo, edits={"smile": 10}, yaw=46, api_name="/edit")
+    expected = editor.render(editor.edit(ws, {"smile": 10}), math.radians(46), pose[1])
+    assert np.array_equal(pixels(image), pixels(expected))
+
+
+def test_an_unexpected_error_is_shown_and_logged_with_its_traceback(
+    editor, astronaut_png, monkeypatch, caplog
+):
+    handlers = Handlers(editor)
+    monkeypatch.setattr(editor, "invert", lambda face: 1 / 0)
+    with pytest.raises(gr.Error, match=r"Something went wrong on the server \(ZeroDivisionError"):
+        handlers.api_invert(str(astronaut_png))
+    (record,) = [r for r in caplog.records if r.name == "demo"]
+    assert "api_invert failed" in record.message and record.exc_info[0] is ZeroDivisionError
+
+
+def test_an_edit_is_answered_while_a_turntable_renders(editor, astronaut_png):
+    with serving(editor) as (url, demo):
+        lanes = {fn.api_name: fn.concurrency_id for fn in demo.fns.values()}
+        assert lanes["turntable"] == lanes["mesh"] == "long" and lanes["edit"] == lanes["align"] == "gpu"
+        client = client_for(url)
+        code = handle_file(client.predict(photo=handle_file(astronaut_png), api_name="/invert"))
+        video = client.submit(latent=code, frames=24, api_name="/turntable")
+        while video.status().code.name not in ("PROCESSING", "PROGRESS"):  # the video is being made
+            assert not video.done()
+            time.sleep(0.05)
+        client.predict(latent=code, edits={"smile": 3}, yaw=10, api_name="/edit")
+        assert not video.done()  # the edit did not wait for the video
+        assert Path(video.result(timeout=600)).suffix == ".mp4"
 
 
 def test_twenty_requests_at_once_are_all_answered(client, editor, astronaut_png):
@@ -210,10 +271,12 @@ def test_the_queue_is_bounded(editor, astronaut_png):
 
 @pytest.fixture
 def handlers(editor):
-    return Handlers(editor, examples=EXAMPLES)
+    h = Handlers(editor, examples=EXAMPLES)
+    h.attributes = [a for names in slider_groups(editor).values() for a, _ in names]  # as the page lays out
+    return h
 
 
-def load(handlers, path, face=0, strengths=None, **controls):
+def load(handlers, path, face=1, strengths=None, **controls):
     """What the page does on upload: load the photo, then apply the sliders.
     Returns (outputs, state, edited)."""
     outputs = handlers.load_photo(path, face)
@@ -221,8 +284,11 @@ def load(handlers, path, face=0, strengths=None, **controls):
     return outputs, state, edited
 
 
-def edit(handlers, state, strengths=None, yaw=0.0, pitch=0.0, precise=False, hold=()):
-    values = [(strengths or {}).get(name, 0) for name in handlers.attributes]
+def edit(handlers, state, strengths=None, yaw=0, pitch=0, precise=False, hold=()):
+    """The sliders at `strengths` ({attribute or friendly name: value}), then the page's edit event."""
+    bank = handlers.editor.directions
+    by_attribute = {bank.resolve(name)[0]: value for name, value in (strengths or {}).items()}
+    values = [by_attribute.get(name, 0) for name in handlers.attributes]
     return handlers.apply_edits(state, yaw, pitch, precise, list(hold), *values)
 
 
@@ -231,12 +297,12 @@ def test_upload_shows_crop_reconstruction_and_the_photos_view(handlers, editor, 
     (state, crop, reconstruction, faces, choice, yaw, pitch, status), _, _ = load(handlers, astronaut_png)
     assert np.array_equal(pixels(crop), pixels(face.image))
     assert np.array_equal(pixels(reconstruction), pixels(editor.render(ws, *pose)))
-    assert (yaw, pitch) == pytest.approx(tuple(math.degrees(v) for v in pose), abs=0.06)
-    assert "yaw" in status and not faces["visible"] and not choice["visible"]  # one face: no choice shown
+    assert (yaw, pitch) == tuple(round(math.degrees(v)) for v in pose)  # whole degrees, as the sliders step
+    assert f"yaw {yaw}°" in status and not faces["visible"] and not choice["visible"]  # one face: no choice
 
-    _, _, _, faces, choice, *_ = handlers.load_photo(str(TWO_FACES), 1)
-    assert faces["visible"] and choice["visible"] and choice["value"] == 1
-    assert [value for _, value in choice["choices"]] == [0, 1]
+    _, _, _, faces, choice, *_, status = handlers.load_photo(str(TWO_FACES), 2)
+    assert faces["visible"] and choice["visible"] and choice["value"] == 2 and "editing face 2" in status
+    assert choice["choices"] == [("Face 1", 1), ("Face 2", 2)]
     assert faces["value"].size == (768, 439)  # the 896 x 512 photo with the faces boxed, at most 768 px
 
 
@@ -286,13 +352,18 @@ def test_precise_hold_reset_and_paste(handlers, editor, astronaut, astronaut_png
     )
     assert moved[0].tolist() == pytest.approx([4.0, 0.0], abs=1e-3)
     assert not np.array_equal(pixels(plain_view), pixels(precise_view))
-    assert precise.edits == {"Male": 4.0} and precise.hold == ("Wearing_Lipstick",)
+    assert precise.edits == {"male": 4.0} and precise.hold == ("Wearing_Lipstick",)
     with pytest.raises(gr.Error, match="cannot be both edited and held"):
         edit(handlers, precise, {"Male": 4}, hold=["female"])
+    # the hold list offers the names the sliders show, and they work as held attributes
+    _, lipstick_held, _ = load(
+        handlers, astronaut_png, strengths={"Male": 4}, precise=True, hold=["lipstick"]
+    )
+    torch.testing.assert_close(lipstick_held.edited, precise.edited)
 
     *zeros, precise_off, hold, yaw, pitch = handlers.reset(precise)
     assert zeros == [0] * len(handlers.attributes) and precise_off is False and hold == []
-    assert (yaw, pitch) == pytest.approx(tuple(math.degrees(v) for v in pose), abs=0.06)
+    assert (yaw, pitch) == tuple(round(math.degrees(v)) for v in pose)
 
     pasted = handlers.pasted(plain)
     photo = Image.open(astronaut_png)
@@ -327,22 +398,47 @@ def test_grid_depth_video_mesh_and_latent_round_trip(handlers, editor, astronaut
     assert handlers.apply_edits(None, 0, 0, False, [], *[1] * len(handlers.attributes)) == (None, None)
 
 
-def test_every_direction_gets_one_slider(editor):
-    quick, more = slider_attributes(editor)
-    assert [name for name, _ in quick] == ["smile", "age", "glasses", "beard", "Male", "lipstick"]
-    assert more == []  # the tiny bank's six directions all have quick sliders
-    bank = editor.directions
+def test_every_direction_gets_one_slider_in_its_group(editor):
+    groups = slider_groups(editor)
+    assert groups == {  # the tiny bank's six directions are the main sliders, with readable labels
+        "Main": [
+            ("Smiling", "Smile"),
+            ("Young", "Age (older →)"),
+            ("Eyeglasses", "Glasses"),
+            ("No_Beard", "Beard"),
+            ("Male", "Male (← female)"),
+            ("Wearing_Lipstick", "Lipstick"),
+        ]
+    }
     extra = {
         name: torch.randn(14, 512, generator=torch.Generator().manual_seed(i))
-        for i, name in enumerate(["Bangs", "Wavy_Hair", "Gray_Hair"])
+        for i, name in enumerate(["Bangs", "Wavy_Hair", "Rosy_Cheeks", "Has_Freckles"])
     }
-    wide = Editor(
-        editor.generator, editor.encoder, editor.latent_avg, bank.with_directions(extra), device="cpu"
-    )
-    quick, more = slider_attributes(wide)
-    assert more == [("Bangs", "Bangs"), ("Wavy_Hair", "Wavy Hair"), ("Gray_Hair", "Gray Hair")]
-    covered = [wide.directions.resolve(name)[0] for name, _ in quick + more]
-    assert sorted(covered) == sorted(wide.directions.names)
+    bank = editor.directions.with_directions(extra)
+    wide = Editor(editor.generator, editor.encoder, editor.latent_avg, bank, device="cpu")
+    groups = slider_groups(wide)
+    assert groups["Hair"] == [("Bangs", "Bangs"), ("Wavy_Hair", "Wavy hair")]
+    assert groups["Makeup and accessories"] == [("Rosy_Cheeks", "Rosy cheeks")]
+    assert groups["Other"] == [("Has_Freckles", "Has freckles")]  # a direction fitted by the user
+    covered = [name for members in groups.values() for name, _ in members]
+    assert sorted(covered) == sorted(bank.names)
+    # without weights, the official attributes are laid out, ready to be enabled after a download
+    assert sum(len(m) for m in slider_groups(None).values()) == 39
+
+
+def test_on_a_gpu_the_view_follows_a_dragged_slider_without_piling_up(editor):
+    from demo import build_demo
+
+    for live, moved in ((True, "input"), (False, "release")):  # live is the default on CUDA only
+        demo = build_demo(editor, live=live)
+        ids = {c["props"].get("elem_id"): c["id"] for c in demo.get_config_file()["components"]}
+        for handler, slider in (("apply_edits", "edit-smile"), ("render_view", "yaw")):
+            (fn,) = [f for f in demo.fns.values() if f.name == handler and (ids[slider], moved) in f.targets]
+            # the latest value wins; one render at a time in the short lane, beside the long jobs
+            assert (
+                fn.trigger_mode == "always_last" and fn.concurrency_id == "gpu" and fn.concurrency_limit == 1
+            )
+            assert fn.show_progress == ("hidden" if live else "minimal")
 
 
 def test_all_network_work_is_wrapped_for_zerogpu(editor, monkeypatch):
@@ -394,41 +490,30 @@ def test_without_weights_the_page_explains_and_is_disabled(tmp_path):
         Handlers(None, "No preim3d weights found ... run `preim3d download`").api_edit(photo=str(EXAMPLES[0]))
 
 
-def start_app(tmp_path, **env_vars) -> tuple[subprocess.Popen, str]:
-    """`python app.py` as a user starts it; returns the process and the page's config once it answers."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREIM3D_WEIGHTS"}
-    env.update(
-        PREIM3D_HOME=str(tmp_path / "home"),
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        PYTHONUNBUFFERED="1",
-        **env_vars,
-    )
-    process = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
-                return process, json.loads(response.read())
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"app.py did not start:\n{process.communicate()[0]}") from None
-            time.sleep(0.5)
-
-
-def stop(process: subprocess.Popen) -> str:
-    process.terminate()
-    return process.communicate(timeout=30)[0]
+def test_download_weights_endpoint_fetches_converts_and_serves(
+    server, tiny_official_files, tmp_path, astronaut_png
+):
+    with (
+        weights_to_download(server, tiny_official_files, tmp_path / "home") as table,
+        serving(tmp_path / "missing", build_kwargs={"weights_files": table}) as (url, _),
+    ):
+        client = client_for(url)
+        assert (
+            "/download_weights" in client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        )
+        with pytest.raises(AppError, match="no weights are loaded|No preim3d weights|does not exist"):
+            client.predict(photo=handle_file(astronaut_png), api_name="/edit")
+        with pytest.raises(AppError, match="Tick the box to accept the licences"):
+            client.predict(accept_licences=False, api_name="/download_weights")
+        assert server.requests == []  # nothing fetched before the licences were accepted
+        status = client.predict(accept_licences=True, api_name="/download_weights")
+        assert "Downloaded and loaded" in status and str(tmp_path / "home" / "weights") in status
+        assert len(server.requests) == len(table)  # each file once, from the PREIM3D_*_URL mirrors
+        image = client.predict(photo=handle_file(astronaut_png), edits={"smile": 2}, api_name="/edit")
+        assert Image.open(image).size == (128, 128)  # served without a restart
+        with pytest.raises(AppError, match="already loaded"):
+            client.predict(accept_licences=True, api_name="/download_weights")
+    assert sorted(p.name for p in (tmp_path / "home" / "weights").iterdir())[0] == "config.json"
 
 
 def by_id(config, elem_id):
@@ -436,8 +521,10 @@ def by_id(config, elem_id):
 
 
 def test_app_py_starts_without_weights(tmp_path):
-    process, config = start_app(tmp_path)
+    process, config = start_app(ROOT, tmp_path)
     output = stop(process)
+    # the terminal says that no weights were found, and how to get them
+    assert "no weights loaded" in output and "preim3d download" in output and "Download button" in output
     banner = by_id(config, "weights-missing")["props"]["value"]
     assert "preim3d download" in banner and str(tmp_path / "home" / "weights") in banner
     assert by_id(config, "photo")["props"]["interactive"] is False
@@ -445,8 +532,9 @@ def test_app_py_starts_without_weights(tmp_path):
 
 
 def test_app_py_reads_the_weights_from_preim3d_weights(tmp_path, tiny_bundle):
-    process, config = start_app(tmp_path, PREIM3D_WEIGHTS=str(tiny_bundle))
+    process, config = start_app(ROOT, tmp_path, PREIM3D_WEIGHTS=str(tiny_bundle))
     output = stop(process)
+    assert f"serving Editor(device=cpu, image 128px, 6 directions, source='{tiny_bundle}" in output
     assert by_id(config, "weights-missing") is None
     assert by_id(config, "photo")["props"]["interactive"] is True
     assert by_id(config, "edit-smile") is not None

@@ -7,15 +7,18 @@ chromium-driver), and Selenium Manager is never asked for one. Skipped when they
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import urllib.request
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pytest
-from demo_helpers import BAD_INPUT_MESSAGES, bad_files, loopback_only, serving
+from demo_helpers import BAD_INPUT_MESSAGES, bad_files, loopback_only, serving, weights_to_download
 from PIL import Image
 
+from preim3d.align import align_face, detect_faces
 from preim3d.pipeline import Editor
 
 webdriver = pytest.importorskip(
@@ -110,6 +113,13 @@ def click_slider(browser, elem_id, fraction):
     ).click().perform()
 
 
+def expected_edit(editor, photo, edits, browser):
+    """What the page must show: the photo's first detected face, edited, from the sliders' camera."""
+    face = align_face(photo, detect_faces(photo)[0])
+    yaw, pitch = (math.radians(number(browser, i)) for i in ("yaw", "pitch"))
+    return editor.render(editor.edit(editor.invert(face), edits), yaw, pitch)
+
+
 def toast(browser, text):
     """Wait for a message box on the page that contains `text`; returns its text."""
 
@@ -133,12 +143,7 @@ def test_upload_edit_and_render_a_video(browser, url, editor, astronaut_png, tmp
     strength = number(browser, "edit-smile")
     assert strength > 5
     wait(browser, lambda b: image_src(b, "edited") != before)
-    face = editor.align(astronaut_png)
-    expected = editor.render(
-        editor.edit(editor.invert(face), {"smile": strength}),
-        math.radians(number(browser, "yaw")),
-        math.radians(number(browser, "pitch")),
-    )
+    expected = expected_edit(editor, astronaut_png, {"smile": strength}, browser)
     assert np.array_equal(fetch_image(image_src(browser, "edited")), np.asarray(expected, dtype=np.int16))
 
     # the shortest turntable; the page's video element plays it
@@ -186,12 +191,61 @@ def test_bad_input_shows_a_message(browser, url, tmp_path, name):
     toast(browser, "Invalid file type: notes.txt" if name == "text" else BAD_INPUT_MESSAGES[name])
 
 
-def test_without_weights_the_page_says_how_to_get_them(browser, tmp_path):
-    with serving(tmp_path / "missing") as (url, _):
+def screenshot(browser, tmp_path, name) -> Path:
+    """Save the page as PNG (in $PREIM3D_SCREENSHOTS if set, to look at them) and check it is not blank."""
+    folder = Path(os.environ.get("PREIM3D_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    browser.set_window_size(
+        WINDOW[0], max(WINDOW[1], browser.execute_script("return document.body.scrollHeight"))
+    )
+    assert browser.save_screenshot(str(folder / name))
+    browser.set_window_size(*WINDOW)
+    assert np.asarray(Image.open(folder / name).convert("RGB")).std() > 10
+    print(f"screenshot: {folder / name}")
+    return folder / name
+
+
+def enabled(browser, elem_id) -> bool:
+    return browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=range]").is_enabled()
+
+
+def test_without_weights_download_them_from_the_page_then_edit(
+    browser, server, tiny_official_files, tmp_path, astronaut_png
+):
+    """No weights: the page lists the files and licences; tick, Download (from a local server standing in
+    for the official sources), and the page enables and edits, without a restart."""
+    with (
+        weights_to_download(server, tiny_official_files, tmp_path / "home") as table,
+        serving(tmp_path / "missing", build_kwargs={"weights_files": table}) as (url, _),
+    ):
         browser.get(url)
         banner = wait(browser, lambda b: b.find_element(By.ID, "weights-missing"))
-        assert "The model weights are missing" in banner.text and "preim3d download" in banner.text
+        for text in ("The model weights are missing", "preim3d download", "eg3d_G_ema.pkl", "non-commercial"):
+            assert text in banner.text
+        assert not browser.find_elements(By.CSS_SELECTOR, "#photo input[type=file]")  # no upload yet
+        assert not enabled(browser, "edit-smile")
+        screenshot(browser, tmp_path, "weights-missing.png")
+
+        browser.find_element(By.CSS_SELECTOR, "#download").click()
+        toast(browser, "Tick the box to accept the licences")
+        assert server.requests == []
+        browser.find_element(By.CSS_SELECTOR, "#accept-licences input").click()
+        browser.find_element(By.CSS_SELECTOR, "#download").click()
+        wait(browser, lambda b: not b.find_elements(By.ID, "weights-missing"), timeout=180)
+        assert len(server.requests) == len(table)
+        assert enabled(browser, "edit-smile") and enabled(browser, "yaw")
         assert not browser.find_elements(
-            By.CSS_SELECTOR, "#photo input[type=file]"
-        )  # no upload without a model
-        assert not browser.find_element(By.CSS_SELECTOR, "#edit-smile input[type=range]").is_enabled()
+            By.ID, "edit-bald"
+        )  # sliders the downloaded bank has no direction for
+
+        browser.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(astronaut_png))
+        wait(browser, lambda b: image_src(b, "edited"))
+        before = image_src(browser, "edited")
+        click_slider(browser, "edit-smile", 0.9)
+        wait(browser, lambda b: image_src(b, "edited") != before)
+        downloaded = Editor.from_pretrained(
+            tmp_path / "home" / "weights", precision="fast", deterministic=True
+        )
+        expected = expected_edit(downloaded, astronaut_png, {"smile": number(browser, "edit-smile")}, browser)
+        assert np.array_equal(fetch_image(image_src(browser, "edited")), np.asarray(expected, dtype=np.int16))
+        screenshot(browser, tmp_path, "downloaded-and-edited.png")

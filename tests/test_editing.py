@@ -9,10 +9,13 @@ from PIL import Image
 
 import preim3d
 from preim3d.editing import (
+    ATTRIBUTE_GROUPS,
     CELEBA_ATTRIBUTES,
     DirectionBank,
+    attribute_label,
     fit_direction,
     fit_directions_from_photos,
+    friendly_name,
     read_label_table,
     similarity_heatmap,
 )
@@ -162,6 +165,22 @@ def test_aliases_follow_one_sign_convention(bank, ws):
     assert "age" in bank and "Bald" not in bank
 
 
+def test_each_official_direction_has_one_group_and_a_friendly_name_of_the_same_sense():
+    grouped = [name for names in ATTRIBUTE_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(a for a in CELEBA_ATTRIBUTES if a != "Blurry")  # each once
+    bank = DirectionBank({name: torch.randn(1, D) for name in grouped})
+    for name in grouped:  # the friendly name means the attribute itself, not its opposite...
+        assert bank.resolve(friendly_name(name)) == (name, 1) or name in ("Young", "No_Beard"), name
+    # ... except where the opposite reads better, and the label says which way is positive
+    assert (
+        bank.resolve(friendly_name("Young")) == ("Young", -1) and attribute_label("Young") == "Age (older →)"
+    )
+    assert (
+        bank.resolve(friendly_name("No_Beard")) == ("No_Beard", -1) and attribute_label("No_Beard") == "Beard"
+    )
+    assert attribute_label("Wearing_Lipstick") == "Lipstick" and attribute_label("Wavy_Hair") == "Wavy hair"
+
+
 # ------------------------------------------------------------------ plain edits
 
 
@@ -179,7 +198,7 @@ def test_apply_is_the_official_additive_edit(bank, ws):
 def test_apply_rejects_bad_inputs(bank, ws):
     with pytest.raises(ValueError, match=r"\[14, 512\]"):
         bank.apply(torch.zeros(2, 7168), {"smile": 1.0})
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="from -10 to 10, not nan"):
         bank.apply(ws, {"smile": math.nan})
     with pytest.raises(TypeError, match="mapping"):
         bank.apply(ws, "smile")

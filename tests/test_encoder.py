@@ -164,7 +164,7 @@ def test_bundle_round_trip(tmp_path):
         assert torch.equal(loaded(x), encoder(x))
     assert torch.equal(load_latent_avg(tmp_path / "bundle"), latent_avg)
     config = json.loads((tmp_path / "bundle" / "config.json").read_text())
-    assert config["encoder"]["architecture"] == TINY
+    assert config["encoder"]["config"] == TINY
     assert config["encoder"]["licence"] == "MIT"
     assert config["latent_avg"]["recipe"]["seed"] == 123
 

@@ -2,28 +2,24 @@
 
 Skipped unless PREIM3D_OFFICIAL_PREIM3D points at an official PREIM3D checkout (GitHub
 mybabyyh/Preim3D); the latent-average tests also need PREIM3D_OFFICIAL_EG3D, the `eg3d/` python
-folder of an official EG3D checkout (GitHub NVlabs/eg3d). Nothing of theirs is vendored: their modules
-are imported from the given folders, with the few imports that need CUDA extensions or absent
-packages replaced by empty stand-ins, and removed from sys.modules afterwards.
+folder of an official EG3D checkout (GitHub NVlabs/eg3d). See official_preim3d.py for how their code
+is run; test_official_outputs.py compares with outputs it stored, without checkouts.
 """
 
-import contextlib
-import os
-import sys
+import copy
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from eg3d_reference import FFHQ512
+from official_preim3d import EG3D, PREIM3D, official_code, official_encoder, official_latent_avg
 from test_encoder import randomize_
 
 from preim3d.cameras import camera_vector
 from preim3d.inversion import compute_latent_avg, preprocess_for_encoder
 from preim3d.weights.encoder import load_encoder, save_encoder
 
-PREIM3D = os.environ.get("PREIM3D_OFFICIAL_PREIM3D")
-EG3D = os.environ.get("PREIM3D_OFFICIAL_EG3D")
 needs_preim3d = pytest.mark.skipif(
     not PREIM3D, reason="set PREIM3D_OFFICIAL_PREIM3D to an official PREIM3D checkout"
 )
@@ -31,104 +27,13 @@ needs_both = pytest.mark.skipif(
     not (PREIM3D and EG3D),
     reason="set PREIM3D_OFFICIAL_PREIM3D and PREIM3D_OFFICIAL_EG3D (official eg3d/ folder)",
 )
-_OFFICIAL_TOP_LEVEL = {
-    "models",
-    "configs",
-    "camera_utils",
-    "training",
-    "torch_utils",
-    "dnnlib",
-    "matplotlib",
-    "requests",
-}
-
-# EG3D generator settings of ffhq512-128 (reference-spec section 1)
-RENDERING_KWARGS = dict(
-    image_resolution=512,
-    disparity_space_sampling=False,
-    clamp_mode="softplus",
-    superresolution_module="training.superresolution.SuperresolutionHybrid8XDC",
-    c_gen_conditioning_zero=False,
-    gpc_reg_prob=0.5,
-    c_scale=1.0,
-    superresolution_noise_mode="none",
-    density_reg=0.25,
-    density_reg_p_dist=0.004,
-    reg_type="l1",
-    decoder_lr_mul=1.0,
-    sr_antialias=True,
-    depth_resolution=48,
-    depth_resolution_importance=48,
-    ray_start=2.25,
-    ray_end=3.3,
-    box_warp=1,
-    avg_camera_radius=2.7,
-    avg_camera_pivot=[0, 0, 0.2],
-)
-G_KWARGS = dict(
-    z_dim=512,
-    c_dim=25,
-    w_dim=512,
-    img_resolution=512,
-    img_channels=3,
-    sr_num_fp16_res=4,
-    mapping_kwargs={"num_layers": 2},
-    rendering_kwargs=RENDERING_KWARGS,
-    sr_kwargs={"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
-    channel_base=32768,
-    channel_max=512,
-    fused_modconv_default="inference_only",
-    num_fp16_res=0,
-    conv_clamp=None,
-)
+G_KWARGS = FFHQ512[0]
 
 
-def _stub(name, **attrs):
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    return module
-
-
-def _unavailable(*args, **kwargs):
-    raise RuntimeError("stand-in for a CUDA extension: not used by the W+ encoder")
-
-
-@contextlib.contextmanager
-def official_code(*folders):
-    """Import from official checkouts: folders first on sys.path,
-    stand-ins for CUDA ops and absent packages."""
-    saved_path, before = list(sys.path), set(sys.modules)
-    sys.path[:0] = [str(Path(f).resolve()) for f in folders]
-    stubs = {
-        # the StyleGAN2 ops compile CUDA code at import; EqualLinear without activation never calls them
-        "models.stylegan2.op": _stub(
-            "models.stylegan2.op",
-            FusedLeakyReLU=_unavailable,
-            fused_leaky_relu=_unavailable,
-            upfirdn2d=_unavailable,
-        ),
-        "matplotlib": _stub("matplotlib", use=lambda backend: None),
-        "requests": _stub("requests"),  # dnnlib.util imports it for downloads only
-    }
-    for name, module in stubs.items():
-        sys.modules.setdefault(name, module)
-    try:
-        yield
-    finally:
-        sys.path[:] = saved_path
-        for name in set(sys.modules) - before:
-            if name.split(".")[0] in _OFFICIAL_TOP_LEVEL:
-                del sys.modules[name]
-
-
-def official_encoder(seed=0):
-    with official_code(PREIM3D):
-        from models.encoders.psp_encoders import BackboneEncoderUsingLastLayerIntoWPlus
-        from models.psp import get_keys
-
-        torch.manual_seed(seed)
-        opts = types.SimpleNamespace(n_styles=14, stylegan_size=256)
-        encoder = BackboneEncoderUsingLastLayerIntoWPlus(50, "ir_se", opts)
+def seeded_official_encoder(seed=0):
+    """The official IR-SE50 W+ encoder: default initialisation from `seed`, then randomize_."""
+    torch.manual_seed(seed)
+    encoder, get_keys = official_encoder()
     return randomize_(encoder, seed).eval(), get_keys
 
 
@@ -137,7 +42,7 @@ def official_generator(seed=0):
         from training.triplane import TriPlaneGenerator
 
         torch.manual_seed(seed)
-        G = TriPlaneGenerator(**G_KWARGS).eval()
+        G = TriPlaneGenerator(**copy.deepcopy(G_KWARGS)).eval()
     with torch.no_grad():
         G.backbone.mapping.w_avg.normal_(0, 0.5)  # non-trivial truncation centre
     return G
@@ -153,7 +58,7 @@ def encoder_inputs():
 
 @needs_preim3d
 def test_official_checkpoint_layout_gives_the_official_output(tmp_path):
-    official, get_keys = official_encoder()
+    official, get_keys = seeded_official_encoder()
     state = {f"encoder.{k}": v for k, v in official.state_dict().items()}
     state["decoder.backbone.mapping.w_avg"] = torch.randn(512)  # the real file also holds the generator
     opts = dict(
@@ -207,16 +112,6 @@ def test_preprocessing_equals_the_official_transform():
     assert torch.equal(preprocess_for_encoder(image)[0], transform(image))
 
 
-def official_latent_avg(G):
-    """PREIM3D's own routine (pSp.__load_latent_avg), run on a stand-in holding only what it reads."""
-    holder = types.SimpleNamespace(decoder=G, opts=types.SimpleNamespace(device="cpu"))
-    with official_code(EG3D, PREIM3D), torch.no_grad():
-        from models.psp import pSp
-
-        pSp._pSp__load_latent_avg(holder)
-    return holder.latent_avg
-
-
 @needs_both
 def test_latent_avg_matches_the_official_recipe():
     G = official_generator()
@@ -241,7 +136,7 @@ def test_latent_avg_of_our_generator_matches_the_official_recipe():
     except ImportError as exc:
         pytest.skip(f"our TriPlaneGenerator is not available ({exc})")
     official = official_generator()
-    ours = TriPlaneGenerator(**G_KWARGS).eval()
+    ours = TriPlaneGenerator(**copy.deepcopy(G_KWARGS)).eval()
     ours.load_state_dict(official.state_dict(), strict=True)
     expected = official_latent_avg(official)
     diff = (compute_latent_avg(ours) - expected).abs().max().item()

@@ -3,7 +3,9 @@ and the whole report on the tiny random-weight bundle with the astronaut photo."
 
 import csv
 import math
+import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -14,12 +16,21 @@ from skimage import data
 from preim3d import cli
 from preim3d.align import align_face
 from preim3d.cameras import camera_vector
+from preim3d.distributed import Processes
 from preim3d.editing import CODE_DIM, DirectionBank
 from preim3d.evaluation import evaluate
 from preim3d.evaluation.consistency import reproject
 from preim3d.evaluation.editing import latent_leakage, plain_and_precise
 from preim3d.evaluation.identity import ArcFaceIdentity, DlibIdentity, cosine, similarity_matrix
-from preim3d.evaluation.metrics import image_metrics, lpips_distance, lpips_status, mse, psnr, ssim
+from preim3d.evaluation.metrics import (
+    _lpips_model,
+    image_metrics,
+    lpips_distance,
+    lpips_status,
+    mse,
+    psnr,
+    ssim,
+)
 from preim3d.evaluation.speed import time_call
 from preim3d.networks.renderer import camera_rays
 from preim3d.pipeline import Editor
@@ -68,6 +79,35 @@ def test_pixel_metrics_fall_as_the_reconstruction_gets_worse(crop):
         assert lpips_distance(crop, crop) < lpips_distance(crop, mild) < lpips_distance(crop, strong)
     else:  # not installed here: reported as missing, never as a number
         assert metrics["lpips"] is None and "lpips" in lpips_status()
+
+
+@pytest.fixture
+def fresh_lpips():
+    """The cached LPIPS model forgotten before and after the test."""
+    _lpips_model.cache_clear()
+    yield
+    _lpips_model.cache_clear()
+
+
+def test_lpips_missing_is_reported_as_missing(fresh_lpips, monkeypatch, crop):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` fail as if not installed
+    assert "not installed" in lpips_status() and "pip install lpips" in lpips_status()
+    assert image_metrics(crop, crop)["lpips"] is None
+
+
+def test_lpips_failing_otherwise_raises_its_own_error(fresh_lpips, monkeypatch, tmp_path, crop):
+    class UnreachableWeights:
+        def __init__(self, **kwargs):
+            raise OSError("AlexNet weights unreachable")
+
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=UnreachableWeights))
+    with pytest.raises(OSError, match="AlexNet weights unreachable"):
+        image_metrics(crop, crop)
+    (tmp_path / "lpips.py").write_text("import a_package_lpips_needs\n")  # installed, but broken
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lpips")
+    with pytest.raises(ModuleNotFoundError, match="a_package_lpips_needs"):
+        lpips_status()
 
 
 def test_identity_is_kept_by_shifts_blur_and_size_but_not_by_another_face(crop, other_face, dlib_model):
@@ -410,6 +450,49 @@ def test_report_files_are_complete(report):
     assert missing == ([] if lpips_status() is None else ["lpips"])
     views = list(csv.DictReader(open(out / "views.csv")))
     assert len(views) == 6 and {"yaw_deg", "reprojection_raw", "identity_to_input"} <= set(views[0])
+
+
+class TwoProcessesInTurn(Processes):
+    """Two processes run one after the other: the second hands its share to the first's gather."""
+
+    handed = None
+
+    def gather(self, obj):
+        if self.rank == 1:
+            TwoProcessesInTurn.handed = obj
+            return None
+        return [obj, TwoProcessesInTurn.handed]
+
+
+def test_two_processes_each_measure_every_other_photo_into_the_same_report(report, photo_folder, tiny_bundle):
+    one, _ = report
+    folder, labels = photo_folder
+    editor = Editor.from_bundle(tiny_bundle, device="cpu")
+    lines = {0: [], 1: []}
+    reports = {
+        rank: evaluate(
+            editor,
+            folder,
+            labels,
+            edits={"smile": 3.0, "age": 2.0},
+            repeats=1,
+            processes=TwoProcessesInTurn(rank=rank, world_size=2),
+            log=lines[rank].append,
+            **GRID,
+        )
+        for rank in (1, 0)
+    }
+    assert reports[1] is None
+    assert [line.split(":")[0] for line in lines[0] + lines[1]] == [
+        "astronaut.png",
+        "wall.png",
+        "speed",
+        "mirrored.png",
+    ]
+    two = reports[0]
+    for part in ("photos", "skipped", "inversion", "views", "edits", "leakage", "attributes"):
+        assert getattr(two, part) == getattr(one, part), part
+    assert np.array_equal(np.asarray(two.figures["examples.png"]), np.asarray(one.figures["examples.png"]))
 
 
 def test_evaluate_command(tiny_bundle, astronaut_png, tmp_path, capsys):

@@ -51,7 +51,7 @@ def test_kernels_in_the_triton_interpreter():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "48 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
+    assert "49 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
 
 
 def random_decoder(seed=0):
@@ -350,6 +350,15 @@ def test_the_triton_choice_runs_the_kernel_unchecked(fresh_gate, monkeypatch):
     marker = Counting(lambda *args: "triton")
     monkeypatch.setattr(fast_kernels, "weighted_sum", marker)
     assert WEIGHTED_SUM(*example(WEIGHTED_SUM)) == "triton" and marker.calls == 1
+
+
+def test_fused_steps_run_under_torch_compile():
+    """G.compile() traces code that calls the fused steps: they run outside the traced graphs."""
+    x = torch.randn(2, 6, 5, 7, device=DEVICE).half().to(memory_format=torch.channels_last)
+    bias = torch.randn(6, device=DEVICE)
+    compiled = torch.compile(lambda x: ops.bias_lrelu(x * 2, bias, clamp=1.0) + 1, backend="eager")
+    expected = ops.bias_lrelu(x * 2, bias, clamp=1.0) + 1
+    torch.testing.assert_close(compiled(x), expected)
 
 
 def test_unknown_kernel_choices_are_refused(monkeypatch):

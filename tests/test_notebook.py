@@ -1,8 +1,11 @@
-"""The Colab notebook runs headless from top to bottom against a tiny random-weight bundle.
+"""The Colab notebook, alone in an empty folder, runs headless from top to bottom: its install cell
+installs the preim3d it carries, then it works on a tiny random-weight bundle (PREIM3D_WEIGHTS).
 
-PREIM3D_NOTEBOOK_WEIGHTS=<bundle folder> makes the notebook skip the installation and the download
-and use that bundle. The kernel is this interpreter (a kernel spec written into a temporary
-JUPYTER_PATH), so the notebook sees the same preim3d as the tests. No network is used.
+The kernel runs in a fresh virtual environment where preim3d is not installed. To keep the run short
+and offline, that environment sees this test environment's other packages through a path file (not
+their .pth hooks, so not the editable preim3d): pip finds the dependencies already satisfied and
+builds and installs only preim3d, from the notebook's own copy (the build backend, setuptools, comes
+from the package index). Nothing else is downloaded.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import importlib.util
 import io
 import json
 import re
+import shutil
+import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -65,33 +71,57 @@ def set_parameters(nb, parameters: dict[str, str]) -> None:
         assert hits == 1, f"form parameter {name} occurs {hits} times in the notebook"
 
 
-@pytest.fixture
-def kernel_env(tmp_path, monkeypatch):
-    """A kernel spec running this interpreter, and an environment with no weights but the ones given."""
-    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+def generator_script():
+    spec = importlib.util.spec_from_file_location("make_colab_notebook", GENERATOR_SCRIPT)
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    return generator
+
+
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory):
+    """The python of a fresh virtual environment without preim3d, and a kernel spec that runs it."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    outer = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(site) / "outer-packages.pth").write_text("\n".join(outer) + "\n")
+    assert subprocess.run([python, "-c", "import preim3d"], cwd=venv, capture_output=True).returncode != 0
+    spec = venv / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(
         json.dumps(
             {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                 "display_name": "preim3d tests",
                 "language": "python",
             }
         )
     )
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return python
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch, fresh_python):
+    """An empty folder holding only the notebook, and an environment with no weights but the ones given."""
+    monkeypatch.setenv("JUPYTER_PATH", str(fresh_python.parent.parent / "jupyter"))
     monkeypatch.setenv("PREIM3D_HOME", str(tmp_path / "home"))  # no default weights, no downloads
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("PREIM3D_WEIGHTS", raising=False)
-    monkeypatch.delenv("PREIM3D_NOTEBOOK_WEIGHTS", raising=False)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     work = tmp_path / "work"
     work.mkdir()
+    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
     return work
 
 
 def execute(nb, workdir: Path):
     client = nbclient.NotebookClient(
-        nb, kernel_name=KERNEL, timeout=180, resources={"metadata": {"path": str(workdir)}}
+        nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(workdir)}}
     )
     return client.execute()
 
@@ -122,29 +152,43 @@ def html(nb, tag: str) -> list[str]:
     ]
 
 
-def test_committed_notebook_is_generated_and_has_no_outputs():
+def test_committed_notebook_is_generated_carries_the_package_and_has_no_outputs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert code_cells and all(c.outputs == [] and c.execution_count is None for c in code_cells)
-    spec = importlib.util.spec_from_file_location("make_colab_notebook", GENERATOR_SCRIPT)
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
-    assert json.loads(nbformat.writes(generator.build())) == json.loads(NOTEBOOK.read_text()), (
-        "notebooks/preim3d_colab.ipynb differs from what notebooks/make_colab_notebook.py writes: "
-        "run the script"
+    generator = generator_script()
+    install = next(c.source for c in code_cells if "install" in c.metadata["tags"])
+    payload = re.search(r'^PREIM3D_SOURCE = "([A-Za-z0-9+/=]+)"', install, re.M).group(1)
+    stale = "run `python notebooks/make_colab_notebook.py`"
+    carried, current = generator.unpack(payload), generator.package_files()
+    assert carried.keys() == current.keys(), f"the notebook carries other files than the package has: {stale}"
+    changed = [name for name in current if carried[name] != current[name]]
+    assert not changed, f"the notebook carries an older copy of {', '.join(changed[:5])}: {stale}"
+    assert json.loads(nbformat.writes(generator.build(payload))) == json.loads(NOTEBOOK.read_text()), (
+        f"notebooks/preim3d_colab.ipynb differs from what notebooks/make_colab_notebook.py writes: {stale}"
     )
 
 
-def test_notebook_runs_against_a_tiny_bundle(tiny_bundle, kernel_env, monkeypatch):
-    monkeypatch.setenv("PREIM3D_NOTEBOOK_WEIGHTS", str(tiny_bundle))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+def test_the_notebook_alone_installs_preim3d_and_runs_to_the_end(
+    tiny_bundle, kernel_env, fresh_python, monkeypatch
+):
+    monkeypatch.setenv("PREIM3D_WEIGHTS", str(tiny_bundle))
+    nb = nbformat.read(kernel_env / NOTEBOOK.name, as_version=4)
     set_parameters(nb, PARAMETERS)
     execute(nb, kernel_env)
     out = kernel_env / "preim3d_results"
 
-    assert "skipping the installation" in stdout(nb, "install")
+    installed = subprocess.run(
+        [fresh_python, "-c", "import preim3d; print(preim3d.__file__)"],
+        cwd=kernel_env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if "Installing preim3d" in stdout(nb, "install"):  # else an earlier test of this module installed it
+        assert Path(installed).is_relative_to(fresh_python.parent.parent), installed  # the notebook's copy
     assert str(tiny_bundle) in stdout(nb, "weights")
+    assert "1 face(s) found; editing face 1" in stdout(nb, "align")
     assert "Using the example photo" in stdout(nb, "photo")  # no Colab upload here: the astronaut
 
     # pictures shown at each step; the grid is VIEWS views of the reconstruction over those of the edit
@@ -195,7 +239,7 @@ def test_notebook_runs_against_a_tiny_bundle(tiny_bundle, kernel_env, monkeypatc
 
 
 def test_notebook_downloads_nothing_until_the_licences_are_accepted(kernel_env):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(kernel_env / NOTEBOOK.name, as_version=4)
     tags = [c.metadata.get("tags", []) for c in nb.cells]
     nb.cells = nb.cells[: tags.index(["weights"]) + 1]  # installation and weights only
     with pytest.raises(nbclient.exceptions.CellExecutionError, match="ACCEPT_LICENCES"):

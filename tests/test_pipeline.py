@@ -107,7 +107,7 @@ def test_views_grid_turntable_and_mesh(editor, result, tmp_path):
     reader = imageio_ffmpeg.read_frames(str(video))
     assert next(reader)["size"] == (256, 128)  # photo | edit, two 128 px panels
 
-    mesh = editor.mesh(ws, tmp_path / "head.glb", resolution=32)
+    mesh = editor.mesh(ws, tmp_path / "head.glb", resolution=64)
     assert (tmp_path / "head.glb").read_bytes()[:4] == b"glTF"
     loaded = trimesh.load(tmp_path / "head.glb", force="mesh")
     assert len(loaded.faces) == len(mesh.faces) > 0
@@ -125,7 +125,7 @@ def test_renders_of_one_code_share_its_triplanes(editor, result, monkeypatch):
     editor.renderer.clear()
     editor.render(result.ws, 0.2, 0.0)
     editor.grid(result.ws, yaws=(0.1,), pitches=(0.0,))
-    editor.mesh(result.ws, resolution=16)
+    editor.mesh(result.ws, resolution=64)
     assert len(calls) == 1
     editor.depth(result.edited_ws)
     assert len(calls) == 2
@@ -193,6 +193,55 @@ def test_bundle_without_directions_inverts_but_cannot_edit(tiny_bundle, tmp_path
     assert editor.directions is None
     with pytest.raises(WeightsError, match="no editing directions"):
         editor.edit(result.ws, {"smile": 1})
+
+
+def tensors_of(folder) -> dict[str, dict[str, torch.Tensor]]:
+    names = ("generator", "encoder", "latent_avg", "directions")
+    return {name: load_file(folder / f"{name}.safetensors") for name in names}
+
+
+def assert_same_tensors(ours: dict, theirs: dict) -> None:
+    for name in theirs:
+        assert ours[name].keys() == theirs[name].keys(), name
+        for key in theirs[name]:
+            assert torch.equal(ours[name][key], theirs[name][key]), f"{name}: {key}"
+
+
+def test_save_pretrained_round_trips_bit_for_bit(tiny_bundle, editor, result, tmp_path):
+    folder = editor.save_pretrained(tmp_path / "saved")
+    assert_same_tensors(tensors_of(folder), tensors_of(tiny_bundle))
+    # architecture, settings, provenance and licences come back as they were written
+    assert json.loads((folder / "config.json").read_text()) == json.loads(
+        (tiny_bundle / "config.json").read_text()
+    )
+    again = Editor.from_pretrained(folder, device="cpu", deterministic=True)
+    assert again.provenance == editor.provenance and again.licences == editor.licences
+    ws = again.invert(result.face)
+    assert torch.equal(ws, result.ws)
+    edited = again.edit(ws, {"smile": 2.0}, precise=True)
+    assert torch.equal(edited, editor.edit(result.ws, {"smile": 2.0}, precise=True))
+    assert np.array_equal(pixels(again.render(edited, 0.3)), pixels(editor.render(edited, 0.3)))
+    with pytest.raises(ValueError, match="not an empty folder"):
+        again.save_pretrained(folder)
+
+
+def test_save_pretrained_of_a_fast_editor_writes_the_unfolded_encoder(tiny_bundle, tmp_path):
+    fast = Editor.from_pretrained(tiny_bundle, device="cpu", precision="fast")
+    assert type(fast.encoder).__name__ == "FastWPlusEncoder"
+    assert_same_tensors(tensors_of(fast.save_pretrained(tmp_path / "saved")), tensors_of(tiny_bundle))
+
+
+def test_bundles_of_format_1_still_load(tiny_bundle, editor, result, tmp_path):
+    folder = tmp_path / "format-1"
+    shutil.copytree(tiny_bundle, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["format_version"] = 1  # the network constructor arguments were under other keys
+    config["generator"]["init_kwargs"] = config["generator"].pop("config")
+    config["encoder"]["architecture"] = config["encoder"].pop("config")
+    (folder / "config.json").write_text(json.dumps(config))
+    old = Editor.from_pretrained(folder, device="cpu", deterministic=True)
+    assert torch.equal(old.invert(result.face), result.ws)
+    assert np.array_equal(pixels(old.render(result.ws)), pixels(editor.render(result.ws)))
 
 
 def test_weights_are_found_in_order(tiny_bundle, tmp_path, monkeypatch):

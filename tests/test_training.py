@@ -314,12 +314,17 @@ def _ddp_worker(rank, world_size, port, folder, data):
         d_reg_every=2,
         multi_view_start_step=1,
     )
-    trainer = train(config, generator=MicroGenerator(), encoder=micro_encoder(), arcface=tiny_arcface())
+    trainer = Trainer(config, generator=MicroGenerator(), encoder=micro_encoder(), arcface=tiny_arcface())
+    try:
+        trainer.fit()
+        mean = trainer._mean_over_processes({"step": 3, "loss": float(rank), "phases": {"real": rank}})
+    finally:
+        trainer.close()
     parameters = {name: p.detach() for name, p in trainer.encoder_module.named_parameters()}
-    torch.save({"encoder": parameters, "D": trainer.D.state_dict()}, f"{folder}/rank{rank}.pt")
+    torch.save({"encoder": parameters, "D": trainer.D.state_dict(), "mean": mean}, f"{folder}/rank{rank}.pt")
 
 
-def test_two_processes_train_in_step_through_distributed_data_parallel(tmp_path):
+def test_two_processes_train_in_step_through_distributed_data_parallel(tmp_path, caplog):
     data = write_dataset(tmp_path / "data", MicroGenerator())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -336,6 +341,27 @@ def test_two_processes_train_in_step_through_distributed_data_parallel(tmp_path)
     assert checkpoint["world_size"] == 2 and len(checkpoint["processes"]) == 2
     # each process drew its own samples
     assert not torch.equal(checkpoint["processes"][0]["rng_cpu"], checkpoint["processes"][1]["rng_cpu"])
+    # the log holds the mean over the processes of each number (rank 0 gathers them)
+    assert ranks[0]["mean"] == {"step": 3, "loss": 0.5, "phases": {"real": 0}}
+
+    # one process continues the two processes' run: the same place in the data, both pools dealt to it
+    caplog.set_level(logging.WARNING, logger="preim3d.training")
+    resumed = Trainer(
+        micro_config(tmp_path / "run", data=str(data), max_steps=5, resume="latest", w_pool_size=8),
+        generator=MicroGenerator(),
+        encoder=micro_encoder(seed=5),
+        arcface=tiny_arcface(),
+    )
+    assert "was written by 2 process(es) with batch 2, this run has 1 with batch 2" in caplog.text
+    epoch, taken = checkpoint["processes"][0]["data_position"]
+    assert taken > 0 and resumed.stream.position == (epoch, 2 * taken)
+    both = [checkpoint["processes"][r]["fake_pool"]["codes"] for r in range(2)]
+    assert len(both[0]) == 12 and len(resumed.fake_pool.codes) == 8  # 2 x 12 codes, cut to the new size
+    assert torch.equal(torch.stack(resumed.fake_pool.codes), torch.stack(both, 1).flatten(0, 1)[:8])
+    for key, value in resumed.encoder_module.state_dict().items():
+        assert torch.equal(value, ranks[0]["encoder"].get(key, value)), key
+    resumed.fit()
+    assert [r["step"] for r in read_log(tmp_path / "run")][-2:] == [4, 5]
 
 
 def test_identity_losses_need_arcface_weights(tmp_path):
@@ -537,11 +563,22 @@ def test_arcface_has_the_treb1en_layout_and_initialises_the_encoder(tmp_path):
         load_arcface(tmp_path / "other.pth")
 
 
-def test_lpips_is_optional_and_says_so(monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` fail
-    with caplog.at_level(logging.WARNING, logger="preim3d.training"):
-        assert PerceptualLoss.create() is None
-    assert "LPIPS loss off" in caplog.text and "pip install lpips" in caplog.text
+def test_lpips_weight_without_the_package_stops_and_names_both_fixes(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` fail as if not installed
+    settings = dict(real_batches=0, id_lambda=0.0, id_lambda_multi_view=0.0)
+    with pytest.raises(Preim3DError, match="lpips") as info:
+        Trainer(micro_config(tmp_path, lpips_lambda=0.8, **settings), MicroGenerator(), micro_encoder())
+    assert "pip install lpips" in str(info.value) and "--lpips-lambda 0" in str(info.value)
+    trainer = Trainer(micro_config(tmp_path, lpips_lambda=0.0, **settings), MicroGenerator(), micro_encoder())
+    assert trainer.lpips is None and "loss_lpips" not in trainer.train_step()
+
+
+def test_a_broken_lpips_install_reports_its_own_error(tmp_path, monkeypatch):
+    (tmp_path / "lpips.py").write_text("import a_package_lpips_needs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lpips", raising=False)
+    with pytest.raises(ModuleNotFoundError, match="a_package_lpips_needs"):
+        PerceptualLoss.create()
 
 
 # ------------------------------------------------------------------ data

@@ -11,7 +11,7 @@ so the metrics never reward or punish upsampling.
                                                   uniform window per channel, data_range 1
     LPIPS                                         Zhang et al.'s learned distance (AlexNet, v0.1) from the
                                                   `lpips` package on images in [-1, 1]; None when the
-                                                  package or its weights are missing (not a dependency)
+                                                  package is not installed (not a dependency)
 
 Lower is better for MSE and LPIPS, higher for PSNR and SSIM.
 """
@@ -80,17 +80,20 @@ def ssim(a, b) -> float:
 
 @functools.cache
 def _lpips_model():
-    """The LPIPS AlexNet model, or the reason it is unavailable (a string)."""
+    """The LPIPS AlexNet model, or why it is unavailable (a string) when `lpips` is not installed.
+
+    Any other failure (lpips installed but broken, its AlexNet weights unreachable) raises: a metric
+    silently left out would read as a result.
+    """
     try:
         import lpips
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "lpips":
+            raise
         return "the `lpips` package is not installed (pip install lpips)"
-    try:
-        with warnings.catch_warnings():  # torchvision's deprecation chatter about `pretrained`
-            warnings.simplefilter("ignore")
-            return lpips.LPIPS(net="alex", verbose=False).eval()
-    except Exception as exc:  # the AlexNet weights are fetched on first use and may be unreachable
-        return f"the LPIPS model could not be loaded ({type(exc).__name__}: {exc})"
+    with warnings.catch_warnings():  # torchvision's deprecation chatter about `pretrained`
+        warnings.simplefilter("ignore")
+        return lpips.LPIPS(net="alex", verbose=False).eval()
 
 
 def lpips_status() -> str | None:

@@ -39,7 +39,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..batch import AlignmentPool, describe_failure, failure_traceback, list_photos
 from ..cameras import camera_vector
+from ..distributed import Processes
 from ..editing import read_label_table
 from ..errors import InputImageError, WeightsError
 from ..images import load_image
@@ -56,22 +58,13 @@ from .speed import time_stages
 DEFAULT_YAWS = (-0.8, -0.4, 0.0, 0.4, 0.8)  # radians: up to ~46 degrees, the large poses PREIM3D claims
 DEFAULT_PITCHES = (-0.25, 0.0, 0.25)  # the official turntable's pitch amplitude
 DEFAULT_EDITS = {"smile": 3.0, "age": 3.0, "glasses": 3.0, "beard": 3.0, "female": 3.0}
-_PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 _EXAMPLE_PHOTOS = 4  # rows of examples.png
 
 
 def _photo_list(photos) -> list[tuple[str, object]]:
     """(name, image source) pairs from a folder, a file, or a list of paths / images."""
     if isinstance(photos, (str, os.PathLike)):
-        path = Path(photos)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _PHOTO_SUFFIXES)
-            if not files:
-                raise InputImageError(f"{path} holds no photos ({', '.join(sorted(_PHOTO_SUFFIXES))}).")
-            return [(p.name, p) for p in files]
-        if path.is_file():
-            return [(path.name, path)]
-        raise InputImageError(f"{path} does not exist: give a photo or a folder of photos.")
+        return [(p.name, p) for p in list_photos(photos)]
     items = list(photos)
     if not items:
         raise InputImageError("No photos to evaluate.")
@@ -174,14 +167,22 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(greater / (len(positives) * len(negatives)))
 
 
-def _attribute_table(bank, table, names: list[str], codes: list[torch.Tensor]) -> list[dict]:
+def _label_scores(bank, table, ws) -> dict[str, float]:
+    """The code's score of each labelled attribute the bank has (sign: + = has it)."""
+    columns = [column for column in table[1] if column in bank]
+    return {
+        column: bank.resolve(column)[1] * float(bank.scores(ws, [bank.resolve(column)[0]])[0, 0])
+        for column in columns
+    }
+
+
+def _attribute_table(table, names: list[str], scores: list[dict[str, float]]) -> list[dict]:
     """AUC of each labelled attribute's score over the evaluated photos that have both labels."""
     rows_of = [_label_row(table, name) for name in names]
     out = []
     for column, values in table[1].items():
-        if column not in bank:
+        if not scores or column not in scores[0]:
             continue
-        stored, sign = bank.resolve(column)
         known = [
             (i, float(values[r]) == 1)
             for i, r in enumerate(rows_of)
@@ -190,13 +191,12 @@ def _attribute_table(bank, table, names: list[str], codes: list[torch.Tensor]) -
         positive = np.array([p for _, p in known], dtype=bool)
         if positive.all() or not positive.any():
             continue
-        scores = sign * bank.scores(torch.cat([codes[i] for i, _ in known]), [stored])[:, 0].numpy()
         out.append(
             {
                 "attribute": column,
                 "positives": int(positive.sum()),
                 "negatives": int((~positive).sum()),
-                "auc": _auc(scores, positive),
+                "auc": _auc(np.array([scores[i][column] for i, _ in known]), positive),
             }
         )
     return out
@@ -225,8 +225,8 @@ class _PhotoResult:
     inversion: dict
     views: list[dict]
     edits: list[dict]
-    tiles: list[tuple[str, Image.Image]]  # (label, image) of the example grid's row
-    ws: torch.Tensor
+    tiles: list[tuple[str, Image.Image]]  # (label, image) of the example grid's row; [] past the first few
+    scores: dict[str, float]  # the code's score of each labelled attribute
 
 
 def _evaluate_photo(setup: _Setup, name: str, face) -> _PhotoResult:
@@ -258,7 +258,9 @@ def _evaluate_photo(setup: _Setup, name: str, face) -> _PhotoResult:
     edits = []
     if setup.edits:
         edits = _editing(setup, name, ws, c_photo, recon_id, tiles)
-    return _PhotoResult(inversion, views, edits, tiles, ws)
+    bank = setup.editor.directions
+    scores = _label_scores(bank, setup.labels, ws) if setup.labels is not None and bank is not None else {}
+    return _PhotoResult(inversion, views, edits, tiles, scores)
 
 
 def _consistency(setup: _Setup, name: str, ws, input_id) -> tuple[list[dict], list[Image.Image]]:
@@ -341,7 +343,10 @@ def evaluate(
     repeats: int = 3,
     tolerance: float = DEFAULT_TOLERANCE,
     log: Callable[[str], None] | None = None,
-) -> EvaluationReport:
+    processes: Processes | None = None,
+    workers: int = 0,
+    debug: bool = False,
+) -> EvaluationReport | None:
     """Measure inversion, 3D consistency, editing precision and speed (module docstring); returns the report.
 
     editor: a `preim3d.Editor`. photos: a folder, a photo, or a list of paths / images. labels: a
@@ -352,6 +357,12 @@ def evaluate(
     IR-SE50 weights for the identity metric (default dlib's model), or pass an `identity` model
     object with `.name` and `.embed(image)`. weights: the bundle folder, for the provenance.
     repeats: timed calls per stage. log: called with a line of progress per photo.
+
+    Under torchrun, pass `processes` (`preim3d.distributed.start_processes`): each process
+    measures every N-th photo and the first one gathers the rows into the report, in the photos'
+    order, the same report as one process writes but for the speed table; the others return None.
+    workers: processes aligning photos ahead (0: in this one). A photo that fails is skipped and
+    listed, with the traceback in the log when `debug` is true.
     """
     log = log or (lambda _line: None)
     items = _photo_list(photos)
@@ -380,35 +391,57 @@ def evaluate(
         skipped={},
     )
 
-    results: list[tuple[str, _PhotoResult]] = []
-    skipped = setup.skipped
-    first_photo = None
-    for name, source in items:
-        try:
-            photo = load_image(source)
-            face = editor.align(photo)
-        except InputImageError as exc:
-            skipped[name] = str(exc)
-            log(f"{name}: skipped ({exc})")
-            continue
-        result = _evaluate_photo(setup, name, face)
-        results.append((name, result))
-        first_photo = photo if first_photo is None else first_photo
-        scores = result.inversion
-        log(
-            f"{name}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, identity "
-            f"{scores['identity']:.3f}; novel views: identity to input "
-            f"{np.mean([v['identity_to_input'] for v in result.views]):.3f}"
-        )
+    processes = processes or Processes(device=editor.device)
+    mine = processes.shard(range(len(items)))  # photo by photo: each is measured on its own
+    results: list[tuple[int, str, _PhotoResult]] = []
+    skipped: list[tuple[int, str, str]] = []  # (photo index, what, why)
+    from_files = all(isinstance(source, (str, os.PathLike)) for _, source in items)
+    pool = AlignmentPool(workers if from_files and len(mine) > 1 else 0)
+    with pool:
+        for i, (_, aligned) in zip(mine, pool.run(items[i][1] for i in mine)):
+            name = items[i][0]
+            try:
+                if isinstance(aligned, BaseException):
+                    raise aligned
+                result = _evaluate_photo(setup, name, aligned.face)
+            except Exception as exc:
+                if debug:
+                    log(failure_traceback(exc).rstrip())
+                skipped.append((i, name, describe_failure(exc)))
+                log(f"{name}: skipped ({skipped[-1][2]})")
+                continue
+            finally:
+                skipped += [
+                    (i, what, why) for what, why in setup.skipped.items()
+                ]  # edits it could not measure
+                setup.skipped.clear()
+            if len(results) >= _EXAMPLE_PHOTOS:  # only the first photos appear in examples.png
+                result.tiles = []
+            results.append((i, name, result))
+            scores = result.inversion
+            log(
+                f"{name}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, identity "
+                f"{scores['identity']:.3f}; novel views: identity to input "
+                f"{np.mean([v['identity_to_input'] for v in result.views]):.3f}"
+            )
 
     speed = []
-    if first_photo is not None:
-        timings = time_stages(editor, first_photo, next(iter(edits.items()), None), repeats=repeats)
+    if results and processes.main:  # the first photo this process measured
+        photo = load_image(items[results[0][0]][1])
+        timings = time_stages(editor, photo, next(iter(edits.items()), None), repeats=repeats)
         speed = [
             {"stage": stage, **timing, "device": str(editor.device)} for stage, timing in timings.items()
         ]
         log("speed: " + ", ".join(f"{r['stage']} {r['ms']:.0f} ms" for r in speed))
 
+    gathered = processes.gather((results, skipped))
+    if not processes.main:
+        return None
+    results = sorted((r for part, _ in gathered for r in part), key=lambda r: r[0])
+    skipped = {
+        what: why for _, what, why in sorted((s for _, part in gathered for s in part), key=lambda s: s[0])
+    }
+    results = [(name, result) for _, name, result in results]
     edit_rows = [row for _, r in results for row in r.edits]
     leakage = _leakage_rows(edit_rows)
     views = [row for _, r in results for row in r.views]
@@ -435,7 +468,7 @@ def evaluate(
         edits=[{k: v for k, v in row.items() if k != "leakage"} for row in edit_rows],
         leakage=leakage,
         attributes=(
-            _attribute_table(bank, setup.labels, names, [r.ws for _, r in results])
+            _attribute_table(setup.labels, names, [r.scores for _, r in results])
             if setup.labels is not None and bank is not None
             else []
         ),

@@ -44,6 +44,9 @@ class OSGDecoder(nn.Module):
     (raw; activated by the ray marcher). Computed channels-first: the mean over the planes is
     folded into the first layer (W·mean_p f_p = [W/3 W/3 W/3]·[f_1; f_2; f_3]), so the features
     that `sample_triplanes` returns are used in place, and both outputs are views of [N,·,M] tensors.
+
+    Args: n_features (C, channels per plane); decoder_lr_mul (lr multiplier of both layers);
+    decoder_output_dim (F, colour features); hidden_dim.
     """
 
     def __init__(self, n_features=32, decoder_lr_mul=1.0, decoder_output_dim=32, hidden_dim=64):

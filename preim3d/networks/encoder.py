@@ -31,7 +31,10 @@ from .graphs import CUDAGraphed
 
 
 class EqualLinear(nn.Module):
-    """y = x (weight * lr_mul / sqrt(in))^T + bias * lr_mul  (weights stored unscaled, StyleGAN style)."""
+    """y = x (weight * lr_mul / sqrt(in))^T + bias * lr_mul  (weights stored unscaled, StyleGAN style).
+
+    Args: in_features, out_features; lr_mul (the learning-rate multiplier).
+    """
 
     def __init__(self, in_features: int, out_features: int, lr_mul: float = 1.0):
         super().__init__()
@@ -43,9 +46,16 @@ class EqualLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
 
+    def extra_repr(self):
+        out_features, in_features = self.weight.shape
+        return f"in_features={in_features}, out_features={out_features}, lr_mul={self.lr_mul:g}"
+
 
 class SqueezeExcite(nn.Module):
-    """x * sigmoid(fc2(relu(fc1(mean_hw(x)))))  with bias-free 1x1 convs C -> C/r -> C."""
+    """x * sigmoid(fc2(relu(fc1(mean_hw(x)))))  with bias-free 1x1 convs C -> C/r -> C.
+
+    Args: channels (C); reduction (r).
+    """
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
@@ -63,6 +73,8 @@ class IRSEUnit(nn.Module):
     residual = SE(BN(conv3x3_stride(PReLU(conv3x3(BN(x))))))   -- the stride sits on the SECOND conv
     shortcut = x[:, :, ::s, ::s] when the channel count is kept (the official MaxPool2d(1, s)),
                else BN(conv1x1_stride(x)).
+
+    Args: in_channels; depth (output channels); stride (s); se_reduction (of the SqueezeExcite).
     """
 
     def __init__(self, in_channels: int, depth: int, stride: int, se_reduction: int = 16):
@@ -95,7 +107,11 @@ class WPlusEncoder(nn.Module):
     """IR-SE encoder into W+: image [N,3,H,W] in [-1,1] -> offsets [N, n_styles, w_dim].
 
     Defaults are PREIM3D's IR-SE50 for EG3D-512 (14 x 512, 256 x 256 input). Every argument is
-    part of `config` and is stored in bundles, so a saved encoder is rebuilt exactly.
+    part of `config` and is stored in bundles, so a saved encoder is rebuilt exactly (`from_config`).
+
+    Args: n_styles and w_dim (the W+ shape); stage_units and stage_channels (IR-SE units and width
+    of each stage; neighbouring widths differ); stem_channels (width of the input layer);
+    pool_size (side of the head's average pooling); se_reduction (of every SqueezeExcite).
     """
 
     def __init__(
@@ -148,6 +164,14 @@ class WPlusEncoder(nn.Module):
             nn.Linear(in_channels * pool_size * pool_size, w_dim),
         )
         self.linear = EqualLinear(w_dim, w_dim * n_styles)
+
+    @classmethod
+    def from_config(cls, config: dict) -> WPlusEncoder:
+        """A new encoder (fresh weights) of the architecture `config`, another encoder's `.config`."""
+        return cls(**config)
+
+    def extra_repr(self):
+        return f"n_styles={self.n_styles}, w_dim={self.w_dim}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_layer(x)
@@ -211,6 +235,9 @@ class _FastUnit(nn.Module):
         s = torch.sigmoid(F.linear(F.relu(F.linear(r.mean(dim=(2, 3)), self.se1)), self.se2))
         return torch.addcmul(shortcut, r, s[:, :, None, None])
 
+    def extra_repr(self):
+        return f"in_channels={self.conv1.shape[1]}, depth={self.conv1.shape[0]}, stride={self.stride}"
+
 
 class FastWPlusEncoder(nn.Module):
     """Inference-only copy of a WPlusEncoder: batch norms folded, optional half precision / channels-last.
@@ -266,3 +293,7 @@ class FastWPlusEncoder(nn.Module):
         x = F.adaptive_avg_pool2d(x, self.pool_size).flatten(1)
         x = F.linear(F.linear(x, self.head_w, self.head_b), self.out_w, self.out_b)
         return x.float().view(-1, self.n_styles, self.w_dim)
+
+    def extra_repr(self):
+        layout = "channels_last" if self.memory_format == torch.channels_last else "contiguous"
+        return f"n_styles={self.n_styles}, w_dim={self.w_dim}, dtype={self.dtype}, layout={layout}"

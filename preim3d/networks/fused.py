@@ -109,8 +109,14 @@ class FusedKernel:
     def __repr__(self) -> str:
         return f"FusedKernel({self.name!r})"
 
-    @torch.compiler.disable  # torch.compile (G.compile()) calls the kernels as they are
     def __call__(self, *args):
+        if torch.compiler.is_compiling():
+            # torch.compile (G.compile()) calls the kernels as they are, outside its graphs. The
+            # decorator is applied only here: it loads torch._dynamo (and Triton), seconds of import.
+            return torch.compiler.disable(self._dispatch)(*args)
+        return self._dispatch(*args)
+
+    def _dispatch(self, *args):
         device = _first_tensor(args).device
         choice = kernel_choice()
         if choice == "torch" or not _runs_here(device) or not self.applies(*args):

@@ -174,7 +174,8 @@ def upsample_2x(x: torch.Tensor) -> torch.Tensor:
 class FullyConnectedLayer(nn.Module):
     """y = act(x · (W · lr_mul / √in)ᵀ + b · lr_mul), weights stored raw ("equalised learning rate").
 
-    `activation` is 'linear' or 'lrelu' (the latter is lrelu(·, 0.2) · √2).
+    Args: in_features, out_features; bias (whether there is one); activation 'linear' or 'lrelu'
+    (the latter is lrelu(·, 0.2) · √2); lr_multiplier (lr_mul); bias_init (the bias's initial value).
     """
 
     def __init__(
@@ -203,7 +204,8 @@ class FullyConnectedLayer(nn.Module):
 
     def extra_repr(self):
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"activation={self.activation}, lr_multiplier={self.bias_gain:g}"
         )
 
 

@@ -30,6 +30,10 @@ class MappingNetwork(nn.Module):
 
     x = concat(n2m(z), n2m(embed(c))) → `num_layers` lrelu FC layers (lr multiplier 0.01);
     truncation: rows [0, cutoff) ← w_avg + ψ · (w − w_avg).
+
+    Args: z_dim, c_dim, w_dim; num_ws (rows of the output); num_layers; embed_features (width of the
+    camera embedding, default w_dim); layer_features (hidden width, default w_dim); activation and
+    lr_multiplier of the FC layers; w_avg_beta (the official training's w_avg decay, unused here).
     """
 
     def __init__(
@@ -80,12 +84,21 @@ class MappingNetwork(nn.Module):
             x[:, :cutoff] = self.w_avg.lerp(x[:, :cutoff], truncation_psi)
         return x
 
+    def extra_repr(self):
+        return (
+            f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, "
+            f"num_layers={self.num_layers}"
+        )
+
 
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution (optionally 2× up) + noise + bias + lrelu·√2 (+ clamp).
 
     Noise is added after demodulation and before the bias: 'const' uses the stored `noise_const`
     [res,res], 'random' draws N(0,1) [N,1,res,res], each times the learned `noise_strength`.
+
+    Args: in_channels, out_channels, w_dim; resolution (of the output); up (upsample 2× first);
+    use_noise; conv_clamp (clamp of the output, None for none).
     """
 
     def __init__(
@@ -126,9 +139,19 @@ class SynthesisLayer(nn.Module):
             x = x + noise.to(x.dtype)
         return bias_lrelu(x, self.bias, clamp=self.conv_clamp, inplace=True)
 
+    def extra_repr(self):
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"resolution={self.resolution}, up={self.up}, use_noise={self.use_noise}, "
+            f"conv_clamp={self.conv_clamp}"
+        )
+
 
 class ToRGBLayer(nn.Module):
-    """1x1 modulated convolution without demodulation (styles scaled by 1/√in) + bias (+ clamp)."""
+    """1x1 modulated convolution without demodulation (styles scaled by 1/√in) + bias (+ clamp).
+
+    Args: in_channels, out_channels (image channels), w_dim; conv_clamp (None for none).
+    """
 
     def __init__(self, in_channels, out_channels, w_dim, conv_clamp=None):
         super().__init__()
@@ -143,6 +166,10 @@ class ToRGBLayer(nn.Module):
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)
         return bias_linear(x, self.bias, clamp=self.conv_clamp, inplace=True)
 
+    def extra_repr(self):
+        out_channels, in_channels = self.weight.shape[:2]
+        return f"in_channels={in_channels}, out_channels={out_channels}, conv_clamp={self.conv_clamp}"
+
 
 class SynthesisBlock(nn.Module):
     """One resolution of the "skip" generator: [const |] conv0 (2× up unless `up=False`), conv1, ToRGB.
@@ -151,6 +178,9 @@ class SynthesisBlock(nn.Module):
     num_conv + 1 consecutive ws. Activations are channels-last on a CPU (oneDNN's convolutions, the
     transposed one above all, run 1.3–2.5x faster so) and in the fast mode, which runs the block in
     float16; the skip image is always accumulated in float32.
+
+    Args: in_channels (0 for the first block, which starts from a learned constant), out_channels,
+    w_dim; resolution (of the output); img_channels (of the skip image); conv_clamp; up.
     """
 
     def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None, up=True):
@@ -184,9 +214,19 @@ class SynthesisBlock(nn.Module):
         img = y if img is None else img + y
         return x, img
 
+    def extra_repr(self):
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.conv1.out_channels}, "
+            f"resolution={self.conv1.resolution}, up={self.up}, num_conv={self.num_conv}"
+        )
+
 
 class SynthesisNetwork(nn.Module):
-    """ws [N,num_ws,w_dim] → image [N,img_channels,R,R]: blocks 4, 8, …, R, each min(base/res, max) wide."""
+    """ws [N,num_ws,w_dim] → image [N,img_channels,R,R]: blocks 4, 8, …, R, each min(base/res, max) wide.
+
+    Args: w_dim; img_resolution (R, a power of two); img_channels; channel_base and channel_max (the
+    widths above); conv_clamp.
+    """
 
     def __init__(
         self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, conv_clamp=None
@@ -227,9 +267,19 @@ class SynthesisNetwork(nn.Module):
             x, img = block(x, img, block_ws, noise_mode, fast)
         return img
 
+    def extra_repr(self):
+        return (
+            f"w_dim={self.w_dim}, img_resolution={self.img_resolution}, "
+            f"img_channels={self.img_channels}, num_ws={self.num_ws}"
+        )
+
 
 class StyleGAN2Backbone(nn.Module):
-    """The StyleGAN2 generator: `mapping` (z, c → ws) and `synthesis` (ws → image)."""
+    """The StyleGAN2 generator: `mapping` (z, c → ws) and `synthesis` (ws → image).
+
+    Args: z_dim, c_dim, w_dim, img_resolution, img_channels; mapping_kwargs (for MappingNetwork);
+    the other keywords go to SynthesisNetwork.
+    """
 
     def __init__(
         self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, **synthesis_kwargs

@@ -37,6 +37,16 @@ class SuperResolution(nn.Module):
     Inputs not at `input_resolution` are first resized (bilinear, antialiased when `sr_antialias`).
     Every convolution is clamped to ±256 when the configuration asks for half precision
     (sr_num_fp16_res > 0), as the official code does, whatever precision it actually runs in.
+
+    Args: variant (an official class name of the table); channels (of the feature image);
+    img_resolution (R, which must be the variant's); sr_num_fp16_res; sr_antialias. Other keywords
+    of the official modules are accepted and ignored.
+
+    With `return_raw`, also returns the generator's `image_raw` as the official code leaves it: the
+    official block 0 adds its ToRGB output in place to the rgb it was given, and the generator's
+    `image_raw` is that tensor when it reached block 0 unchanged (neither resized nor upsampled: the
+    2X module at 64 px, the 4X module at 128 px). EG3D's dual discriminator was trained on that sum, so
+    it is kept there (computed out of place); everywhere else `image_raw` is the rgb input.
     """
 
     def __init__(self, variant, channels, img_resolution, sr_num_fp16_res, sr_antialias, **_ignored):
@@ -56,10 +66,14 @@ class SuperResolution(nn.Module):
         if has_filter:
             self.register_buffer("resample_filter", fir_filter_2d())
 
-    def forward(self, rgb, features, ws, noise_mode="none", fast=False):
+    def forward(self, rgb, features, ws, noise_mode="none", fast=False, return_raw=False):
         ws = ws[:, -1:, :].repeat(1, 3, 1)
         size = features.shape[-1]
-        if size < self.input_resolution or (size != self.input_resolution and not self.resize_if_smaller):
+        resized = size < self.input_resolution or (
+            size != self.input_resolution and not self.resize_if_smaller
+        )
+        skip = rgb
+        if resized:
             target = (self.input_resolution, self.input_resolution)
             resize = {
                 "size": target,
@@ -67,7 +81,14 @@ class SuperResolution(nn.Module):
                 "align_corners": False,
                 "antialias": self.sr_antialias,
             }
-            features, rgb = F.interpolate(features, **resize), F.interpolate(rgb, **resize)
-        x, img = self.block0(features, rgb, ws, noise_mode, fast)
+            features, skip = F.interpolate(features, **resize), F.interpolate(rgb, **resize)
+        x, img = self.block0(features, skip, ws, noise_mode, fast)
+        raw = rgb if resized or self.block0.up else img
         _, img = self.block1(x, img, ws, noise_mode, fast)
-        return img
+        return (img, raw) if return_raw else img
+
+    def extra_repr(self):
+        return (
+            f"variant={self.variant}, input_resolution={self.input_resolution}, "
+            f"sr_antialias={self.sr_antialias}"
+        )

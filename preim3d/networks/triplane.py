@@ -61,6 +61,13 @@ class TriPlaneGenerator(nn.Module):
     where each passed a check against PyTorch on that device, and as PyTorch otherwise or after
     any failure: `preim3d.set_kernels("auto" | "triton" | "torch")`, or PREIM3D_KERNELS=torch in
     the environment to never use Triton (see `preim3d.networks.fused`).
+
+    Args (the official ones): z_dim, c_dim, w_dim; img_resolution and img_channels of the final
+    image; sr_num_fp16_res (the official half-precision setting of the super-resolution, which
+    decides its clamping); mapping_kwargs (MappingNetwork); rendering_kwargs (ray range, depth
+    samples, box size, super-resolution module, camera defaults, …); sr_kwargs (SuperResolution);
+    the other keywords go to the backbone's SynthesisNetwork (channel_base, channel_max, …).
+    `config` holds them all; the neural rendering resolution is an attribute set after construction.
     """
 
     def __init__(
@@ -78,7 +85,8 @@ class TriPlaneGenerator(nn.Module):
     ):
         super().__init__()
         rendering_kwargs = dict(rendering_kwargs or {})
-        self.init_kwargs = copy.deepcopy(
+        # The constructor arguments, as `from_config` and bundles take them.
+        self.config = copy.deepcopy(
             dict(
                 z_dim=z_dim,
                 c_dim=c_dim,
@@ -122,9 +130,21 @@ class TriPlaneGenerator(nn.Module):
         self.rendering_kwargs = rendering_kwargs
         self.precision = "fp32"
 
+    @classmethod
+    def from_config(cls, config: dict) -> TriPlaneGenerator:
+        """A new generator (fresh weights) of the architecture `config`, another generator's `.config`."""
+        return cls(**copy.deepcopy(config))
+
     @property
     def num_ws(self) -> int:
         return self.backbone.num_ws
+
+    def extra_repr(self):
+        return (
+            f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, "
+            f"img_resolution={self.img_resolution}, "
+            f"neural_rendering_resolution={self.neural_rendering_resolution}, precision={self.precision}"
+        )
 
     def set_precision(self, precision: str) -> TriPlaneGenerator:
         if precision not in PRECISIONS:
@@ -179,8 +199,11 @@ class TriPlaneGenerator(nn.Module):
         depth_image = depth.reshape(n, 1, resolution, resolution)
         rgb_image = feature_image[:, :3].float()
         sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none")
-        image = self._run(lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast), ws)
-        return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
+        image, raw_image = self._run(
+            lambda fast: self.superresolution(rgb_image, feature_image, ws, sr_noise, fast, return_raw=True),
+            ws,
+        )
+        return {"image": image, "image_raw": raw_image, "image_depth": depth_image}
 
     def synthesis(
         self,
@@ -218,16 +241,18 @@ class TriPlaneGenerator(nn.Module):
     def _fast(self, ws) -> bool:
         return self.precision == "fast" and ws.device.type == "cuda"
 
-    def _run(self, network, ws) -> torch.Tensor:
+    def _run(self, network, ws):
         """network(fast) in the fast mode when it applies, falling back to float32 on overflow.
 
-        Inside a CUDA-graph capture the check cannot run (it reads the result on the host): whoever
-        replays the graph checks its outputs instead (see preim3d.rendering.TriPlaneRenderer).
-        """
+        A network may return a tuple: its first tensor is checked (the final image, which an overflow
+        anywhere in the super-resolution reaches). Inside a CUDA-graph capture the check cannot run
+        (it reads the result on the host): whoever replays the graph checks its outputs instead (see
+        preim3d.rendering.TriPlaneRenderer)."""
         if not self._fast(ws):
             return network(False)
         out = network(True)
-        if (out.is_cuda and torch.cuda.is_current_stream_capturing()) or torch.isfinite(out).all():
+        first = out[0] if isinstance(out, tuple) else out
+        if (first.is_cuda and torch.cuda.is_current_stream_capturing()) or torch.isfinite(first).all():
             return out
         warnings.warn("float16 overflowed in the fast mode; recomputing this pass in float32", stacklevel=3)
         return network(False)

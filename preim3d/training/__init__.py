@@ -9,8 +9,9 @@ Modules: `config` (settings), `data` (labelled crops), `losses`, `identity` (Arc
 Multi-GPU: `torchrun --nproc_per_node=N -m preim3d.training --config run.toml`.
 """
 
-from importlib import import_module
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from .config import TrainConfig, make_config
 
 # Imported on first use: the config is light, the rest pulls in torch.
@@ -23,11 +24,10 @@ _LAZY = {
 
 __all__ = ["TrainConfig", "make_config", *_LAZY]
 
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'preim3d.training' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks a re-export)
+    from .export import export_bundle as export_bundle
+    from .export import export_official as export_official
+    from .trainer import Trainer as Trainer
+    from .trainer import train as train

@@ -30,10 +30,13 @@ def _setting(default, help_text: str):
 class TrainConfig:
     """Every setting of a training run. Lengths are in optimiser steps; angles in radians.
 
-    One step = `accumulate` micro-batches of `batch_size` images on each of the processes. Each
-    micro-batch is either *synthetic* (rendered by the frozen generator from known latents) or
-    *real* (from the dataset): of every `synthetic_batches + real_batches` consecutive
-    micro-batches, the first `synthetic_batches` are synthetic.
+    One step = `accumulate` micro-batches of `batch_size` images on each of the N processes
+    `torchrun --nproc_per_node=N` starts: a global batch of N * accumulate * batch_size images, whose
+    gradients are averaged (the learning rate is not rescaled; to repeat a one-GPU run of batch B on
+    N GPUs, give batch_size B / N). Each micro-batch is either *synthetic* (rendered by the frozen
+    generator from known latents) or *real* (from the dataset): of every
+    `synthetic_batches + real_batches` consecutive micro-batches, the first `synthetic_batches` are
+    synthetic.
     """
 
     # --- inputs and outputs
@@ -53,7 +56,9 @@ class TrainConfig:
 
     # --- schedule
     max_steps: int = _setting(2_000_000, "optimiser steps to train for")
-    batch_size: int = _setting(2, "images per micro-batch and process")
+    batch_size: int = _setting(
+        2, "images per micro-batch and process (global batch: x accumulate x processes)"
+    )
     accumulate: int = _setting(1, "micro-batches per optimiser step (the discriminator steps on each)")
     synthetic_batches: int = _setting(
         1, "generated micro-batches per alternation cycle (official inner_times)"
@@ -70,7 +75,7 @@ class TrainConfig:
     # --- image losses
     l2_lambda: float = _setting(1.0, "weight of the pixel MSE")
     lpips_lambda: float = _setting(
-        0.8, "weight of LPIPS; needs the optional `lpips` package; off (with a log line) without it"
+        0.8, "weight of LPIPS; needs the optional `lpips` package (0 trains without LPIPS)"
     )
     lpips_net: str = _setting("alex", "LPIPS backbone: alex, vgg or squeeze")
     id_lambda: float = _setting(0.4, "weight of the ArcFace identity loss")
@@ -110,7 +115,7 @@ class TrainConfig:
 
     # --- runtime
     device: str | None = _setting(
-        None, "default: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu"
+        None, "default: cuda when available (cuda:LOCAL_RANK under torchrun), else mps or cpu"
     )
     bf16: bool = _setting(False, "bfloat16 autocast for the encoder, generator and identity network (CUDA)")
     seed: int = _setting(0, "seed of weights, sampling and data order")

@@ -129,6 +129,7 @@ class BatchStream:
         world_size: int = 1,
         workers: int = 0,
         position=(0, 0),
+        pin_memory: bool = False,
     ):
         if len(dataset) < world_size * batch_size:
             raise Preim3DError(
@@ -136,7 +137,7 @@ class BatchStream:
                 f"{world_size} process(es)."
             )
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world_size, self.workers = rank, world_size, workers
+        self.rank, self.world_size, self.workers, self.pin_memory = rank, world_size, workers, pin_memory
         self.epoch, self.taken = position
         self._iterator: Iterator | None = None
 
@@ -154,7 +155,11 @@ class BatchStream:
                 # or a resumed run (which starts one mid-epoch) would drift from an uninterrupted one.
                 seeds = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
                 loader = DataLoader(
-                    self.dataset, batch_sampler=batches, num_workers=self.workers, generator=seeds
+                    self.dataset,
+                    batch_sampler=batches,
+                    num_workers=self.workers,
+                    generator=seeds,
+                    pin_memory=self.pin_memory,
                 )
                 self._iterator = iter(loader)
             try:

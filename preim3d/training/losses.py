@@ -15,13 +15,11 @@ same schedule.)
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger("preim3d.training")
+from ..errors import Preim3DError
 
 
 def l2_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -40,8 +38,7 @@ def latent_loss_weight(step: int, start: float, delta: float, interval: int, max
 class PerceptualLoss(nn.Module):
     """LPIPS distance (mean over the batch) from the optional `lpips` package, frozen.
 
-    Use `PerceptualLoss.create(net)`: it returns None, and says so in the log, when `lpips` is not
-    installed, so that training goes on without this term.
+    Use `PerceptualLoss.create(net)`: without `lpips` it stops with what to do about it.
     """
 
     def __init__(self, model: nn.Module):
@@ -49,15 +46,17 @@ class PerceptualLoss(nn.Module):
         self.model = model.eval().requires_grad_(False)
 
     @classmethod
-    def create(cls, net: str = "alex") -> PerceptualLoss | None:
+    def create(cls, net: str = "alex") -> PerceptualLoss:
         try:
             import lpips
-        except ImportError:
-            log.warning(
-                "LPIPS loss off: the optional package `lpips` is not installed (pip install lpips); "
-                "training continues with the other losses."
-            )
-            return None
+        except ModuleNotFoundError as exc:
+            if exc.name != "lpips":  # lpips is there but something it needs is not: that is the error
+                raise
+            raise Preim3DError(
+                "The LPIPS loss needs the optional package `lpips`, which is not installed: install it "
+                '(pip install lpips, or pip install -e ".[train]"), or train without LPIPS by setting its '
+                "weight to 0 (--lpips-lambda 0, or lpips_lambda = 0 in the config file)."
+            ) from exc
         return cls(lpips.LPIPS(net=net, verbose=False))
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

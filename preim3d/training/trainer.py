@@ -21,11 +21,16 @@ The novel views c_v of each image are drawn around a base pose: one random pose 
 of radius 2.7, looking at the origin. Before the encoder's loss, the latent discriminator takes one
 step on (mapping-network w, detached codes); see `discriminator.py`.
 
-Several processes: launched by `torchrun` (WORLD_SIZE > 1), the encoder is wrapped in
-DistributedDataParallel; the discriminator's gradients are averaged by hand, because its R1 term
-needs autograd.grad, which DistributedDataParallel does not support. Each process has its own
-data shard, random streams and latent pools; all of them go into the checkpoint, so a resumed run
-continues exactly (same number of processes).
+Several processes: launched by `torchrun --nproc_per_node=N` (one per GPU), the encoder is wrapped
+in DistributedDataParallel; the discriminator's gradients are averaged by hand, because its R1 term
+needs autograd.grad, which DistributedDataParallel does not support. Gradients are averaged over the
+processes, so one step of N processes with batch B equals one step of one process with batch N*B
+(the global batch N * batch_size * accumulate), at the same learning rate; nothing is rescaled.
+Two things stay per process: BatchNorm statistics (over its own B images) and the latent pools.
+Each process has its own data shard, random streams and latent pools; all of them go into the
+checkpoint, so a resumed run continues exactly with the same number of processes and batch size.
+With another number or batch size, the data continue from the same place of the same epoch, the
+pools are dealt out again and the random streams restart from the seed and the step.
 
 Numerics: float32 by default. `bf16` runs the encoder, the generator and the identity network
 under bfloat16 autocast; the mapping network, every loss, the discriminator and its R1 term, and the
@@ -58,9 +63,11 @@ from ..cameras import (
     intrinsics,
     orbit_cam2world,
 )
+from ..distributed import start_processes
 from ..errors import Preim3DError
 from ..inversion import compute_latent_avg
 from ..networks.encoder import WPlusEncoder
+from ..networks.triplane import TriPlaneGenerator
 from ..rendering import to_uint8
 from ..weights.encoder import load_encoder
 from ..weights.generator import load_generator
@@ -118,8 +125,12 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, generator=None, encoder=None, arcface=None, dataset=None):
         self.config = cfg = config
-        self.rank, self.world_size, local_rank, self._owns_process_group = _init_distributed(cfg.device)
-        self.device = _pick_device(cfg.device, local_rank, self.world_size)
+        self.processes = start_processes(cfg.device)
+        self.rank, self.world_size, self.device = (
+            self.processes.rank,
+            self.processes.world_size,
+            self.processes.device,
+        )
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
 
@@ -153,9 +164,7 @@ class Trainer:
             if arcface is None:
                 arcface = arcface_from_state(arcface_state, origin=cfg.arcface)
             self.identity = IdentityLoss(arcface).to(self.device)
-        self.lpips = PerceptualLoss.create(cfg.lpips_net) if cfg.lpips_lambda > 0 else None
-        if self.lpips is not None:
-            self.lpips.to(self.device)
+        self.lpips = PerceptualLoss.create(cfg.lpips_net).to(self.device) if cfg.lpips_lambda > 0 else None
 
         params = list(self.encoder_module.parameters())
         if cfg.optimizer == "ranger":
@@ -182,14 +191,20 @@ class Trainer:
                     )
                 dataset = CameraLabelledImages(cfg.data, cfg.resolution, cfg.labels)
             self.stream = BatchStream(
-                dataset, cfg.batch_size, cfg.seed, self.rank, self.world_size, cfg.workers
+                dataset,
+                cfg.batch_size,
+                cfg.seed,
+                self.rank,
+                self.world_size,
+                cfg.workers,
+                pin_memory=self.device.type == "cuda",
             )
 
         self.step = 0  # optimiser steps done
         self.micro_step = 0  # micro-batches done (drives the alternation)
         self.d_updates = 0  # discriminator updates done (drives R1)
         self._last_batch = None  # (x, y_hat, codes) of the latest micro-batch, for sample grids
-        torch.manual_seed(cfg.seed * 65_537 + self.rank + 1)  # each process its own random stream
+        torch.manual_seed(_process_seed(cfg.seed, self.rank))  # each process its own random stream
         if cfg.resume:
             self.load_checkpoint(self._find_checkpoint(cfg.resume))
 
@@ -402,12 +417,14 @@ class Trainer:
             images += cfg.batch_size * cfg.accumulate * self.world_size
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", l2=f"{record['loss_l2']:.4f}", refresh=False)
-            if self.step % cfg.log_every == 0 and main:
-                now = time.perf_counter()
-                record["images_per_s"] = images / (now - tick)
-                tick, images = now, 0
-                with open(self.out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+            if self.step % cfg.log_every == 0:
+                record = self._mean_over_processes(record)
+                if main:
+                    now = time.perf_counter()
+                    record["images_per_s"] = images / (now - tick)
+                    tick, images = now, 0
+                    with open(self.out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
             if self.step % cfg.image_every == 0 and main:
                 self.save_samples()
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
@@ -416,6 +433,14 @@ class Trainer:
         if main:
             self.export()
         return self
+
+    def _mean_over_processes(self, record: dict) -> dict:
+        """The step's record with each loss and value averaged over the processes (each saw its own batch)."""
+        records = self.processes.gather(record)
+        if records is None:
+            return record
+        numbers = [k for k, v in record.items() if isinstance(v, float)]
+        return {**record, **{k: sum(r[k] for r in records) / len(records) for k in numbers}}
 
     # ------------------------------------------------------------------ samples, checkpoints, export
 
@@ -449,10 +474,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write checkpoints/step_XXXXXXX.pt (first process) with everything needed to continue exactly."""
-        processes = [self._process_state()]
-        if self.world_size > 1:
-            processes = [None] * self.world_size
-            dist.all_gather_object(processes, self._process_state())
+        processes = self.processes.gather(self._process_state())
         if self.rank != 0:
             return None
         state = {
@@ -500,15 +522,8 @@ class Trainer:
         self.latent_avg = state["latent_avg"].to(self.device)
         self.step, self.micro_step, self.d_updates = state["step"], state["micro_step"], state["d_updates"]
         processes = state["processes"]
-        if len(processes) != self.world_size:
-            log.warning(
-                "%s was written by %d process(es), this run has %d: data order, random streams and latent "
-                "pools start afresh, so the run does not continue bit for bit.",
-                path,
-                len(processes),
-                self.world_size,
-            )
-        else:
+        batch = state["config"]["batch_size"]
+        if len(processes) == self.world_size and batch == self.config.batch_size:
             mine = processes[self.rank]
             torch.set_rng_state(mine["rng_cpu"])
             if mine["rng_cuda"] is not None and self.device.type == "cuda":
@@ -517,7 +532,38 @@ class Trainer:
                 self.stream.epoch, self.stream.taken = mine["data_position"]
             self.real_pool.load_state_dict(mine["real_pool"], self.device)
             self.fake_pool.load_state_dict(mine["fake_pool"], self.device)
+        else:
+            self._reshard(processes, batch)
+            log.warning(
+                "%s was written by %d process(es) with batch %d, this run has %d with batch %d: the data "
+                "continue from the same place, the latent pools are dealt out again and the random "
+                "streams restart from the seed and step, so the run does not continue bit for bit.",
+                path,
+                len(processes),
+                batch,
+                self.world_size,
+                self.config.batch_size,
+            )
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _reshard(self, processes: list[dict], batch: int) -> None:
+        """Continue the per-process state of `processes` (another count or batch size) in this process."""
+        torch.manual_seed(_process_seed(self.config.seed, self.rank, self.step))
+        position = processes[0]["data_position"]
+        if self.stream is not None and position is not None:
+            # Each epoch's permutation is the same for any number of processes, and after t batches
+            # each of W processes has had the first t * W * batch images of it: skip as many.
+            epoch, taken = position
+            shown = taken * len(processes) * batch
+            self.stream.epoch, self.stream.taken = (
+                epoch,
+                -(-shown // (self.world_size * self.config.batch_size)),
+            )
+        for pool, key in ((self.real_pool, "real_pool"), (self.fake_pool, "fake_pool")):
+            # the old processes' codes taken in turns, then dealt out in turns
+            old = [list(p[key]["codes"]) for p in processes]
+            codes = [codes[i] for i in range(max(map(len, old))) for codes in old if i < len(codes)]
+            pool.codes = [c.to(self.device) for c in codes[self.rank :: self.world_size][: pool.size]]
 
     def export(self) -> tuple[Path, Path]:
         """The trained encoder as a bundle (with latent average and generator) and in PREIM3D's layout."""
@@ -527,7 +573,7 @@ class Trainer:
             self.latent_avg,
             self.out / "bundle",
             provenance=provenance,
-            generator=self.G if hasattr(self.G, "init_kwargs") else None,
+            generator=self.G if isinstance(self.G, TriPlaneGenerator) else None,
         )
         official = export_official(
             self.encoder_module,
@@ -540,33 +586,12 @@ class Trainer:
 
     def close(self) -> None:
         """Leave the process group if this trainer created it."""
-        if self._owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
+        self.processes.close()
 
 
-def _init_distributed(device: str | None) -> tuple[int, int, int, bool]:
-    """(rank, world size, local rank, whether we created the process group); torchrun sets the variables."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0, False
-    created = False
-    if not dist.is_initialized():
-        use_nccl = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-        dist.init_process_group("nccl" if use_nccl else "gloo")
-        created = True
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created
-
-
-def _pick_device(device: str | None, local_rank: int, world_size: int) -> torch.device:
-    """The config's device (cuda = this process's GPU under torchrun), else CUDA when present, else CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    return device
+def _process_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of one process's random streams: different per process, and per step after a reshard."""
+    return seed * 65_537 + rank + 1 + step * 1_000_003
 
 
 def train(config: TrainConfig, **components) -> Trainer:

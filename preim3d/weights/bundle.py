@@ -5,6 +5,10 @@ settings, provenance, licence) beside a few top-level fields; each component's t
 `<component>.safetensors`. Components are written one at a time, so a bundle can be assembled
 from several official files.
 
+A network's section stores its constructor arguments under `config` (the network's `.config`,
+rebuilt with its class's `from_config`); format 1 stored them under `init_kwargs` (generator) or
+`architecture` (encoder), which are still read.
+
 Finding a bundle (`is_bundle`, `read_bundle_config`) needs neither torch nor safetensors, so that
 `preim3d.weights.resolve` answers at once; reading and writing tensors imports them.
 """
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config.json"
 FORMAT_NAME = "preim3d-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: network constructor arguments under 'config'
 
 
 def is_bundle(path) -> bool:
@@ -52,6 +56,15 @@ def read_bundle_config(folder) -> dict:
             f"version reads {FORMAT_VERSION}): upgrade preim3d."
         )
     return config
+
+
+def network_config(section: dict) -> dict | None:
+    """The constructor arguments a network's section stores: `config`, or format 1's `init_kwargs`
+    (generator) or `architecture` (encoder); None when there are none."""
+    for key in ("config", "init_kwargs", "architecture"):
+        if isinstance(section.get(key), dict):
+            return section[key]
+    return None
 
 
 def write_bundle_component(folder, name: str, tensors: dict[str, torch.Tensor], config: dict) -> Path:

@@ -9,8 +9,8 @@ Two sources are read:
   are used (a bare encoder state dict without the prefix is accepted too); the architecture is
   read from the tensor shapes and checked key by key.
 * Our bundle folder (`preim3d.weights.bundle`). The encoder is the component "encoder": its
-  tensors are the `WPlusEncoder` state dict, its config section holds `architecture` (the
-  constructor arguments), `provenance` and `licence`. The latent average is a separate component
+  tensors are the `WPlusEncoder` state dict, its config section holds `config` (the constructor
+  arguments, `WPlusEncoder.config`), `provenance` and `licence`. The latent average is a separate component
   "latent_avg" (one tensor `latent_avg` [1, n_styles, w_dim] plus the recipe that produced it),
   because it belongs to the generator as much as to the encoder; it is computed once, when the
   bundle is written, and only read afterwards.
@@ -27,7 +27,7 @@ import torch
 
 from ..errors import WeightsError
 from ..networks.encoder import WPlusEncoder
-from .bundle import is_bundle, read_bundle_component, write_bundle_component
+from .bundle import is_bundle, network_config, read_bundle_component, write_bundle_component
 from .checks import check_latent_avg, check_latent_avg_shape, load_state_strict, preview
 from .checksum import file_sha256
 
@@ -49,6 +49,7 @@ _GENERATOR_PREFIXES = ("backbone.", "superresolution.", "decoder.", "renderer.")
 # torch's legacy (pre-zip) files start with a pickled magic number: PROTO 2, LONG1 of 10 bytes.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 ENCODER_WHAT = "the encoder architecture"
+ENCODER_ARCHITECTURE = "PREIM3D WPlusEncoder (IR-SE)"
 _WHAT_TO_GIVE = (
     "load_encoder takes PREIM3D's encoder checkpoint (preim3d_ffhq.pt) or a preim3d bundle folder."
 )
@@ -62,13 +63,15 @@ def load_encoder(source, device="cpu") -> WPlusEncoder:
             raise WeightsError(
                 f"{path} is a folder but not a preim3d bundle (no preim3d config.json). {_WHAT_TO_GIVE}"
             )
-        tensors, config = read_bundle_component(path, ENCODER_COMPONENT)
-        if not isinstance(config.get("architecture"), dict):
+        tensors, section = read_bundle_component(path, ENCODER_COMPONENT)
+        config = network_config(section)
+        if config is None:
             raise WeightsError(
-                f"The encoder section of {path}/config.json has no 'architecture'; rewrite the bundle."
+                f"The encoder section of {path}/config.json has no 'config' (constructor arguments); "
+                "rewrite the bundle."
             )
         try:
-            encoder = WPlusEncoder(**config["architecture"])
+            encoder = WPlusEncoder.from_config(config)
         except (TypeError, ValueError) as exc:
             raise WeightsError(
                 f"{path}/config.json describes an encoder preim3d cannot build ({exc})."
@@ -93,10 +96,15 @@ def save_encoder(encoder: WPlusEncoder, folder, latent_avg=None, provenance=None
     `provenance` is a JSON-able dict (source file, sha256, ...), `licence` a short text; both are
     stored beside the architecture. Other components of the bundle are kept. Returns the folder.
     """
-    config = dict(architecture=encoder.config, provenance=provenance or {}, licence=licence or "unspecified")
+    section = dict(
+        architecture=ENCODER_ARCHITECTURE,
+        config=encoder.config,
+        provenance=provenance or {},
+        licence=licence or "unspecified",
+    )
     if latent_avg is not None:
         check_latent_avg_shape(latent_avg, encoder)
-    write_bundle_component(folder, ENCODER_COMPONENT, encoder.state_dict(), config)
+    write_bundle_component(folder, ENCODER_COMPONENT, encoder.state_dict(), section)
     if latent_avg is not None:
         save_latent_avg(latent_avg, folder)
     return Path(folder)

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import WeightsError
 from ..networks.triplane import TriPlaneGenerator
-from .bundle import is_bundle, read_bundle_component, write_bundle_component
+from .bundle import is_bundle, network_config, read_bundle_component, write_bundle_component
 from .checks import load_state_strict
 from .official_pickle import PickledModule, find_module, module_tensors, read_official_pickle
 
@@ -32,11 +32,12 @@ def load_generator(source, device="cpu") -> TriPlaneGenerator:
     if path.is_dir():
         if not is_bundle(path):
             raise WeightsError(f"{path} is a folder but not a preim3d bundle (no preim3d config.json).")
-        tensors, config = read_bundle_component(path, "generator")
+        tensors, section = read_bundle_component(path, "generator")
         G = _build(
-            config["init_kwargs"], config["rendering_kwargs"], config["neural_rendering_resolution"], path
+            network_config(section), section["rendering_kwargs"], section["neural_rendering_resolution"], path
         )
         load_state_strict(G, tensors, path, GENERATOR_WHAT)
+        G.source_info = section.get("provenance", {})
     else:
         G = generator_from_official(path)
     return G.eval().requires_grad_(False).to(device)
@@ -63,17 +64,22 @@ def generator_from_official(path) -> TriPlaneGenerator:
     return G
 
 
-def save_generator(G: TriPlaneGenerator, folder, provenance: dict | None = None) -> Path:
-    """Write G into the bundle at `folder` (generator.safetensors + its config.json section)."""
-    config = {
+def save_generator(
+    G: TriPlaneGenerator, folder, provenance: dict | None = None, licence: str = EG3D_LICENCE
+) -> Path:
+    """Write G into the bundle at `folder` (generator.safetensors + its config.json section).
+
+    provenance defaults to `G.source_info` (where G was loaded from); licence to EG3D's.
+    """
+    section = {
         "architecture": "EG3D TriPlaneGenerator",
-        "init_kwargs": _plain(G.init_kwargs),
+        "config": _plain(G.config),
         "rendering_kwargs": _plain(G.rendering_kwargs),
         "neural_rendering_resolution": int(G.neural_rendering_resolution),
         "provenance": provenance or getattr(G, "source_info", {}),
-        "licence": EG3D_LICENCE,
+        "licence": licence,
     }
-    return write_bundle_component(folder, "generator", G.state_dict(), config)
+    return write_bundle_component(folder, "generator", G.state_dict(), section)
 
 
 def _generator_record(obj, path) -> PickledModule:
@@ -95,9 +101,11 @@ def _generator_record(obj, path) -> PickledModule:
     return obj
 
 
-def _build(init_kwargs, rendering_kwargs, resolution, path) -> TriPlaneGenerator:
+def _build(config, rendering_kwargs, resolution, path) -> TriPlaneGenerator:
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: the generator section has no 'config' (constructor arguments).")
     try:
-        G = TriPlaneGenerator(**init_kwargs)
+        G = TriPlaneGenerator.from_config(config)
     except (TypeError, ValueError, KeyError) as exc:
         raise WeightsError(f"{path}: unsupported generator configuration ({exc}).") from exc
     G.rendering_kwargs = dict(rendering_kwargs)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import WeightsError
+from .bundle import network_config, read_bundle_config
 from .resolve import find_official_files, locate
 from .sources import DIRECTIONS, LICENCES
 
@@ -41,8 +42,6 @@ def describe(source) -> str:
 
 
 def _describe_bundle(folder: Path, origin: str) -> str:
-    from .bundle import read_bundle_config
-
     config = read_bundle_config(folder)
     lines = [f"preim3d bundle {folder} ({origin}), format version {config.get('format_version')}"]
     order = ("generator", "encoder", "latent_avg", "directions")
@@ -69,14 +68,14 @@ def _describe_bundle(folder: Path, origin: str) -> str:
 
 def _summary(name: str, section: dict) -> str:
     if name == "generator":
-        kwargs = section.get("init_kwargs", {})
+        kwargs = network_config(section) or {}
         return _generator_summary(
             kwargs,
             section.get("rendering_kwargs", kwargs.get("rendering_kwargs", {})),
             section.get("neural_rendering_resolution"),
         )
     if name == "encoder":
-        return _encoder_summary(section.get("architecture", {}))
+        return _encoder_summary(network_config(section) or {})
     if name == "latent_avg":
         recipe = section.get("recipe", {})
         return (
@@ -147,7 +146,7 @@ def _describe_generator(path: Path, header: str) -> str:
     return "\n".join(
         [
             f"official EG3D generator {header}",
-            f"    {_generator_summary(G.init_kwargs, G.rendering_kwargs, G.neural_rendering_resolution)}; "
+            f"    {_generator_summary(G.config, G.rendering_kwargs, G.neural_rendering_resolution)}; "
             f"{params:.1f} M parameters",
             f"    pickled class {info['class_name']}, embedded source sha256 "
             f"{info['embedded_source_sha256']} (never executed)",
