@@ -37,6 +37,7 @@ from .handlers import (
     mesh_resolutions,
     slider_groups,
 )
+from .video_tab import video_endpoint, video_tab
 from .weights import WeightsDownload, files_table, licence_text, load_editor
 
 EXAMPLES = tuple(
@@ -397,7 +398,7 @@ def latent_tab(page: Page, h: Handlers) -> None:
     button.click(h.save_latent, [page.state], [latent_out], **PAGE)
 
 
-TABS = [grid_tab, turntable_tab, mesh_tab, depth_tab, paste_tab, latent_tab]
+TABS = [grid_tab, turntable_tab, mesh_tab, depth_tab, paste_tab, video_tab, latent_tab]
 
 
 # ---------------------------------------------------------------------------------- event wiring
@@ -543,6 +544,7 @@ def _api_endpoints(h: Handlers, download: WeightsDownload | None) -> None:
         **raw,
         **LONG,
     )
+    video_endpoint(h, trigger)
     if download is not None:  # only while there is something to download
         accept = gr.Checkbox(False, label="accept_licences", visible=False)
         status = gr.Markdown(visible=False)

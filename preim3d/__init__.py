@@ -69,6 +69,9 @@ _PUBLIC = {
     "NoSuchFaceError": "preim3d.errors",
     "Preim3DWarning": "preim3d.errors",
     "MeshLevelWarning": "preim3d.errors",
+    "InputVideoError": "preim3d.errors",
+    "edit_video": "preim3d.video",
+    "VideoEditReport": "preim3d.video",
 }
 
 __all__ = [*sorted(_PUBLIC), "__version__"]
@@ -93,6 +96,7 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .errors import DownloadError as DownloadError
     from .errors import FaceTooSmallError as FaceTooSmallError
     from .errors import InputImageError as InputImageError
+    from .errors import InputVideoError as InputVideoError
     from .errors import InvalidValueError as InvalidValueError
     from .errors import LatentFileError as LatentFileError
     from .errors import MeshLevelWarning as MeshLevelWarning
@@ -121,6 +125,8 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .training.config import TrainConfig as TrainConfig
     from .training.trainer import train as train
     from .turntable import render_turntable as render_turntable
+    from .video import VideoEditReport as VideoEditReport
+    from .video import edit_video as edit_video
     from .weights.convert import convert_official as convert_official
     from .weights.download import download_official as download_official
     from .weights.encoder import convert_encoder as convert_encoder

@@ -690,6 +690,106 @@ def _parse_edit(text: str) -> tuple[str, float]:
     return name.strip(), check_strength(strength, name.strip())
 
 
+# ------------------------------------------------------------------ edit-video
+
+
+def _add_edit_video(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, metavar="VIDEO", help="a video (mp4, mov, webm, ...; up to 4K)")
+    parser.add_argument("--out", type=Path, required=True, metavar="OUT.mp4", help="the edited video")
+    parser.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        metavar="NAME=STRENGTH",
+        help="an attribute edit, repeatable, as for `preim3d edit`: smile=2, age=-1, glasses=3; "
+        "none reconstructs the face",
+    )
+    parser.add_argument("--precise", action="store_true", help="precise edit (see `preim3d edit --help`)")
+    parser.add_argument(
+        "--hold", action="append", default=[], metavar="NAME", help="an attribute to keep (implies --precise)"
+    )
+    parser.add_argument(
+        "--face",
+        type=_checked(face_index_from_number),
+        dest="face_index",
+        metavar="N",
+        help="which face to follow, numbered from 1 in the first frame with faces (default: the largest)",
+    )
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="write input | edit side by side, twice as wide"
+    )
+    parser.add_argument(
+        "--no-measure",
+        dest="measure",
+        action="store_false",
+        help="skip finding the landmarks again on the output (the jitter measure)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes for face detection and landmarks (default: CPUs - 1)",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="SOURCE",
+        help="bundle folder, Hugging Face Hub repo id or folder of official files (default: "
+        "$PREIM3D_WEIGHTS, then the folder `preim3d download` writes)",
+    )
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the first available, in that order)")
+
+
+def _run_edit_video(args) -> int:
+    from .mp4 import VideoReader
+    from .weights.resolve import resolve_weights
+
+    if args.out.suffix.lower() != ".mp4":
+        raise Preim3DError(f"--out {args.out}: the file name must end in .mp4.")
+    _check_workers(args)
+    edits = dict(_parse_edit(text) for text in args.edit)
+    clip = VideoReader(args.input)  # a bad video fails now, before the models load
+    location = resolve_weights(args.weights)
+
+    from .pipeline import Editor
+
+    editor = Editor.from_pretrained(location, device=args.device, precision="fast")
+    if (edits or args.hold) and editor.directions is None:
+        raise Preim3DError(
+            f"The weights {location.path} hold no editing directions, so --edit and --hold cannot be used."
+        )
+    for name in (*edits, *args.hold):
+        editor.directions.resolve(name)  # unknown names fail now, with the valid ones listed
+    length = f"about {clip.frame_count} frames" if clip.frame_count else "length unknown"
+    print(
+        f"{args.input.name}: {clip.size[0]}x{clip.size[1]}, {clip.fps:.2f} fps, {length}"
+        f"{', with audio' if clip.has_audio else ''}; editing on {editor.device}",
+        file=sys.stderr,
+    )
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} frames", end="", file=sys.stderr, flush=True)
+
+    report = editor.edit_video(
+        args.input,
+        args.out,
+        edits,
+        precise=args.precise,
+        hold=args.hold,
+        face_index=args.face_index,
+        side_by_side=args.side_by_side,
+        measure=args.measure,
+        workers=args.workers,
+        progress=progress,
+    )
+    print(file=sys.stderr)
+    print(f"{args.out}: {report.summary()}")
+    times = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.stage_seconds.items())
+    print(f"  {report.seconds:.1f} s in all; busy time per stage (stages overlap): {times}")
+    if report.faces < report.frames:
+        print(f"  {report.frames - report.faces} frames without the face were left as they were")
+    return 0
+
+
 # ------------------------------------------------------------------ train
 
 
@@ -918,6 +1018,11 @@ _COMMANDS = {
     "info": ("what a bundle or an official weights file holds", _add_info, _run_info),
     "space": ("the web demo as a Hugging Face Space: build a folder, or push it", _add_space, _run_space),
     "edit": ("edit the faces of photos: align, invert, edit, render", _add_edit, _run_edit),
+    "edit-video": (
+        "edit a person's face through a video, pasted back into every frame",
+        _add_edit_video,
+        _run_edit_video,
+    ),
     "train": ("train the encoder against a frozen generator (PREIM3D's recipe)", _add_train, _run_train),
     "export-encoder": (
         "export a trained encoder to a bundle or PREIM3D's checkpoint layout",

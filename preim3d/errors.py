@@ -13,6 +13,10 @@ class InputImageError(Preim3DError, ValueError):
     """A photo could not be read or used."""
 
 
+class InputVideoError(Preim3DError, ValueError):
+    """A video could not be read or used (not a video, no video track, too long or too large)."""
+
+
 class NoFaceError(InputImageError):
     """No face was found in a photo."""
 

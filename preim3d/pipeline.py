@@ -387,6 +387,40 @@ class Editor:
             image=self.render(edited, yaw, pitch),
         )
 
+    def edit_video(
+        self,
+        video,
+        out,
+        edits: Mapping[str, float] | None = None,
+        *,
+        precise: bool = False,
+        hold: Iterable[str] = (),
+        face_index: int | None = None,
+        side_by_side: bool = False,
+        **kwargs,
+    ):
+        """Edit one person's face through a video, pasted back into every frame; writes an H.264 mp4.
+
+        face_index: which face of the first frame with faces, from 0 (None: the largest).
+        side_by_side: the output shows input | edit. Keywords go to `preim3d.video.edit_video`
+        (measure, workers, max_frames, progress). Returns a `preim3d.video.VideoEditReport`.
+        """
+        from .video import edit_video  # loads imageio-ffmpeg and the worker pool: only for videos
+
+        edits = check_edits(edits or {})
+        with torch.inference_mode():
+            return edit_video(
+                self,
+                video,
+                out,
+                edits,
+                precise=precise,
+                hold=hold,
+                face_index=face_index,
+                side_by_side=side_by_side,
+                **kwargs,
+            )
+
     # ------------------------------------------------------------------ latent files
 
     @staticmethod

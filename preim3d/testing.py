@@ -308,3 +308,76 @@ def build_official_eg3d(kwargs: dict, resolution: int, seed: int, device="cpu", 
     fill_random(G, seed)
     G.neural_rendering_resolution = resolution
     return G.to(device)
+
+
+def make_face_video(
+    path,
+    photo,
+    size: tuple[int, int] = (320, 240),
+    frames: int = 24,
+    fps: float = 24.0,
+    face_width: float = 0.4,
+    motion: float = 1.0,
+    audio: bool = True,
+    faceless=(),
+    bitrate: str = "10M",
+):
+    """Write an mp4 of `photo` moving over a grey background; returns the photo-to-frame maps [frames, 3, 3].
+
+    The photo (anything `load_image` reads) is drawn `face_width` of the frame wide, moving along
+    smooth loops: shifted by up to 15 % of the frame, scaled by 0.8-1.2, rotated by up to 12
+    degrees and squeezed sideways by up to 25 % (a stand-in for turning), all times `motion`.
+    audio=True adds a 440 Hz tone as long as the video. Frames in `faceless` are plain background.
+    """
+    import tempfile
+    import wave
+
+    import numpy as np
+    from PIL import Image
+
+    from .images import load_image
+    from .mp4 import Mp4Writer
+
+    picture = load_image(photo)
+    width, height = size
+    base = face_width * width / picture.width
+    maps = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tone = None
+        if audio:
+            tone = Path(tmp) / "tone.wav"
+            rate = 16000
+            t = np.arange(int(rate * frames / fps)) / rate
+            with wave.open(str(tone), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(rate)
+                w.writeframes((np.sin(2 * np.pi * 440 * t) * 12000).astype("<i2").tobytes())
+        with Mp4Writer(path, size, fps=fps, bitrate=bitrate, audio_from=tone) as video:
+            for f in range(frames):
+                phase = 2 * np.pi * f / max(frames, 2)
+                scale = base * (1 + 0.2 * motion * np.sin(phase))
+                squeeze = 1 - 0.25 * motion * (1 - np.cos(phase)) / 2
+                angle = np.radians(12 * motion * np.sin(2 * phase))
+                centre = np.array([width / 2, height / 2]) + motion * 0.15 * np.array(
+                    [width * np.sin(phase), height * np.sin(3 * phase)]
+                )
+                rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+                linear = rot @ np.diag([scale * squeeze, scale])
+                m = np.eye(3)
+                m[:2, :2] = linear
+                m[:2, 2] = centre - linear @ (np.array(picture.size) / 2)
+                maps.append(m)
+                if f in faceless:
+                    frame = Image.new("RGB", size, (120, 128, 136))
+                else:
+                    inverse = np.linalg.inv(m)
+                    frame = picture.transform(
+                        size,
+                        Image.Transform.AFFINE,
+                        tuple(inverse[:2].ravel()),
+                        resample=Image.Resampling.BICUBIC,
+                        fillcolor=(120, 128, 136),
+                    )
+                video.write(np.asarray(frame))
+    return np.stack(maps)

@@ -22,6 +22,10 @@ message names the value, what was given and what is allowed: `InvalidValueError`
 * frames: a whole number from 1 to MAX_FRAMES = 3600 (a minute at 60 fps). Frames are streamed to
   the file, so only the time grows with the count; an entry point may allow fewer.
 * fps: MIN_FPS = 1 to MAX_FPS = 120 frames per second.
+* videos to edit: at most MAX_FRAMES = 3600 frames (two minutes at 30 fps) of at most
+  MAX_VIDEO_PIXELS = 3840 x 2160 (4K UHD, either way up), at MIN_FPS to MAX_FPS; at least
+  MIN_PHOTO_SIDE pixels a side. Frames are streamed, so memory does not grow with the length, but
+  the time does: about a second of a GPU per second of 720p video, minutes per second on a CPU.
 * mesh resolution (density samples per side): 64, 128, 256 or 512 (MESH_RESOLUTIONS). On a CPU,
   above CPU_MESH_RESOLUTION = 256 only with allow_slow=True (`--allow-slow`): a 512³ mesh takes
   minutes there. Mesh threshold: "auto" (see `preim3d.mesh.surface_level`) or any finite σ.
@@ -39,7 +43,7 @@ import math
 import numbers
 from collections.abc import Mapping
 
-from .errors import InputImageError, InvalidValueError, NoSuchFaceError
+from .errors import InputImageError, InputVideoError, InvalidValueError, NoSuchFaceError
 
 MAX_PIXELS = 100_000_000  # 100 MP: larger than any phone photo; ~300 MB once decoded as RGB
 MIN_FACE_SIZE = 64  # px of face box in the photo; smaller faces would be magnified > ~3x in the crop
@@ -48,6 +52,7 @@ STRENGTH_LIMIT = 10.0
 YAW_LIMIT = math.pi  # radians
 PITCH_LIMIT = math.pi / 2  # radians
 MAX_FRAMES = 3600
+MAX_VIDEO_PIXELS = 3840 * 2160
 MIN_FPS, MAX_FPS = 1.0, 120.0
 MESH_RESOLUTIONS = (64, 128, 256, 512)
 CPU_MESH_RESOLUTION = 256  # the largest resolution a CPU makes without allow_slow=True
@@ -183,6 +188,38 @@ def check_fps(fps) -> float:
     if value is None or not MIN_FPS <= value <= MAX_FPS:
         raise InvalidValueError(f"fps must be a number from {MIN_FPS:g} to {MAX_FPS:g}, not {_show(fps)}.")
     return value
+
+
+def check_video_size(width: int, height: int, frames: int, fps: float, what: str, max_frames=None) -> int:
+    """Refuse a video to edit that is too large, too long or of an unusable frame rate.
+
+    frames: the expected frame count (0 when unknown: the caller checks again while decoding).
+    Raises InputVideoError naming `what` ("the video 'me.mp4'"); returns the frame limit applied
+    (max_frames, default MAX_FRAMES).
+    """
+    limit = MAX_FRAMES if max_frames is None else int(max_frames)
+    what = what[:1].upper() + what[1:]
+    if min(width, height) < MIN_PHOTO_SIDE:
+        raise InputVideoError(
+            f"{what} is {width}x{height} pixels, too small to hold a face: at least {MIN_PHOTO_SIDE} "
+            "pixels on each side are needed."
+        )
+    if width * height > MAX_VIDEO_PIXELS:
+        raise InputVideoError(
+            f"{what} is {width}x{height} pixels, larger than 4K UHD (3840x2160): downscale it first, "
+            "e.g. ffmpeg -i in.mp4 -vf scale=-2:1080 out.mp4"
+        )
+    if not MIN_FPS <= fps <= MAX_FPS:
+        raise InputVideoError(
+            f"{what} has a frame rate of {_show(fps)} fps; videos from {MIN_FPS:g} to {MAX_FPS:g} fps "
+            "can be edited."
+        )
+    if frames > limit:
+        raise InputVideoError(
+            f"{what} has about {frames} frames ({frames / fps:.0f} s at {fps:g} fps), more than the "
+            f"limit of {limit}: cut it shorter first, e.g. ffmpeg -i in.mp4 -t 60 -c copy short.mp4"
+        )
+    return limit
 
 
 # --- meshes ---------------------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ def test_named_endpoints_and_their_parameters(client):
         "/edit": ["photo", "latent", "edits", "yaw", "pitch", "precise", "face"],
         "/turntable": ["photo", "latent", "edits", "precise", "frames", "face"],
         "/mesh": ["photo", "latent", "edits", "precise", "resolution", "face"],
+        "/edit_video": ["video", "edits", "precise", "face", "side_by_side"],
     }
     assert not api["unnamed_endpoints"]  # the page's own events are not part of the API
     # everything but the photo-or-latent is optional
@@ -469,6 +470,8 @@ def test_all_network_work_is_wrapped_for_zerogpu(editor, monkeypatch):
         "api_edit",
         "api_turntable",
         "api_mesh",
+        "edit_video",
+        "api_edit_video",
     }
 
 

@@ -249,3 +249,35 @@ def test_without_weights_download_them_from_the_page_then_edit(
         expected = expected_edit(downloaded, astronaut_png, {"smile": number(browser, "edit-smile")}, browser)
         assert np.array_equal(fetch_image(image_src(browser, "edited")), np.asarray(expected, dtype=np.int16))
         screenshot(browser, tmp_path, "downloaded-and-edited.png")
+
+
+def test_video_tab_edits_an_uploaded_clip_with_the_sliders(browser, url, tmp_path):
+    from skimage import data
+
+    from preim3d.testing import make_face_video
+
+    clip = tmp_path / "clip.mp4"
+    face = Image.fromarray(data.astronaut()).crop((120, 40, 360, 280))
+    make_face_video(clip, face, size=(320, 240), frames=4, fps=8, face_width=0.75, motion=0.2)
+    browser.get(url)
+    wait(browser, lambda b: b.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Video')]")).click()
+    field = wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, "#video-input input[type=file]"))
+    field.send_keys(str(clip))
+    click_slider(browser, "edit-smile", 0.8)
+    browser.find_element(By.CSS_SELECTOR, "#video-beside input").click()
+    wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, "#video-input video"))
+    browser.find_element(By.ID, "video-edit").click()
+    width, height = wait(
+        browser,
+        lambda b: b.execute_script(
+            "const v = document.querySelector('#video-output video');"
+            "return v && v.readyState >= 1 ? [v.videoWidth, v.videoHeight] : null;"
+        ),
+        timeout=120,
+    )
+    assert (width, height) == (640, 240)  # input | edit
+    summary = browser.find_element(By.ID, "video-summary").text
+    assert "smile +" in summary and "face edited in 4" in summary
+    shot = tmp_path / "video-tab.png"
+    assert browser.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")

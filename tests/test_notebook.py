@@ -53,6 +53,7 @@ PARAMETERS = {
     "FRAMES": str(FRAMES),
     "FPS": "8",
     "MESH_RESOLUTION": "64",
+    "VIDEO_SECONDS": "1",
 }
 # what those edits must do to the attribute scores: age = -Young; Male is held
 EXPECTED_SCORE_CHANGES = {"Smiling": 4.0, "Young": -3.0, "Wearing_Lipstick": 2.0, "Male": 0.0}
@@ -231,6 +232,14 @@ def test_the_notebook_alone_installs_preim3d_and_runs_to_the_end(
     assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
     assert f"{len(mesh.faces):,} triangles" in stdout(nb, "mesh")
     assert html(nb, "mesh"), "the mesh preview was not shown"
+
+    # the video section: a clip made from the crop (no upload here), edited, shown inline
+    assert "Making one from the photo" in stdout(nb, "video")
+    assert re.search(
+        r"15 frames \(640x480, 15.00 fps, audio kept\), face edited in 1[0-5]", stdout(nb, "video")
+    )
+    assert imageio_ffmpeg.count_frames_and_secs(str(out / "edited_video.mp4"))[0] == 15
+    assert [h for h in html(nb, "video") if "<video" in h]
 
     with zipfile.ZipFile(kernel_env / "preim3d_results.zip") as archive:
         assert {"turntable.mp4", "head.glb", "edited.png", "grid.png", "latent.npz", "edited.npz"} <= set(
