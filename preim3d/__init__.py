@@ -16,6 +16,7 @@ _PUBLIC = {
     "load_generator": "preim3d.weights.generator",
     "save_generator": "preim3d.weights.generator",
     "TriPlaneGenerator": "preim3d.networks.triplane",
+    "set_kernels": "preim3d.networks.fused",
     "load_encoder": "preim3d.weights.encoder",
     "save_encoder": "preim3d.weights.encoder",
     "WPlusEncoder": "preim3d.networks.encoder",
@@ -115,6 +116,7 @@ if TYPE_CHECKING:  # the same names, for IDEs and type checkers (`X as X` marks 
     from .mesh import export_mesh as export_mesh
     from .mesh import extract_mesh as extract_mesh
     from .networks.encoder import WPlusEncoder as WPlusEncoder
+    from .networks.fused import set_kernels as set_kernels
     from .networks.triplane import TriPlaneGenerator as TriPlaneGenerator
     from .pipeline import Editor as Editor
     from .pipeline import EditResult as EditResult

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import trimesh
 from skimage.measure import marching_cubes
 
 from .errors import InvalidValueError, MeshLevelWarning
-from .networks.decoder import sample_triplanes
+from .networks.decoder import SAMPLE_AND_DECODE
 from .rendering import Progress
 from .validation import check_mesh_threshold
 
@@ -35,23 +36,25 @@ def extract_mesh(
     ws,
     resolution: int = 256,
     threshold: float | str = "auto",
-    batch_points: int = 2**18,
+    batch_points: int | None = None,
     trim: float = TRIM,
     planes=None,
     progress: Progress = None,
 ) -> trimesh.Trimesh:
-    """Surface of the density of ws, with vertex colours, in world coordinates.
+    """Surface of the density of ws, with vertex colours and normals, in world coordinates.
 
     Grid: resolution³ points x_i = −b/2 + i·b/(resolution − 1), i = 0 … resolution − 1, per axis, over
     the cube of side b = box_warp centred at the origin, the extent of the tri-planes (the official
-    gen_samples.py uses the same cube, box_warp · 1). The raw decoder output σ (before the
-    renderer's softplus(σ − 1)) is sampled in chunks of `batch_points` points; a border of
-    trim·resolution voxels is set below the threshold (the official drops 30/256 of each side, where
-    the FFHQ model keeps background density), which also closes the surface there. Marching cubes
-    (skimage) at σ = threshold gives the triangles, wound so normals point out; "auto" takes the
-    official level 10, or one from the density where it never gets there (`surface_level`).
-    Vertex colours are the decoder's first three colour features at each vertex, the colours of the
-    raw (pre-super-resolution) image, as sRGB uint8.
+    gen_samples.py uses the same cube, box_warp · 1). A border of trim·resolution voxels counts as
+    below the threshold (the official drops 30/256 of each side, where the FFHQ model keeps
+    background density), which also closes the surface there; the raw decoder output σ (before the
+    renderer's softplus(σ − 1)) is sampled at the points inside it, `batch_points` at a time
+    (default 2²² on a GPU, 2¹⁸ elsewhere; the fused kernel in the fast mode). Marching cubes
+    (skimage) at σ = threshold, on the smallest box around the points above it, gives the
+    triangles, wound so normals point out, and the vertex normals (the density's gradient);
+    "auto" takes the official level 10, or one from the density where it never gets there
+    (`surface_level`). Vertex colours are the decoder's first three colour features at each vertex, the
+    colours of the raw (pre-super-resolution) image, as sRGB uint8.
 
     Orientation: EG3D's world frame has y up and the face looking toward +z (the frontal camera sits
     at z = 2.7). That is already glTF's frame (+y up, the asset's front facing +z), which
@@ -69,32 +72,43 @@ def extract_mesh(
             )
     n = int(resolution)
     step = box / (n - 1)
-    total = n**3
-    sigma = np.empty(total, dtype=np.float32)
+    pad = int(trim * n)
+    inner = n - 2 * pad  # grid points per axis inside the trimmed border
+    if inner < 2:
+        raise ValueError(f"trim={trim} leaves no grid inside the box at resolution {n}")
+    batch_points = batch_points or (2**22 if device.type == "cuda" else 2**18)
+    total = inner**3
+    sigma = torch.empty(total, dtype=torch.float32, device=device)
     for start in range(0, total, batch_points):
         index = torch.arange(start, min(start + batch_points, total), device=device)
-        ijk = torch.stack((index // (n * n), index // n % n, index % n), dim=-1)
-        _, chunk = _decode(G, planes, ijk * step - box / 2)
-        sigma[start : start + len(index)] = chunk[:, 0].cpu().numpy()
+        ijk = torch.stack((index // (inner * inner), index // inner % inner, index % inner), dim=-1) + pad
+        sigma[start : start + len(index)] = _decode(G, planes, ijk * step - box / 2)[1][:, 0]
         if progress is not None:
             progress(start + len(index), total)
-    volume = sigma.reshape(n, n, n)  # volume[i, j, k] is the point (x_i, y_j, z_k)
-    pad = int(trim * n)
-    threshold = surface_level(volume[pad : n - pad, pad : n - pad, pad : n - pad], threshold, trimmed=pad > 0)
+    volume = sigma.view(inner, inner, inner)  # volume[i, j, k] is the point (x_{pad+i}, y_{pad+j}, z_{pad+k})
+    threshold = surface_level(volume, threshold, trimmed=pad > 0)
+    above = volume > threshold
+    # Marching cubes (on the CPU) only over the box around the points above the threshold, one voxel
+    # wider, and one more layer below the threshold where the trimmed border was.
+    lo, hi = [], []
+    for axis in range(3):
+        hit = above.any(dim=[d for d in range(3) if d != axis]).nonzero()
+        lo.append(max(int(hit[0]) - 1, 0))
+        hi.append(min(int(hit[-1]) + 2, inner))
+    sub = volume[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     if pad:
-        for axis in range(3):
-            sl = [slice(None)] * 3
-            sl[axis] = np.r_[0:pad, n - pad : n]
-            volume[tuple(sl)] = threshold - 1
-    vertices, faces, _, _ = marching_cubes(
-        volume, level=threshold, spacing=(step, step, step), gradient_direction="ascent"
+        sub = F.pad(sub[None, None], (1,) * 6, value=threshold - 1)[0, 0]
+    origin = np.array(lo, dtype=np.float64) + pad - (1 if pad else 0)  # grid index of sub[0, 0, 0]
+    vertices, faces, normals, _ = marching_cubes(
+        sub.cpu().numpy(), level=threshold, spacing=(step, step, step), gradient_direction="ascent"
     )
-    vertices = vertices - box / 2
-    # "ascent": density is high inside, so this winds the faces with their normals pointing out.
-    rgb, _ = _decode(G, planes, torch.as_tensor(vertices, dtype=torch.float32, device=device), batch_points)
-    colors = (rgb[:, :3].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-    alpha = np.full((len(colors), 1), 255, dtype=np.uint8)
-    return trimesh.Trimesh(vertices, faces, vertex_colors=np.concatenate([colors, alpha], 1), process=False)
+    # "ascent": density is high inside, so this winds the faces with their normals pointing out;
+    # skimage's vertex normals point down the density's gradient, out as well.
+    vertices = vertices + (origin * step - box / 2)
+    rgb, _ = _decode(G, planes, torch.as_tensor(vertices, dtype=torch.float32, device=device))
+    colors = (rgb[:, :3].float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    colors = torch.cat([colors, torch.full_like(colors[:, :1], 255)], 1).cpu().numpy()
+    return trimesh.Trimesh(vertices, faces, vertex_normals=normals, vertex_colors=colors, process=False)
 
 
 def surface_level(sigma, threshold: float | str = "auto", trimmed: bool = True) -> float:
@@ -136,17 +150,20 @@ def surface_level(sigma, threshold: float | str = "auto", trimmed: bool = True) 
     return level
 
 
-def _decode(G, planes, points: torch.Tensor, batch_points: int | None = None):
-    """Decoder outputs (colour features [M,F], raw σ [M,1]) at world points [M,3], in chunks."""
-    chunks = [points] if batch_points is None else points.split(batch_points)
-    rgb, sigma = [], []
+def _decode(G, planes, points: torch.Tensor):
+    """Decoder outputs at world points [M,3]: colour features [M,F] and raw σ [M,1], through the
+    sampler the renderer uses (the fused kernel in the fast mode)."""
+    zeros = torch.zeros(1, len(points), 1, 1, device=points.device)
     with torch.no_grad():
-        for chunk in chunks:
-            features = sample_triplanes(planes, chunk.unsqueeze(0).float(), G.rendering_kwargs["box_warp"])
-            r, s = G.decoder(features)
-            rgb.append(r[0])
-            sigma.append(s[0])
-    return torch.cat(rgb), torch.cat(sigma)
+        colors, sigma = SAMPLE_AND_DECODE(
+            planes,
+            G.decoder,
+            points.float()[None],
+            torch.zeros_like(points)[None],
+            zeros,
+            G.rendering_kwargs["box_warp"],
+        )
+    return colors[0, :, :, 0].t(), sigma[0]
 
 
 # --- Export --------------------------------------------------------------------------------------------
@@ -162,7 +179,7 @@ def export_mesh(mesh: trimesh.Trimesh, path) -> Path:
     """Write mesh to path by suffix: .glb (binary glTF 2.0), .ply (binary) or .obj; returns the path.
 
     PLY and OBJ store the sRGB vertex colours as they are. glTF defines vertex colours (COLOR_0) as
-    linear light, so the GLB stores them converted from sRGB as float32, with an unlit material
+    linear light, so the GLB stores them converted from sRGB as float32 RGB, with an unlit material
     (KHR_materials_unlit; viewers without it fall back to a non-metallic, rough base colour): the
     colours already contain the generator's shading and show as rendered.
     """
@@ -171,7 +188,7 @@ def export_mesh(mesh: trimesh.Trimesh, path) -> Path:
     if len(mesh.faces) == 0:
         raise ValueError("the mesh has no faces; nothing to export")
     if suffix == ".glb":
-        path.write_bytes(_glb_bytes(mesh))
+        _write_glb(mesh, path)
     elif suffix in (".ply", ".obj"):
         mesh.export(path)
     else:
@@ -179,40 +196,37 @@ def export_mesh(mesh: trimesh.Trimesh, path) -> Path:
     return path
 
 
-def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
-    """A binary glTF 2.0 file of one triangle mesh: positions, normals, COLOR_0 (if any), uint32 indices."""
+# Linear light of each 8-bit sRGB value.
+_SRGB_TO_LINEAR = srgb_to_linear(np.arange(256) / 255).astype(np.float32)
+
+
+def _write_glb(mesh: trimesh.Trimesh, path: Path) -> None:
+    """A binary glTF 2.0 file of one triangle mesh: positions, normals, COLOR_0 (if any), uint32
+    indices, written piece by piece (no copy of the whole file in memory)."""
     arrays = [
         ("POSITION", np.asarray(mesh.vertices, dtype=np.float32), "VEC3"),
         ("NORMAL", np.asarray(mesh.vertex_normals, dtype=np.float32), "VEC3"),
     ]
     if mesh.visual.kind == "vertex":
-        colors = np.asarray(mesh.visual.vertex_colors, dtype=np.float64) / 255
-        colors[:, :3] = srgb_to_linear(colors[:, :3])
-        arrays.append(("COLOR_0", colors.astype(np.float32), "VEC4"))
-    indices = np.asarray(mesh.faces, dtype=np.uint32).reshape(-1)
+        arrays.append(("COLOR_0", _SRGB_TO_LINEAR[np.asarray(mesh.visual.vertex_colors)[:, :3]], "VEC3"))
+    arrays.append(("indices", np.asarray(mesh.faces, dtype=np.uint32).reshape(-1), "SCALAR"))
 
-    blob, views, accessors, attributes = bytearray(), [], [], {}
-    for name, data, kind in [*arrays, ("indices", indices, "SCALAR")]:
-        views.append(
-            {
-                "buffer": 0,
-                "byteOffset": len(blob),
-                "byteLength": data.nbytes,
-                "target": 34963 if name == "indices" else 34962,
-            }
-        )  # element / vertex array
+    views, accessors, attributes, offset = [], [], {}, 0
+    for name, data, kind in arrays:
+        target = 34963 if name == "indices" else 34962  # element / vertex array
+        views.append({"buffer": 0, "byteOffset": offset, "byteLength": data.nbytes, "target": target})
         accessor = {
             "bufferView": len(views) - 1,
             "count": len(data),
             "type": kind,
-            "componentType": 5125 if name == "indices" else 5126,
-        }  # uint32 / float32
+            "componentType": 5125 if name == "indices" else 5126,  # uint32 / float32
+        }
         if name == "POSITION":
             accessor.update(min=data.min(0).tolist(), max=data.max(0).tolist())
         if name != "indices":
             attributes[name] = len(accessors)
         accessors.append(accessor)
-        blob += data.tobytes()  # every array is a multiple of 4 bytes long, so all stay aligned
+        offset += data.nbytes  # every array is a multiple of 4 bytes long, so all stay aligned
     gltf = {
         "asset": {"version": "2.0", "generator": "preim3d"},
         "scene": 0,
@@ -236,13 +250,15 @@ def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
             }
         ],
         "extensionsUsed": ["KHR_materials_unlit"],
-        "buffers": [{"byteLength": len(blob)}],
+        "buffers": [{"byteLength": offset}],
         "bufferViews": views,
         "accessors": accessors,
     }
     text = json.dumps(gltf, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 4)
-    chunks = (
-        struct.pack("<II", len(text), 0x4E4F534A) + text + struct.pack("<II", len(blob), 0x004E4942) + blob
-    )
-    return struct.pack("<III", 0x46546C67, 2, 12 + len(chunks)) + chunks
+    with open(path, "wb") as f:
+        f.write(struct.pack("<III", 0x46546C67, 2, 12 + 8 + len(text) + 8 + offset))
+        f.write(struct.pack("<II", len(text), 0x4E4F534A) + text)
+        f.write(struct.pack("<II", offset, 0x004E4942))
+        for _, data, _ in arrays:
+            f.write(memoryview(np.ascontiguousarray(data)).cast("B"))

@@ -48,7 +48,7 @@ from .refine import (
     tuned_copy,
     weights_digest,
 )
-from .rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
+from .rendering import TriPlaneRenderer, depths_to_uint8, multiview_grid, uint8_images
 from .validation import (
     MIN_PHOTO_SIDE,
     check_angles,
@@ -334,13 +334,20 @@ class Editor:
             torch.as_tensor(yaws, dtype=torch.float32), torch.as_tensor(pitches, dtype=torch.float32)
         )
         with torch.inference_mode():
-            batches = self.renderer.render_codes(ws, c, deterministic=self.deterministic)
-            return [Image.fromarray(image) for out in batches for image in to_uint8(out["image"])]
+            batches = self.renderer.render_codes(
+                ws, c, deterministic=self.deterministic, outputs=("image",), on_device=uint8_images
+            )
+            return [Image.fromarray(image) for out in batches for image in out["image"].numpy()]
 
     def depth(self, ws, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
         """The depth map of one view (neural rendering resolution, near = bright) as a grayscale image."""
-        out = self._render(ws, camera_vector([yaw], [pitch]))
-        return Image.fromarray(depth_to_uint8(out["image_depth"])[0])
+        gray = self._render(
+            ws,
+            camera_vector([yaw], [pitch]),
+            outputs=("image_depth",),
+            on_device=lambda out: {"gray": depths_to_uint8(out["image_depth"])},
+        )["gray"]
+        return Image.fromarray(gray[0].numpy())
 
     def views(self, ws, yaws, pitches=0.0) -> list[Image.Image]:
         """One code from several cameras: yaws and pitches are sequences of equal length or numbers."""
@@ -348,8 +355,9 @@ class Editor:
             torch.as_tensor(yaws, dtype=torch.float32).reshape(-1),
             torch.as_tensor(pitches, dtype=torch.float32).reshape(-1),
         )
-        images = to_uint8(self._render(ws, camera_vector(yaw, pitch))["image"])
-        return [Image.fromarray(image) for image in images]
+        # Converted to uint8 where they were rendered: only those bytes travel to the host.
+        images = self._render(ws, camera_vector(yaw, pitch), outputs=("image",), on_device=uint8_images)
+        return [Image.fromarray(image) for image in images["image"].numpy()]
 
     def grid(
         self, ws, yaws=(-math.pi / 9, math.pi / 9), pitches=(-math.pi / 36, math.pi / 36)
@@ -392,9 +400,9 @@ class Editor:
             export_mesh(mesh, path)
         return mesh
 
-    def _render(self, ws, c) -> dict:
+    def _render(self, ws, c, **kwargs) -> dict:
         with torch.inference_mode():
-            return self.renderer.render(_one(ws), c, deterministic=self.deterministic)
+            return self.renderer.render(_one(ws), c, deterministic=self.deterministic, **kwargs)
 
     # ------------------------------------------------------------------ all at once
 

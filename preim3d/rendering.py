@@ -18,6 +18,7 @@ Image conversions follow the official grid/video convention: uint8 = clamp(x·12
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -28,38 +29,63 @@ import torch
 from PIL import Image
 
 from .cameras import camera_vector
+from .networks.fused import kernel_choice
+from .networks.graphs import CUDAGraphed
 
 Progress = Callable[[int, int], None] | None
 
 
 # --- Image conversions ---------------------------------------------------------------------------------
 
+OUTPUTS = ("image", "image_raw", "image_depth")  # what the generator renders
 
-def to_uint8(images) -> np.ndarray:
-    """Images [N,3,H,W] (or [3,H,W]) in [-1, 1] → uint8 [N,H,W,3] (or [H,W,3]).
+
+def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images [...,3,H,W] in [-1, 1] → uint8 [...,H,W,3] on their own device (a GPU converts in
+    microseconds and then a quarter of the bytes travel to the host).
 
     u = trunc(clamp(127.5·x + 128, 0, 255)), the official grid and video conversion.
     """
-    x = torch.as_tensor(images).detach().float().cpu()
-    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
+    u = (images.detach().float() * 127.5 + 128).clamp_(0, 255).to(torch.uint8)
+    return u.movedim(-3, -1).contiguous()
 
 
-def depth_to_uint8(depth, depth_range=None) -> np.ndarray:
-    """Depth maps [N,1,H,W], [N,H,W] or [H,W] → uint8 [N,H,W] (or [H,W]) with near = bright.
+def depths_to_uint8(depth: torch.Tensor, depth_range=None) -> torch.Tensor:
+    """Depth maps [N,1,H,W], [N,H,W] or [H,W] → uint8 [N,H,W] (or [H,W]) on their own device, near = bright.
 
     u = round(255 · (far − d) / (far − near)), clamped. By default near and far are each image's own
     minimum and maximum depth (the official depth video's per-frame normalisation); pass
-    depth_range=(near, far) for a fixed scale, e.g. (ray_start, ray_end) = (2.25, 3.3) for FFHQ.
+    depth_range=(near, far) (numbers or 0-d tensors) for a fixed scale, e.g. (ray_start, ray_end) =
+    (2.25, 3.3) for FFHQ.
     """
-    d = torch.as_tensor(depth).detach().float().cpu()
+    d = depth.detach().float()
     if d.ndim == 4:
         d = d[:, 0]
     if depth_range is None:
         near, far = d.amin(dim=(-2, -1), keepdim=True), d.amax(dim=(-2, -1), keepdim=True)
     else:
-        near, far = (torch.tensor(float(v)) for v in depth_range)
+        near, far = (torch.as_tensor(v, dtype=torch.float32, device=d.device) for v in depth_range)
     v = (far - d) / (far - near).clamp_min(1e-12)
-    return (v * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+    return (v * 255 + 0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def uint8_images(outputs: dict) -> dict:
+    """An `on_device` conversion for `TriPlaneRenderer.render`: 'image' and 'image_raw' (whichever
+    are there) as uint8 [N,H,W,3] (`images_to_uint8`), anything else as it is."""
+    return {
+        key: images_to_uint8(value) if key in ("image", "image_raw") else value
+        for key, value in outputs.items()
+    }
+
+
+def to_uint8(images) -> np.ndarray:
+    """`images_to_uint8` of images anywhere, as a numpy array on the CPU."""
+    return images_to_uint8(torch.as_tensor(images)).cpu().numpy()
+
+
+def depth_to_uint8(depth, depth_range=None) -> np.ndarray:
+    """`depths_to_uint8` of depth maps anywhere, as a numpy array on the CPU."""
+    return depths_to_uint8(torch.as_tensor(depth), depth_range).cpu().numpy()
 
 
 # --- Batched rendering with a tri-plane cache ---------------------------------------------------------
@@ -75,12 +101,19 @@ class TriPlaneRenderer:
     `render(ws, c)` renders V cameras in batches of `batch_size` views from the planes
     [1,3,32,256,256]; `G.render_planes` broadcasts the batch-1 planes and ws over the views without
     copying them (and modulates the super-resolution once). Everything runs under no_grad on the
-    generator's device; results come back on the CPU.
+    generator's device; results come back on the CPU: only the `outputs` asked for, after an
+    optional `on_device` conversion (e.g. `images_to_uint8`), copied while the next batch renders.
+
+    In the fast mode on a GPU the backbone and each batch size of the rendering replay CUDA graphs
+    (captured on first use; a batch of one view takes a few milliseconds instead of tens), and
+    their float16 outputs are checked as `G.synthesis` checks them: a pass that overflowed is
+    computed again without graphs, in float32.
 
     Sampling is random unless deterministic=True, exactly as `G.synthesis`: seed torch before a call
     to repeat it. The random draws are made per batch, so with deterministic=False the pixels depend
-    on batch_size as well as on the seed; rendering one view equals `G.synthesis(ws, c)` bit for bit.
-    Call `clear()` after changing the generator's weights: the cache cannot see that.
+    on batch_size as well as on the seed; in fp32, rendering one view equals `G.synthesis(ws, c)`
+    bit for bit. Call `clear()` after changing the generator's weights: the cache and the captured
+    graphs cannot see that.
     """
 
     def __init__(self, G, batch_size: int = 8, cache_size: int = 4):
@@ -90,6 +123,8 @@ class TriPlaneRenderer:
         self.batch_size = batch_size
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._graphs: dict[tuple, CUDAGraphed] = {}
+        self._copy_stream = None
 
     @property
     def device(self) -> torch.device:
@@ -101,7 +136,7 @@ class TriPlaneRenderer:
             ws = ws.unsqueeze(0)
         if ws.ndim != 3 or ws.shape[0] != 1:
             raise ValueError(f"expected one latent ws of shape [1, num_ws, w_dim], got {tuple(ws.shape)}")
-        return ws.to(self.device, torch.float32)
+        return ws.float()
 
     def planes(self, ws) -> torch.Tensor:
         """Tri-planes [1,3,32,256,256] of ws, from the cache when ws was seen recently.
@@ -116,41 +151,72 @@ class TriPlaneRenderer:
             getattr(self.G, "precision", None),
             getattr(self.G, "weights_key", None),
         )
+        ws = ws.to(self.device)
         planes = self._cache.get(key)
         if planes is not None:
             self._cache.move_to_end(key)
             return planes
         with torch.no_grad():
-            planes = self.G.synthesize_planes(ws, noise_mode="const")
+            planes = None
+            if self._graphed():
+                planes, finite = self._graph(self._planes_and_check)(ws)
+                planes = planes if finite.item() else None
+            if planes is None:  # no graphs here, or float16 overflowed in one
+                planes = self.G.synthesize_planes(ws, noise_mode="const")
         if self.cache_size:
             self._cache[key] = planes
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return planes
 
-    def render_batches(self, ws, c, deterministic: bool = False) -> Iterator[dict]:
-        """Yields the output dict (on the CPU) of each batch of at most batch_size cameras in c [V,25]."""
-        ws = self._latent(ws)
-        c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
+    def render_batches(
+        self,
+        ws,
+        c,
+        deterministic: bool = False,
+        outputs=OUTPUTS,
+        on_device: Callable[[dict], dict] | None = None,
+    ) -> Iterator[dict]:
+        """Yields, for each batch of at most batch_size cameras in c [V,25], a dict on the CPU of the
+        requested `outputs` (from OUTPUTS) or, with `on_device`, of what that function makes of them
+        on the generator's device (tensors; e.g. `lambda out: {"image": images_to_uint8(out["image"])}`).
+        While one batch is copied to the host, the next one renders."""
+        unknown = set(outputs) - set(OUTPUTS)
+        if unknown or not outputs:
+            raise ValueError(f"outputs must be some of {OUTPUTS}, got {tuple(outputs)}")
         planes = self.planes(ws)
+        ws = self._latent(ws).to(self.device)
+        c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
+        pending = None
         for start in range(0, len(c), self.batch_size):
-            with torch.no_grad():
-                # Batch-1 planes and ws: the generator broadcasts them over the views without copying.
-                out = self.G.render_planes(
-                    planes, ws, c[start : start + self.batch_size], deterministic=deterministic
-                )
-            yield {key: out[key].cpu() for key in ("image", "image_raw", "image_depth")}
+            batch = self._start_batch(
+                planes, ws, c[start : start + self.batch_size], deterministic, outputs, on_device
+            )
+            if pending is not None:
+                yield pending.result()
+            pending = batch
+        if pending is not None:
+            yield pending.result()
 
-    def render(self, ws, c, deterministic: bool = False, progress: Progress = None) -> dict:
-        """ws [1,num_ws,w_dim], c [V,25] →
-        {'image' [V,3,R,R], 'image_raw' [V,3,r,r], 'image_depth' [V,1,r,r]}."""
+    def render(
+        self,
+        ws,
+        c,
+        deterministic: bool = False,
+        progress: Progress = None,
+        outputs=OUTPUTS,
+        on_device: Callable[[dict], dict] | None = None,
+    ) -> dict:
+        """ws [1,num_ws,w_dim], c [V,25] → {'image' [V,3,R,R], 'image_raw' [V,3,r,r], 'image_depth'
+        [V,1,r,r]} on the CPU, or the chosen `outputs` / `on_device` results (see `render_batches`),
+        concatenated over the views. progress(done_views, total) after each batch."""
         total = torch.as_tensor(c).reshape(-1, 25).shape[0]
         if total == 0:
             raise ValueError("render needs at least one camera")
         parts, done = [], 0
-        for out in self.render_batches(ws, c, deterministic):
+        for out in self.render_batches(ws, c, deterministic, outputs, on_device):
             parts.append(out)
-            done += len(out["image"])
+            done += len(next(iter(out.values())))
             if progress is not None:
                 progress(done, total)
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
@@ -161,24 +227,116 @@ class TriPlaneRenderer:
         other._cache = self._cache
         return other
 
-    def render_codes(self, ws, c, deterministic: bool = False) -> Iterator[dict]:
-        """Several codes, one camera each: ws [N,num_ws,w_dim] and c [N,25] -> yields the output dict
-        (on the CPU) of each batch of at most batch_size of them. Their planes are not cached."""
+    def render_codes(
+        self,
+        ws,
+        c,
+        deterministic: bool = False,
+        outputs=OUTPUTS,
+        on_device: Callable[[dict], dict] | None = None,
+    ) -> Iterator[dict]:
+        """Several codes, one camera each: ws [N,num_ws,w_dim] and c [N,25] -> yields, for each batch
+        of at most batch_size of them, what `render_batches` yields (the requested `outputs`, after
+        `on_device`, on the CPU; copied while the next batch renders). Their planes are not cached."""
         ws = torch.as_tensor(ws).detach().to(self.device, torch.float32)
         c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
         if ws.ndim != 3 or len(ws) != len(c):
             raise ValueError(
                 f"need ws [N, num_ws, w_dim] and c [N, 25], got {list(ws.shape)} and {list(c.shape)}"
             )
+        pending = None
         for start in range(0, len(c), self.batch_size):
             chunk = slice(start, start + self.batch_size)
             with torch.no_grad():
                 out = self.G.synthesis(ws[chunk], c[chunk], noise_mode="const", deterministic=deterministic)
-            yield {key: out[key].cpu() for key in ("image", "image_raw", "image_depth")}
+                selected = {key: out[key] for key in outputs}
+                batch = self._to_host(on_device(selected) if on_device else selected)
+            if pending is not None:
+                yield pending.result()
+            pending = batch
+        if pending is not None:
+            yield pending.result()
 
     def clear(self) -> None:
-        """Forget every cached tri-plane."""
+        """Forget every cached tri-plane and captured graph."""
         self._cache.clear()
+        self._graphs.clear()
+
+    # The fast mode's CUDA graphs, and the copies to the host.
+
+    def _graphed(self) -> bool:
+        return getattr(self.G, "precision", None) == "fast" and self.device.type == "cuda"
+
+    def _graph(self, fn, *options) -> CUDAGraphed:
+        """`fn` through CUDA graphs, one CUDAGraphed per function, options, kernel choice and weights
+        (a graph replays the kernels it captured, reading the weights it was captured with: a tuned
+        copy's deltas are part of its `weights_key`)."""
+        key = (fn.__name__, *options, kernel_choice(), getattr(self.G, "weights_key", None))
+        if key not in self._graphs:
+            self._graphs[key] = CUDAGraphed(functools.partial(fn, *options), max_graphs=4, warmup=1)
+        return self._graphs[key]
+
+    def _planes_and_check(self, ws):
+        planes = self.G.synthesize_planes(ws, noise_mode="const")
+        return planes, torch.isfinite(planes).all()
+
+    def _render_and_check(self, deterministic, planes, ws, cameras):
+        out = self.G.render_planes(planes, ws, cameras, deterministic=deterministic)
+        return out, torch.isfinite(out["image"]).all()
+
+    def _start_batch(self, planes, ws, cameras, deterministic, outputs, on_device) -> _HostCopy:
+        """Renders one batch on the device and starts copying what was asked for to the host."""
+
+        def wanted(out: dict) -> dict:
+            selected = {key: out[key] for key in outputs}
+            return on_device(selected) if on_device else selected
+
+        def eager() -> dict:
+            with torch.no_grad():
+                return wanted(self.G.render_planes(planes, ws, cameras, deterministic=deterministic))
+
+        if not self._graphed():
+            return self._to_host(eager())
+        with torch.no_grad():
+            out, finite = self._graph(self._render_and_check, deterministic)(planes, ws, cameras)
+            # Should float16 have overflowed in the graph, the batch runs again without it.
+            return self._to_host(wanted(out), finite, redo=lambda: self._to_host(eager()).result())
+
+    def _to_host(self, tensors: dict, finite=None, redo=None) -> _HostCopy:
+        """Starts copying tensors (and the finite flag) to pinned host memory on a side stream."""
+        if self.device.type != "cuda":
+            return _HostCopy({key: value.cpu() for key, value in tensors.items()})
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        stream = self._copy_stream
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            host = {key: _pinned_copy(value) for key, value in tensors.items()}
+            finite_host = None if finite is None else _pinned_copy(finite)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return _HostCopy(host, done, (tensors, finite), finite_host, redo)
+
+
+def _pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
+
+
+class _HostCopy:
+    """Host tensors that an asynchronous copy fills; `result()` waits for it. The device tensors are
+    kept until then, so that their memory is not reused while the copy reads it. With a host flag
+    `finite` that came out False, `result()` returns `redo()` instead."""
+
+    def __init__(self, host: dict, done=None, keep=None, finite=None, redo=None):
+        self.host, self.done, self.keep, self.finite, self.redo = host, done, keep, finite, redo
+
+    def result(self) -> dict:
+        if self.done is not None:
+            self.done.synchronize()
+        self.keep = None
+        if self.finite is not None and not bool(self.finite):
+            return self.redo()
+        return self.host
 
 
 # --- Grids ---------------------------------------------------------------------------------------------
@@ -198,7 +356,9 @@ def multiview_grid(
     """
     yaw = [y for _ in pitches for y in yaws]
     pitch = [p for p in pitches for _ in yaws]
-    images = to_uint8(renderer.render(ws, camera_vector(yaw, pitch), deterministic=deterministic)["image"])
+    images = renderer.render(
+        ws, camera_vector(yaw, pitch), deterministic=deterministic, outputs=("image",), on_device=uint8_images
+    )["image"].numpy()
     rows, cols = len(pitches), len(yaws)
     _, h, w, _ = images.shape
     grid = images.reshape(rows, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, 3)

@@ -8,6 +8,7 @@ file from `preim3d.mp4`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,8 @@ from PIL import Image, ImageOps
 
 from .cameras import turntable_path
 from .images import load_image
-from .mp4 import Mp4Writer
-from .rendering import Progress, TriPlaneRenderer, depth_to_uint8, to_uint8
+from .mp4 import CRF, Mp4Writer
+from .rendering import Progress, TriPlaneRenderer, depths_to_uint8, images_to_uint8
 from .validation import check_fps, check_frames
 
 
@@ -43,7 +44,8 @@ def render_turntable(
     progress: Progress = None,
     cameras=None,
     deterministic: bool = False,
-    bitrate: str = "10M",
+    crf: int = CRF,
+    bitrate: str | None = None,
 ) -> Path:
     """Write an H.264 mp4 (yuv420p, plays in browsers) of ws seen along a camera path; returns its path.
 
@@ -56,9 +58,11 @@ def render_turntable(
     reconstruction); anything else is an image (PIL, array or path; letterboxed into the panel), so
     side_by_side=[photo, ws_reconstruction] gives input | reconstruction | edit.
     The depth panel maps the depth range of the first batch of frames to white … black and keeps it
-    for the whole video (a per-frame range would flicker). Frames are encoded as they are rendered,
-    so memory does not grow with the frame count. progress(done_frames, total) after each batch.
-    frames: 1 to 3600, fps: 1 to 120 (`preim3d.validation`).
+    for the whole video (a per-frame range would flicker). Panels are resized and converted to uint8
+    where they were rendered, and frames are encoded (`Mp4Writer`: x264 constant quality `crf`, or
+    a target `bitrate` such as "10M") while the next ones render, so memory does not grow with the
+    frame count. progress(done_frames, total) after each batch. frames: 1 to 3600, fps: 1 to 120
+    (`preim3d.validation`).
     """
     frames, fps = check_frames(frames), check_fps(fps)
     path = Path(path)
@@ -69,8 +73,29 @@ def render_turntable(
     panel = int(size or renderer.G.img_resolution)
     panel += panel % 2
     entries = [*(side_by_side or []), torch.as_tensor(ws)]
+    depth_range = []  # near and far of the first batch, as tensors on the device (read without waiting)
+
+    def panels(out: dict, with_depth: bool) -> dict:
+        """On the device: the render (and depth) as uint8 panels [N,panel,panel,3]."""
+        result = {"image": images_to_uint8(_resize(out["image"], panel))}
+        if with_depth:
+            d = out["image_depth"]
+            depth_range[:] = depth_range or [d.amin(), d.amax()]
+            gray = depths_to_uint8(_resize(d, panel), depth_range)
+            result["depth"] = gray.unsqueeze(-1).expand(-1, -1, -1, 3)
+        return result
+
+    last = len(entries) - 1
     streams = [
-        renderer.render_batches(e, cameras, deterministic) for e in entries if isinstance(e, torch.Tensor)
+        renderer.render_batches(
+            e,
+            cameras,
+            deterministic,
+            outputs=("image", "image_depth") if depth and i == last else ("image",),
+            on_device=functools.partial(panels, with_depth=depth and i == last),
+        )
+        for i, e in enumerate(entries)
+        if isinstance(e, torch.Tensor)
     ]
     stills = {
         i: np.asarray(ImageOps.pad(load_image(e), (panel, panel), Image.LANCZOS))
@@ -78,23 +103,21 @@ def render_turntable(
         if not isinstance(e, torch.Tensor)
     }
 
-    with Mp4Writer(path, (panel * (len(entries) + int(depth)), panel), fps=fps, bitrate=bitrate) as video:
-        done, depth_range = 0, None
+    width = panel * (len(entries) + int(depth))
+    with Mp4Writer(path, (width, panel), fps=fps, crf=crf, bitrate=bitrate) as video:
+        done = 0
         for outs in zip(*streams):
             n = len(outs[0]["image"])
             rendered = iter(outs)
-            panels = [
+            row = [
                 np.broadcast_to(stills[i], (n, panel, panel, 3))
                 if i in stills
-                else to_uint8(_resize(next(rendered)["image"], panel))
+                else next(rendered)["image"].numpy()
                 for i in range(len(entries))
             ]
             if depth:
-                d = outs[-1]["image_depth"]
-                depth_range = depth_range or (d.min().item(), d.max().item())
-                gray = depth_to_uint8(_resize(d, panel), depth_range)
-                panels.append(np.repeat(gray[..., None], 3, axis=-1))
-            video.write(np.concatenate(panels, axis=2))
+                row.append(outs[-1]["depth"].numpy())
+            video.write(np.concatenate(row, axis=2))
             done += n
             if progress is not None:
                 progress(done, total)

@@ -430,6 +430,10 @@ def edit_video(
         out,
         (width * (2 if side_by_side else 1), height),
         fps=float(exact_fps(reader.fps)),
+        # A fixed rate at x264's default preset: the turntables' near-lossless crf would make long
+        # clips of any size very large.
+        bitrate="10M",
+        preset="medium",
         audio_from=reader.path if reader.has_audio else None,
     )
     stages = _Stages()

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from preim3d.networks.decoder import OSGDecoder, sample_triplanes
-from preim3d.networks.renderer import ImportanceRenderer
+from preim3d.networks import fast_kernels, fused, ops
+from preim3d.networks.decoder import SAMPLE_AND_DECODE, OSGDecoder, sample_triplanes
+from preim3d.networks.ops import BIAS_LRELU, UPFILTER_BIAS_LRELU
+from preim3d.networks.renderer import (
+    COMPOSITE_WEIGHTS,
+    RAY_WEIGHTS,
+    WEIGHTED_SUM,
+    ImportanceRenderer,
+    composite_weights,
+    ray_weights,
+)
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -40,7 +51,7 @@ def test_kernels_in_the_triton_interpreter():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "8 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
+    assert "49 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
 
 
 def random_decoder(seed=0):
@@ -64,8 +75,6 @@ def rays(n, m, s, seed=1):
 @kernels_here
 @pytest.mark.parametrize("shared_planes", [True, False], ids=["one-latent-many-views", "batch"])
 def test_sample_and_decode_matches_pytorch(shared_planes):
-    from preim3d.networks import fast_kernels
-
     n, m, s = 2, 50, 7
     decoder = random_decoder()
     planes = torch.randn(1 if shared_planes else n, 3, 32, 16, 16, device=DEVICE).half()
@@ -85,8 +94,6 @@ def test_sample_and_decode_matches_pytorch(shared_planes):
 
 @kernels_here
 def test_weighted_sum_matches_pytorch():
-    from preim3d.networks import fast_kernels
-
     colors = torch.rand(2, 32, 45, 48, device=DEVICE).half()
     v = torch.rand(2, 45, 48, device=DEVICE)
     expected = (colors.float() * v.unsqueeze(1)).sum(-1)
@@ -96,23 +103,19 @@ def test_weighted_sum_matches_pytorch():
 @kernels_here
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_bias_lrelu_matches_pytorch(layout):
-    from preim3d.networks import fast_kernels
-
     for clamp in (None, 1.0):
         x = torch.randn(2, 6, 5, 7, device=DEVICE).half().to(memory_format=layout)
         bias = torch.randn(6, device=DEVICE)
         expected = F.leaky_relu(x.float() + bias.reshape(1, -1, 1, 1), 0.2) * 2**0.5
         if clamp is not None:
             expected = expected.clamp(-clamp, clamp)
-        out = fast_kernels.bias_lrelu_(x, bias, 2**0.5, clamp)
+        out = fast_kernels.bias_lrelu(x, bias, 2**0.5, clamp, x)
         assert out.data_ptr() == x.data_ptr()  # in place
         assert torch.allclose(out.float(), expected, atol=4e-3, rtol=1e-3)
 
 
 @kernels_here
 def test_float16_planes_render_like_float32_through_the_kernel():
-    from preim3d.networks import fast_kernels
-
     decoder = random_decoder()
     planes = torch.randn(1, 3, 32, 16, 16, device=DEVICE)
     origins, directions, _ = rays(2, 30, 1)
@@ -124,7 +127,7 @@ def test_float16_planes_render_like_float32_through_the_kernel():
         "depth_resolution_importance": 12,
         "box_warp": 1.0,
     }
-    assert fast_kernels.available(planes.half())
+    assert SAMPLE_AND_DECODE.usable(torch.device(DEVICE))
     with torch.no_grad():
         reference = ImportanceRenderer()(
             planes.expand(2, -1, -1, -1, -1), decoder, origins, directions, opts, deterministic=True
@@ -136,25 +139,231 @@ def test_float16_planes_render_like_float32_through_the_kernel():
         assert torch.allclose(ours.float(), ref, atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_bias_activations_overwrite_their_input_only_when_asked(dtype):
+    x = torch.randn(2, 6, 5, 7, device=DEVICE).to(dtype)
+    bias = torch.randn(6, device=DEVICE)
+    before = x.clone()
+    with torch.no_grad():
+        for op in (
+            lambda **kw: ops.bias_lrelu(x, bias, clamp=1.0, **kw),
+            lambda **kw: ops.bias_linear(x, bias, **kw),
+        ):
+            out = op()
+            assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+            assert op(inplace=True).data_ptr() == x.data_ptr() and not torch.equal(x, before)
+            x.copy_(before)
+
+
 @kernels_here
-def test_a_kernel_that_disagrees_with_pytorch_is_not_used(monkeypatch):
-    from preim3d.networks import fast_kernels
-
-    monkeypatch.setattr(fast_kernels, "_checked", {})
-    real = fast_kernels.sample_and_decode
-    monkeypatch.setattr(fast_kernels, "sample_and_decode", lambda *a: tuple(t + 1 for t in real(*a)))
-    with pytest.warns(UserWarning, match="disagrees"):
-        assert not fast_kernels.available(torch.zeros(1, 3, 32, 8, 8, device=DEVICE).half())
+@pytest.mark.parametrize("noise", [None, "const", "per-sample"])
+def test_upfilter_bias_lrelu_matches_pytorch(noise):
+    t = torch.randn(2, 70, 3, 35, device=DEVICE)  # two blocks of channels and of pixels
+    bias = torch.randn(70, device=DEVICE)
+    noise = {
+        None: None,
+        "const": torch.randn(2, 34, device=DEVICE),
+        "per-sample": torch.randn(2, 1, 2, 34, device=DEVICE),
+    }[noise]
+    filtered = ops.fir_blur(t, ops.fir_filter_2d().to(DEVICE), pad=1, gain=4.0)
+    expected = F.leaky_relu(filtered + (0 if noise is None else noise) + bias[:, None, None], 0.2) * 2**0.5
+    out = fast_kernels.upfilter_bias_lrelu(
+        t.half().to(memory_format=torch.channels_last), noise, bias, 2**0.5, 1.0
+    )
+    assert out.shape == (2, 70, 2, 34) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out.float(), expected.clamp(-1, 1), atol=4e-3, rtol=1e-3)
 
 
 @kernels_here
-def test_a_kernel_that_cannot_run_is_not_used(monkeypatch):
-    from preim3d.networks import fast_kernels
+@pytest.mark.parametrize("samples", [2, 7, 96])
+def test_compositing_kernels_match_pytorch(samples):
+    gen = torch.Generator().manual_seed(samples)
+    depths = (2.25 + torch.rand(3, 5, samples, generator=gen).cumsum(-1) / samples).to(DEVICE)
+    densities = (torch.randn(3, 5, samples, generator=gen) * 8).to(DEVICE)
+    densities[0, 0] = -30  # a transparent ray: no opacity, depth NaN
+    torch.testing.assert_close(
+        fast_kernels.ray_weights(densities, depths), ray_weights(densities, depths), atol=1e-5, rtol=1e-4
+    )
+    for ours, ref in zip(
+        fast_kernels.composite_weights(densities, depths), composite_weights(densities, depths)
+    ):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4, equal_nan=True)
 
+
+@pytest.mark.parametrize("noise_mode", ["const", "none"])
+def test_float16_up_convolution_layer_matches_float32(noise_mode):
+    """The float16 up-convolution (stride-2 transposed convolution, then the filter fused with
+    noise, bias and activation: Triton where it runs, PyTorch elsewhere) against float32."""
+    from preim3d.networks.stylegan2 import SynthesisLayer
+
+    torch.manual_seed(0)
+    layer = SynthesisLayer(16, 24, 32, resolution=8, up=True, conv_clamp=256).to(DEVICE)
+    with torch.no_grad():
+        layer.noise_strength.fill_(0.5)
+        layer.bias.normal_()
+    x, w = torch.randn(2, 16, 4, 4, device=DEVICE), torch.randn(2, 32, device=DEVICE)
+    with torch.no_grad():
+        expected = layer(x, w, noise_mode)
+        half = layer(x.half().to(memory_format=torch.channels_last), w, noise_mode)
+    assert half.dtype == torch.float16 and half.shape == expected.shape == (2, 24, 8, 8)
+    assert torch.allclose(half.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+# --- The gate: every fused kernel falls back to PyTorch, with one warning, whatever goes wrong ---------
+
+FUSED = [BIAS_LRELU, UPFILTER_BIAS_LRELU, WEIGHTED_SUM, SAMPLE_AND_DECODE, RAY_WEIGHTS, COMPOSITE_WEIGHTS]
+fused_kernels = pytest.mark.parametrize("kernel", FUSED, ids=[k.triton_name for k in FUSED])
+
+
+@pytest.fixture
+def fresh_gate(monkeypatch):
+    """Every kernel unchecked, the default choice, and no PREIM3D_KERNELS."""
+    monkeypatch.delenv(fused.ENV_VAR, raising=False)
+    previous = fused.set_kernels("auto")
+    for kernel in FUSED:
+        kernel.reset()
+    yield
+    fused.set_kernels(previous)
+    for kernel in FUSED:
+        kernel.reset()
+
+
+def example(kernel):
+    return next(iter(kernel.examples(torch.device(DEVICE))))
+
+
+def copied(args):
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def call_and_compare(kernel, args):
+    """Calls the kernel and asserts that the result is PyTorch's."""
+    expected = kernel.torch_fn(*copied(args))
+    with torch.no_grad():
+        out = kernel(*args)
+    outs, refs = (out, expected) if isinstance(out, tuple) else ((out,), (expected,))
+    for a, b in zip(outs, refs, strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+
+
+class Counting:
+    """A stand-in for a Triton launcher: counts calls and does what `behaviour` says."""
+
+    def __init__(self, behaviour):
+        self.behaviour, self.calls = behaviour, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.behaviour(*args)
+
+
+def no_warnings():
+    return warnings.catch_warnings(record=True)
+
+
+def gate_warnings(caught) -> list:
+    """The gate's own warnings among those caught (Triton's interpreter adds numpy's)."""
+    return [w for w in caught if "fused" in str(w.message)]
+
+
+@kernels_here
+@fused_kernels
+def test_a_kernel_that_disagrees_is_replaced_by_pytorch_with_one_warning(kernel, fresh_gate, monkeypatch):
+    real = getattr(fast_kernels, kernel.triton_name)
+
+    def wrong(*args):
+        out = real(*args)
+        return tuple(t + 1 for t in out) if isinstance(out, tuple) else out + 1
+
+    fake = Counting(wrong)
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, fake)
+    with pytest.warns(RuntimeWarning, match=f"fused {re.escape(kernel.name)} kernel disagrees with PyTorch"):
+        call_and_compare(kernel, example(kernel))
+    checks = fake.calls
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))
+    assert not gate_warnings(caught) and fake.calls == checks  # switched off: neither warned again nor called
+
+
+@kernels_here
+@fused_kernels
+def test_a_kernel_that_cannot_run_is_replaced_by_pytorch_with_one_warning(kernel, fresh_gate, monkeypatch):
     def fail(*args):
         raise RuntimeError("no compiler for this GPU")
 
-    monkeypatch.setattr(fast_kernels, "_checked", {})
-    monkeypatch.setattr(fast_kernels, "sample_and_decode", fail)
-    with pytest.warns(UserWarning, match="does not run"):
-        assert not fast_kernels.available(torch.zeros(1, 3, 32, 8, 8, device=DEVICE).half())
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, Counting(fail))
+    message = f"fused {re.escape(kernel.name)} kernel does not run .*no compiler"
+    with pytest.warns(RuntimeWarning, match=message):
+        call_and_compare(kernel, example(kernel))
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))
+    assert not gate_warnings(caught)
+
+
+@kernels_here
+@fused_kernels
+def test_a_kernel_that_raises_at_a_later_call_is_replaced_by_pytorch(kernel, fresh_gate, monkeypatch):
+    real = getattr(fast_kernels, kernel.triton_name)
+    used = Counting(real)
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, used)
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))  # checked, then run: Triton both times
+    assert not gate_warnings(caught) and used.calls >= 2
+
+    def out_of_resources(*args):
+        raise RuntimeError("out of resources: shared memory")
+
+    failing = Counting(out_of_resources)
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, failing)
+    message = f"fused {re.escape(kernel.name)} kernel failed .*out of resources"
+    with pytest.warns(RuntimeWarning, match=message):
+        call_and_compare(kernel, example(kernel))  # this very call still completes, with PyTorch
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))
+    assert not gate_warnings(caught) and failing.calls == 1
+
+
+@kernels_here
+@fused_kernels
+@pytest.mark.parametrize("how", ["environment", "set_kernels"])
+def test_the_torch_choice_never_runs_triton(kernel, how, fresh_gate, monkeypatch):
+    if how == "environment":
+        monkeypatch.setenv(fused.ENV_VAR, "torch")
+        fused.set_kernels("triton")  # the environment variable wins
+    else:
+        fused.set_kernels("torch")
+    never = Counting(lambda *args: pytest.fail("Triton ran"))
+    monkeypatch.setattr(fast_kernels, kernel.triton_name, never)
+    with no_warnings() as caught:
+        warnings.simplefilter("always")
+        call_and_compare(kernel, example(kernel))
+    assert not gate_warnings(caught) and never.calls == 0
+
+
+@kernels_here
+def test_the_triton_choice_runs_the_kernel_unchecked(fresh_gate, monkeypatch):
+    fused.set_kernels("triton")
+    marker = Counting(lambda *args: "triton")
+    monkeypatch.setattr(fast_kernels, "weighted_sum", marker)
+    assert WEIGHTED_SUM(*example(WEIGHTED_SUM)) == "triton" and marker.calls == 1
+
+
+def test_fused_steps_run_under_torch_compile():
+    """G.compile() traces code that calls the fused steps: they run outside the traced graphs."""
+    x = torch.randn(2, 6, 5, 7, device=DEVICE).half().to(memory_format=torch.channels_last)
+    bias = torch.randn(6, device=DEVICE)
+    compiled = torch.compile(lambda x: ops.bias_lrelu(x * 2, bias, clamp=1.0) + 1, backend="eager")
+    expected = ops.bias_lrelu(x * 2, bias, clamp=1.0) + 1
+    torch.testing.assert_close(compiled(x), expected)
+
+
+def test_unknown_kernel_choices_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="auto"):
+        fused.set_kernels("cuda")
+    monkeypatch.setenv(fused.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="PREIM3D_KERNELS"):
+        fused.kernel_choice()

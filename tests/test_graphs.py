@@ -22,3 +22,49 @@ def test_replay_matches_direct_calls_per_shape_and_does_not_alias():
         assert torch.allclose(first, expected, atol=1e-5)
         assert not torch.equal(first, second)  # the first result survived the next replay
     assert len(graphed._graphs) == 2
+
+
+def test_several_inputs_and_nested_outputs_survive_inference_mode_captures():
+    def fn(a, b):
+        return {"sum": a + b, "both": (a * b, (a - b).abs().max())}
+
+    graphed = CUDAGraphed(fn)
+    a, b = torch.randn(3, 5, device="cuda"), torch.randn(3, 5, device="cuda")
+    with torch.inference_mode():  # captured under inference mode, as the Editor renders
+        first = graphed(a, b)
+    with torch.no_grad():  # replayed outside it, as a script calling the renderer does
+        second = graphed(b, a)
+    torch.testing.assert_close(first["sum"], a + b)
+    torch.testing.assert_close(second["both"][0], a * b)
+    torch.testing.assert_close(second["both"][1], (b - a).abs().max())
+    assert not second["sum"].is_inference()  # copies in the caller's mode
+
+
+def test_fast_renderer_replays_graphs_like_direct_rendering():
+    from eg3d_reference import TINY, fill_random
+
+    from preim3d.cameras import camera_vector, turntable_path
+    from preim3d.networks.triplane import TriPlaneGenerator
+    from preim3d.rendering import TriPlaneRenderer, uint8_images
+
+    G = TriPlaneGenerator(**TINY[0]).eval().requires_grad_(False)
+    fill_random(G, 3)
+    G.neural_rendering_resolution = TINY[1]
+    G = G.cuda().set_precision("fast")
+    ws = torch.randn(1, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(0))
+    renderer = TriPlaneRenderer(G, batch_size=3)
+    cameras = turntable_path(7)
+    with torch.inference_mode():
+        graphed = renderer.render(ws, cameras, deterministic=True)
+    assert len(renderer._graphs) == 2  # the backbone's, and the rendering's (batches of 3 and 1)
+    with torch.no_grad():
+        planes = G.synthesize_planes(ws.cuda())
+        direct = G.render_planes(planes, ws.cuda(), cameras.cuda(), deterministic=True)
+        torch.testing.assert_close(renderer.planes(ws), planes, atol=1e-2, rtol=0)
+        again = renderer.render(ws, camera_vector(0.3, 0.1), outputs=("image",), on_device=uint8_images)
+    for key in ("image", "image_raw", "image_depth"):
+        torch.testing.assert_close(graphed[key], direct[key].cpu(), atol=1e-2, rtol=0)
+    assert (
+        again["image"].shape == (1, G.img_resolution, G.img_resolution, 3)
+        and again["image"].dtype == torch.uint8
+    )

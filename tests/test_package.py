@@ -17,10 +17,10 @@ import preim3d
 PACKAGE_DIR = Path(preim3d.__file__).parent
 # `python -m` entry points: importing them runs the command line.
 ENTRY_POINTS = {"preim3d.__main__", "preim3d.training.__main__"}
-# Deferred imports allowed to close a cycle, and why. The fused Triton kernels check themselves once
-# against the PyTorch layers they replace (networks/decoder.py, built on ops.py), while ops.py hands
-# float16 activations to them: Triton is imported only when the fast CUDA path runs.
-DEFERRED_CYCLE_EDGES = {("preim3d.networks.ops", "preim3d.networks.fast_kernels")}
+# Deferred imports allowed to close a cycle, and why. None at present: the fused kernels are
+# declared beside the PyTorch code they replace (networks/fused.py's gate imports the Triton
+# launchers of networks/fast_kernels.py, which import nothing of the package, when first used).
+DEFERRED_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def package_modules() -> dict[str, Path]:

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from preim3d.cameras import camera_vector, turntable_path
-from preim3d.mesh import export_mesh, extract_mesh, srgb_to_linear
+from preim3d.mesh import TRIM, export_mesh, extract_mesh, srgb_to_linear
 from preim3d.networks.decoder import sample_triplanes
 from preim3d.networks.triplane import TriPlaneGenerator
 from preim3d.rendering import TriPlaneRenderer, depth_to_uint8, multiview_grid, to_uint8
@@ -256,7 +256,8 @@ def test_mesh_is_in_world_coordinates_with_outward_faces_and_colours(ws):
         planes=sphere_planes(),
         progress=lambda *a: calls.append(a),
     )
-    assert calls[-1] == (48**3, 48**3) and len(calls) == math.ceil(48**3 / 5000)
+    inside = (48 - 2 * int(TRIM * 48)) ** 3  # the trimmed border is not sampled
+    assert calls[-1] == (inside, inside) and len(calls) == math.ceil(inside / 5000)
     distance = np.linalg.norm(mesh.vertices - CENTRE, axis=1)
     assert np.abs(distance - RADIUS).max() < 0.01
     np.testing.assert_allclose(mesh.vertices.mean(0), CENTRE, atol=2e-3)

@@ -1,8 +1,8 @@
 """Reading the tri-planes: bilinear plane features at 3-D points, and the small MLP that decodes them
 into colour features and density.
 
-The volume renderer (`renderer.py`), the fused Triton kernel that replaces both in fast mode
-(`fast_kernels.py`, which checks itself against them) and mesh extraction all use these.
+The volume renderer (`renderer.py`) and mesh extraction use these through `sample_and_decode`,
+which the fast mode runs as one fused Triton kernel (`SAMPLE_AND_DECODE`, `fast_kernels.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import FusedKernel
 from .ops import FullyConnectedLayer
 
 
@@ -67,3 +68,55 @@ class OSGDecoder(nn.Module):
         out = torch.baddbmm((last.bias * last.bias_gain).to(x.dtype)[:, None], w2.expand(n, -1, -1), hidden)
         rgb = out[:, 1:].sigmoid() * (1 + 2 * 0.001) - 0.001
         return rgb.transpose(1, 2), out[:, :1].transpose(1, 2)
+
+
+def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
+    """Colours [N,F,M,S] and raw densities [N,M,S] of the decoder at the points origins + depths ·
+    directions (origins, directions [N,M,3]; depths [N,M,S,1]) on planes [N,3,C,H,W]."""
+    n, m, s, _ = depths.shape
+    points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
+    colors, densities = decoder(sample_triplanes(planes, points, box_warp))
+    # The decoder's outputs are views of channels-first tensors: transposing back is free.
+    return colors.transpose(1, 2).reshape(n, -1, m, s), densities.reshape(n, m, s)
+
+
+def _sample_and_decode_examples(device):
+    """A random decoder and planes, rays from near the origin: many samples leave the box."""
+    gen = torch.Generator().manual_seed(0)
+    decoder = OSGDecoder(32).requires_grad_(False)
+    for param in decoder.parameters():
+        param.copy_(torch.randn(param.shape, generator=gen))
+    planes = torch.randn(1, 3, 32, 16, 16, generator=gen).to(device, torch.float16)
+    origins = torch.randn(2, 40, 3, generator=gen) * 0.1
+    directions = F.normalize(torch.randn(2, 40, 3, generator=gen), dim=-1)
+    depths = torch.rand(2, 40, 5, 1, generator=gen) * 1.2
+    yield (
+        planes.expand(2, -1, -1, -1, -1),
+        decoder.to(device),
+        origins.to(device),
+        directions.to(device),
+        depths.to(device),
+        1.0,
+    )
+
+
+def _fused_sampler_applies(planes, decoder, origins, directions, depths, box_warp):
+    """The kernel handles OSGDecoders of power-of-two widths (at least 16) on float16 planes without
+    gradients."""
+    if not isinstance(decoder, OSGDecoder):
+        return False
+    widths = (planes.shape[2], decoder.net[0].out_features, decoder.net[2].out_features - 1)
+    return (
+        planes.dtype == torch.float16
+        and not (torch.is_grad_enabled() and planes.requires_grad)
+        and all(w >= 16 and w & (w - 1) == 0 for w in widths)
+    )
+
+
+SAMPLE_AND_DECODE = FusedKernel(
+    "tri-plane sampler",
+    "sample_and_decode",
+    sample_and_decode,
+    applies=_fused_sampler_applies,
+    examples=_sample_and_decode_examples,
+)

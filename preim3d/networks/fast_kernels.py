@@ -1,4 +1,4 @@
-"""The fast mode's GPU kernels, in Triton: the renderer's hot loop and two one-pass element-wise steps.
+"""The fast mode's GPU kernels, in Triton: the renderer's hot loop and one-pass element-wise steps.
 
 * `sample_and_decode`: for every sample point (origin + depth · direction) one kernel reads the three
   planes bilinearly (as `grid_sample` with zero padding and align_corners=False), averages them, runs
@@ -7,23 +7,21 @@
   of every sample (about 0.3 KB for each of the ~1.6 M samples of a 512² frame); here they stay in
   registers. Plane coordinates, interpolation weights, the plane mean and the activations are
   float32; the planes, the decoder's matrix inputs and the colour output are float16; the density
-  is float32. `available()` says whether it can run (and checks it once per device against
-  PyTorch); the renderer falls back to PyTorch otherwise.
+  is float32.
 * `weighted_sum`: the composited colour Σ v·c of every ray in one pass over the colours.
-* `bias_lrelu_`: bias + leaky ReLU + gain + clamp of the float16 networks in one pass, in place.
+* `bias_lrelu`: bias + leaky ReLU + gain + clamp of the float16 networks in one pass.
+* `upfilter_bias_lrelu`: the rest of a 2× up-convolution after its stride-2 transposed
+  convolution: EG3D's FIR filter, noise, bias, leaky ReLU, gain and clamp in one pass.
 
-Triton ships with PyTorch's CUDA builds and compiles the kernels on first use: nothing is built at
-install time.
+These are the raw launchers. The networks call them through `fused.FusedKernel` objects (defined
+beside the PyTorch code each replaces), which choose between Triton and PyTorch, check each kernel
+against PyTorch once per device and fall back to PyTorch on any failure. Triton ships with
+PyTorch's CUDA builds and compiles the kernels on first use: nothing is built at install time.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
-
 import torch
-
-from .decoder import OSGDecoder, sample_triplanes
 
 try:
     import triton
@@ -32,66 +30,10 @@ except ImportError:  # CPU-only PyTorch builds come without Triton
     triton = None
 
 # Sample points per program. 64 is the fastest on an H100, and Triton 3.6 miscompiles the second
-# matrix product for 128 and more there (wrong colours), which the self-check below would catch.
+# matrix product for 128 and more there (wrong colours), which the self-check in fused.py catches.
 BLOCK = 64
-# torch.compile (G.compile()) calls these as they are: Inductor cannot yet wrap these launches.
-_not_compiled = torch.compiler.disable
-_checked: dict[str, bool] = {}  # device → whether the kernel agreed with PyTorch there
 
 
-@_not_compiled
-def available(planes: torch.Tensor) -> bool:
-    """Whether the fused kernel can render these planes [N, 3, C, H, W] (float16, no gradients)."""
-    c = planes.shape[2]
-    return (
-        triton is not None
-        and planes.dtype == torch.float16
-        and (planes.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-        and not (torch.is_grad_enabled() and planes.requires_grad)
-        and c >= 16
-        and c & (c - 1) == 0
-        and _agrees_with_pytorch(planes.device)
-    )
-
-
-def _agrees_with_pytorch(device: torch.device) -> bool:
-    """Once per device: the kernel against `sample_triplanes` + `OSGDecoder` on a small random
-    problem, so that a Triton or driver that miscompiles it costs speed, never correct images."""
-    key = str(device)
-    if key not in _checked:
-        gen = torch.Generator().manual_seed(0)
-        decoder = OSGDecoder(32).to(device)
-        with torch.no_grad():
-            for param in decoder.parameters():
-                param.copy_(torch.randn(param.shape, generator=gen))
-            planes = torch.randn(1, 3, 32, 16, 16, generator=gen).to(device, torch.float16)
-            origins = (torch.randn(2, 40, 3, generator=gen) * 0.1).to(device)
-            directions = torch.nn.functional.normalize(torch.randn(2, 40, 3, generator=gen), dim=-1).to(
-                device
-            )
-            depths = (torch.rand(2, 40, 5, 1, generator=gen) * 1.2).to(device)
-            points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(2, -1, 3)
-            ref_colors, ref_densities = decoder(
-                sample_triplanes(planes.float().expand(2, -1, -1, -1, -1), points, 1.0)
-            )
-            try:
-                colors, densities = sample_and_decode(planes, decoder, origins, directions, depths, 1.0)
-                error = max(
-                    (colors.float().flatten(2) - ref_colors.transpose(1, 2)).abs().max().item(),
-                    (densities.flatten(1) - ref_densities.flatten(1)).abs().max().item(),
-                )
-                problem = f"disagrees with PyTorch (error {error:.3g})" if not error < 1e-2 else None
-            except Exception as exc:  # e.g. a GPU that Triton cannot compile for
-                problem = f"does not run ({type(exc).__name__}: {exc})"
-        _checked[key] = problem is None
-        if problem:
-            warnings.warn(
-                f"the fused tri-plane kernel {problem} on {key}; rendering without it", stacklevel=2
-            )
-    return _checked[key]
-
-
-@_not_compiled
 def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
     """colors [N, F, M, S] float16 and densities [N, M, S] float32 of the points
     origins + depths · directions (origins, directions [N, M, 3]; depths [N, M, S, 1]).
@@ -144,7 +86,6 @@ def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
     return colors, densities
 
 
-@_not_compiled
 def weighted_sum(colors: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Σ_s v[n,m,s] colors[n,:,m,s] → [N,F,M] float32, for colors [N,F,M,S] float16 and v [N,M,S]:
     one pass over the colours, without the [N,F,M,S] product PyTorch would write first."""
@@ -158,15 +99,18 @@ def weighted_sum(colors: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@_not_compiled
-def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float | None) -> torch.Tensor:
-    """In place and in one pass: x ← clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias over dim 1;
-    x float16 [N,C,H,W], contiguous or channels-last. PyTorch needs four passes (add, leaky_relu,
-    mul, clamp) over what is, in the super-resolution, a gigabyte of activations per batch."""
+def bias_lrelu(
+    x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float | None, out: torch.Tensor
+) -> torch.Tensor:
+    """out ← clamp(lrelu(x + b, 0.2) · gain, ±clamp) in one pass, the bias over dim 1; x float16
+    [N,C,H,W], contiguous or channels-last, and out of x's shape and layout (x itself: in place).
+    PyTorch needs four passes (add, leaky_relu, mul, clamp) over what is, in the super-resolution,
+    a gigabyte of activations per batch."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     count = x.numel()
     _bias_lrelu[(triton.cdiv(count, 1024),)](
         x,
+        out,
         bias.float().contiguous(),
         count,
         x.shape[1],
@@ -176,14 +120,239 @@ def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor, gain: float, clamp: float |
         CHANNELS_LAST=channels_last,
         BLOCK=1024,
     )
-    return x
+    return out
+
+
+def upfilter_bias_lrelu(
+    t: torch.Tensor, noise: torch.Tensor | None, bias: torch.Tensor, gain: float, clamp: float | None
+) -> torch.Tensor:
+    """[N,C,2H,2W] float16 channels-last: clamp(lrelu(filter(t) + noise + b, 0.2) · gain, ±clamp)
+    for t [N,C,2H+1,2W+1] float16 channels-last, where filter is EG3D's 4×4 FIR filter
+    outer(k, k), k = (1, 3, 3, 1)/4 (gain 4), with one pixel of zero padding; noise None or
+    [2H, 2W] or [N or 1, 1, 2H, 2W]. PyTorch needs a depthwise convolution and five element-wise passes."""
+    n, c, rows, cols = t.shape
+    out = torch.empty(
+        (n, c, rows - 1, cols - 1), dtype=torch.float16, device=t.device, memory_format=torch.channels_last
+    )
+    if noise is None:
+        noise_arg, noise_batch_stride = out, 0  # unused
+    else:
+        noise = noise.float().reshape(-1, rows - 1, cols - 1).contiguous()
+        noise_arg, noise_batch_stride = noise, 0 if noise.shape[0] == 1 else noise.stride(0)
+    pixels, channels = 32, min(triton.next_power_of_2(c), 64)
+    grid = (n * triton.cdiv(rows - 1, 2) * triton.cdiv(cols - 1, pixels), triton.cdiv(c, channels))
+    _upfilter_bias_lrelu[grid](
+        t,
+        out,
+        bias.float().contiguous(),
+        noise_arg,
+        noise_batch_stride,
+        rows,
+        cols,
+        c,
+        gain,
+        float("inf") if clamp is None else clamp,
+        HAS_NOISE=noise is not None,
+        PIXELS=pixels,
+        CHANNELS=channels,
+    )
+    return out
+
+
+def ray_weights(densities: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    """renderer.ray_weights in one pass: interval weights [N,M,S−1] float32 of samples sorted by
+    depth (densities, depths [N,M,S]); the running sum of the log transmittances is a scan here."""
+    weights = torch.empty(
+        (*depths.shape[:-1], depths.shape[-1] - 1), dtype=torch.float32, device=depths.device
+    )
+    _composite(densities, depths, weights, weights, weights, weights, ONLY_WEIGHTS=True, **_ray_grid(depths))
+    return weights
+
+
+def composite_weights(densities: torch.Tensor, depths: torch.Tensor):
+    """renderer.composite_weights in one pass: per-sample colour weights [N,M,S], opacity [N,M] and
+    depth [N,M] (NaN where the opacity is 0) of samples sorted by depth (densities, depths [N,M,S])."""
+    v = torch.empty(depths.shape, dtype=torch.float32, device=depths.device)
+    opacity = torch.empty(depths.shape[:-1], dtype=torch.float32, device=depths.device)
+    depth = torch.empty_like(opacity)
+    _composite(densities, depths, v, v, opacity, depth, ONLY_WEIGHTS=False, **_ray_grid(depths))
+    return v, opacity, depth
+
+
+def _ray_grid(depths: torch.Tensor) -> dict:
+    samples = depths.shape[-1]
+    return {"rays": depths.numel() // samples, "samples": samples}
+
+
+def _composite(densities, depths, weights, v, opacity, depth, ONLY_WEIGHTS, rays, samples):
+    rays_per_program = 8
+    _composite_kernel[(triton.cdiv(rays, rays_per_program),)](
+        densities.float().contiguous(),
+        depths.float().contiguous(),
+        weights,
+        v,
+        opacity,
+        depth,
+        rays,
+        samples,
+        ONLY_WEIGHTS=ONLY_WEIGHTS,
+        RAYS=rays_per_program,
+        SAMPLES=triton.next_power_of_2(samples),
+    )
 
 
 if triton is not None:
 
     @triton.jit
+    def _filter_row(
+        row_ptr, r, rows, offsets, j, cols, c_ok, channels, PIXELS: tl.constexpr, CHANNELS: tl.constexpr
+    ):
+        """[PIXELS, CHANNELS] float32: the horizontal pass (1, 3, 3, 1)/4 of input row r (zero outside)."""
+        acc = tl.zeros((PIXELS, CHANNELS), dtype=tl.float32)
+        if (r >= 0) & (r < rows):
+            for b in tl.static_range(4):
+                s = j + (b - 1)
+                ok = (s >= 0) & (s < cols)
+                v = tl.load(
+                    row_ptr + offsets + (b - 1) * channels, mask=ok[:, None] & c_ok[None, :], other=0.0
+                )
+                acc += v.to(tl.float32) * (0.25 if b == 0 or b == 3 else 0.75)
+        return acc
+
+    @triton.jit
+    def _filter_out(
+        acc, out_ptr, noise_ptr, i, j, cols, c, c_ok, bias, gain, clamp, channels, HAS_NOISE: tl.constexpr
+    ):
+        """Noise, bias, leaky ReLU, gain and clamp of output row i, stored."""
+        j_ok = j < cols - 1
+        if HAS_NOISE:
+            acc += tl.load(noise_ptr + i * (cols - 1) + j, mask=j_ok, other=0.0)[:, None]
+        y = acc + bias[None, :]
+        y = tl.where(y >= 0, y, y * 0.2) * gain
+        y = tl.minimum(tl.maximum(y, -clamp), clamp)
+        target = out_ptr + i * (cols - 1) * channels + j[:, None] * channels + c[None, :]
+        tl.store(target, y.to(tl.float16), mask=j_ok[:, None] & c_ok[None, :])
+
+    @triton.jit
+    def _upfilter_bias_lrelu(
+        t_ptr,
+        out_ptr,
+        bias_ptr,
+        noise_ptr,
+        noise_batch_stride,
+        rows,
+        cols,
+        channels,
+        gain,
+        clamp,
+        HAS_NOISE: tl.constexpr,
+        PIXELS: tl.constexpr,
+        CHANNELS: tl.constexpr,
+    ):
+        """One program: output rows i and i+1, PIXELS pixels × CHANNELS channels (channels-last).
+        The filter is separable: the horizontal pass of the five input rows i−1 … i+3 is shared."""
+        col_blocks = tl.cdiv(cols - 1, PIXELS)
+        row_pairs = tl.cdiv(rows - 1, 2)
+        pid = tl.program_id(0)
+        n = pid // (col_blocks * row_pairs)
+        i = (pid // col_blocks) % row_pairs * 2
+        j = (pid % col_blocks) * PIXELS + tl.arange(0, PIXELS)
+        c = tl.program_id(1) * CHANNELS + tl.arange(0, CHANNELS)
+        c_ok = c < channels
+        offsets = j[:, None] * channels + c[None, :]  # within a row, int32
+        t_image = t_ptr + n.to(tl.int64) * rows * cols * channels
+        row = cols * channels
+        h0 = _filter_row(
+            t_image + (i - 1) * row, i - 1, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
+        )
+        h1 = _filter_row(t_image + i * row, i, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS)
+        h2 = _filter_row(
+            t_image + (i + 1) * row, i + 1, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
+        )
+        h3 = _filter_row(
+            t_image + (i + 2) * row, i + 2, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
+        )
+        bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
+        out_image = out_ptr + n.to(tl.int64) * (rows - 1) * (cols - 1) * channels
+        noise_image = noise_ptr + n.to(tl.int64) * noise_batch_stride
+        top = 0.25 * h0 + 0.75 * h1 + 0.75 * h2 + 0.25 * h3
+        _filter_out(top, out_image, noise_image, i, j, cols, c, c_ok, bias, gain, clamp, channels, HAS_NOISE)
+        if i + 1 < rows - 1:
+            h4 = _filter_row(
+                t_image + (i + 3) * row, i + 3, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
+            )
+            bottom = 0.25 * h1 + 0.75 * h2 + 0.75 * h3 + 0.25 * h4
+            _filter_out(
+                bottom,
+                out_image,
+                noise_image,
+                i + 1,
+                j,
+                cols,
+                c,
+                c_ok,
+                bias,
+                gain,
+                clamp,
+                channels,
+                HAS_NOISE,
+            )
+
+    @triton.jit
+    def _interval(densities_ptr, depths_ptr, at, ok):
+        """alpha and log(1 − alpha + 1e-10) of the intervals starting at `at` (MipRayMarcher2)."""
+        d0 = tl.load(depths_ptr + at, mask=ok, other=0.0)
+        d1 = tl.load(depths_ptr + at + 1, mask=ok, other=0.0)
+        x = (
+            tl.load(densities_ptr + at, mask=ok, other=0.0)
+            + tl.load(densities_ptr + at + 1, mask=ok, other=0.0)
+        ) * 0.5 - 1
+        sigma = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))  # softplus
+        alpha = tl.where(ok, 1 - tl.exp(-sigma * (d1 - d0)), 0.0)
+        return alpha, tl.where(ok, tl.log(1 - alpha + 1e-10), 0.0), d0, d1
+
+    @triton.jit
+    def _composite_kernel(
+        densities_ptr,
+        depths_ptr,
+        weights_ptr,
+        v_ptr,
+        opacity_ptr,
+        depth_ptr,
+        rays,
+        samples,
+        ONLY_WEIGHTS: tl.constexpr,
+        RAYS: tl.constexpr,
+        SAMPLES: tl.constexpr,
+    ):
+        """Per ray: interval weights w_k = alpha_k Π_{j<k}(1 − alpha_j + 1e-10) (ONLY_WEIGHTS), or
+        the sample weights v_k = (w_k + w_{k−1})/2, Σ w and Σ w·(d_k + d_{k+1})/2 / Σ w."""
+        ray = tl.program_id(0) * RAYS + tl.arange(0, RAYS)
+        k = tl.arange(0, SAMPLES)
+        ray_ok = ray < rays
+        row = ray[:, None].to(tl.int64) * samples
+        interval_ok = ray_ok[:, None] & (k < samples - 1)[None, :]
+        alpha, log_t, d0, d1 = _interval(densities_ptr, depths_ptr, row + k[None, :], interval_ok)
+        w = alpha * tl.exp(tl.cumsum(log_t, axis=1) - log_t)
+        if ONLY_WEIGHTS:
+            tl.store(
+                weights_ptr + ray[:, None].to(tl.int64) * (samples - 1) + k[None, :], w, mask=interval_ok
+            )
+        else:
+            # w_{k−1}, from the interval before each sample (none before the first).
+            prev_ok = ray_ok[:, None] & (k >= 1)[None, :] & (k < samples)[None, :]
+            alpha_p, log_p, _, _ = _interval(densities_ptr, depths_ptr, row + k[None, :] - 1, prev_ok)
+            w_prev = alpha_p * tl.exp(tl.cumsum(log_p, axis=1) - log_p)
+            sample_ok = ray_ok[:, None] & (k < samples)[None, :]
+            tl.store(v_ptr + row + k[None, :], (w + w_prev) * 0.5, mask=sample_ok)
+            total = tl.sum(w, axis=1)
+            tl.store(opacity_ptr + ray, total, mask=ray_ok)
+            tl.store(depth_ptr + ray, tl.sum(w * (d0 + d1) * 0.5, axis=1) / total, mask=ray_ok)
+
+    @triton.jit
     def _bias_lrelu(
         x_ptr,
+        out_ptr,
         bias_ptr,
         count,
         channels,
@@ -200,7 +369,7 @@ if triton is not None:
             bias_ptr + channel, mask=ok, other=0.0
         )
         y = tl.where(y >= 0, y, y * 0.2) * gain
-        tl.store(x_ptr + i, tl.minimum(tl.maximum(y, -clamp), clamp).to(tl.float16), mask=ok)
+        tl.store(out_ptr + i, tl.minimum(tl.maximum(y, -clamp), clamp).to(tl.float16), mask=ok)
 
     @triton.jit
     def _weighted_sum(

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import FusedKernel
+
 SQRT2 = math.sqrt(2.0)
 
 
@@ -21,37 +23,121 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 
 
 def bias_lrelu(
-    x: torch.Tensor, bias: torch.Tensor, gain: float = SQRT2, clamp: float | None = None
+    x: torch.Tensor,
+    bias: torch.Tensor,
+    gain: float = SQRT2,
+    clamp: float | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """clamp(lrelu(x + b, 0.2) · gain, ±clamp), the bias broadcast over dim 1 (channels).
 
-    Without gradients x is updated in place (callers pass fresh activations): on a CPU, allocating
-    a new image-sized tensor for each step costs as much as the arithmetic; float16 images on a GPU
-    take one fused pass (fast_kernels.bias_lrelu_).
+    inplace=True lets it overwrite x (for callers that own x, e.g. a fresh convolution output: on a
+    CPU, allocating a new image-sized tensor for each step costs as much as the arithmetic); it is
+    ignored where autograd records x. Float16 images on a GPU take one fused pass (`BIAS_LRELU`).
     """
-    grad = torch.is_grad_enabled()
-    dense = x.ndim == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-    if not grad and x.is_cuda and x.dtype == torch.float16 and dense:
-        from . import fast_kernels  # imports Triton: only the fast mode needs it
-
-        if fast_kernels.triton is not None:
-            return fast_kernels.bias_lrelu_(x, bias, gain, clamp)
-    b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
-    if grad:
-        x = F.leaky_relu(x + b, 0.2) * gain
+    if _records_grad(x, bias):
+        x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * gain
         return x.clamp(-clamp, clamp) if clamp is not None else x
-    x = F.leaky_relu_(x.add_(b), 0.2).mul_(gain)
-    return x.clamp_(-clamp, clamp) if clamp is not None else x
+    return BIAS_LRELU(x, bias, gain, clamp, x if inplace else torch.empty_like(x))
 
 
-def bias_linear(x: torch.Tensor, bias: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
-    """clamp(x + b, ±clamp), the bias broadcast over dim 1 (channels); in place without gradients."""
+def _records_grad(*tensors) -> bool:
+    """Whether autograd records an op on these tensors (then nothing may be overwritten)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _bias_lrelu_torch(x, bias, gain, clamp, out):
+    """`bias_lrelu` into out (x itself, or a tensor of x's shape), in PyTorch."""
+    out = torch.add(x, bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), out=out)
+    out = F.leaky_relu_(out, 0.2).mul_(gain)
+    return out.clamp_(-clamp, clamp) if clamp is not None else out
+
+
+def _bias_lrelu_examples(device):
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for clamp in (None, 1.0):
+            x = torch.randn(2, 6, 5, 7, device=device).half().to(memory_format=layout)
+            yield x, torch.randn(6, device=device), SQRT2, clamp, x
+
+
+BIAS_LRELU = FusedKernel(
+    "bias + leaky ReLU",
+    "bias_lrelu",
+    _bias_lrelu_torch,
+    applies=lambda x, bias, gain, clamp, out: (
+        x.dtype == torch.float16
+        and x.ndim == 4
+        and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+        and out.stride() == x.stride()
+    ),
+    examples=_bias_lrelu_examples,
+)
+
+
+def bias_linear(
+    x: torch.Tensor, bias: torch.Tensor, clamp: float | None = None, inplace: bool = False
+) -> torch.Tensor:
+    """clamp(x + b, ±clamp), the bias broadcast over dim 1 (channels); inplace as in `bias_lrelu`."""
     b = bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
-    if torch.is_grad_enabled():
+    if not inplace or _records_grad(x, bias):
         x = x + b
         return x.clamp(-clamp, clamp) if clamp is not None else x
     x = x.add_(b)
     return x.clamp_(-clamp, clamp) if clamp is not None else x
+
+
+def upfilter_bias_lrelu(
+    t: torch.Tensor,
+    noise: torch.Tensor | None,
+    bias: torch.Tensor,
+    gain: float = SQRT2,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """The end of a 2× up-convolution in float16: t [N,C,2H+1,2W+1] (its stride-2 transposed
+    convolution, `modulated_conv2d(..., up=True, up_filter=False)`) → EG3D's FIR filter (pad 1,
+    gain 4) → [N,C,2H,2W], + noise ([2H, 2W], [N or 1, 1, 2H, 2W] or None), then `bias_lrelu`;
+    one fused pass on a GPU (`UPFILTER_BIAS_LRELU`)."""
+    if _records_grad(t, bias):
+        x = upfilter(t)
+        return bias_lrelu(x if noise is None else x + noise.to(x.dtype), bias, gain, clamp)
+    return UPFILTER_BIAS_LRELU(t, noise, bias, gain, clamp)
+
+
+def upfilter(t: torch.Tensor) -> torch.Tensor:
+    """fir_blur(t, EG3D's filter, pad=1, gain=4): [N,C,R,S] → [N,C,R−1,S−1].
+
+    The filter is separable, (1, 3, 3, 1)/4 along each axis: four shifted sums per axis, which GPUs
+    run faster in float16 than a depthwise convolution.
+    """
+    t = F.pad(t, (1, 1, 1, 1))
+    t = (t[..., :-3, :] + t[..., 3:, :]).mul_(0.25).add_(t[..., 1:-2, :] + t[..., 2:-1, :], alpha=0.75)
+    return (t[..., :-3] + t[..., 3:]).mul_(0.25).add_(t[..., 1:-2] + t[..., 2:-1], alpha=0.75)
+
+
+def _upfilter_bias_lrelu_torch(t, noise, bias, gain, clamp):
+    x = upfilter(t)
+    if noise is not None:
+        x = x.add_(noise.to(x.dtype))
+    return _bias_lrelu_torch(x, bias, gain, clamp, x)
+
+
+def _upfilter_examples(device):
+    gen = torch.Generator().manual_seed(0)
+    for noise in (None, torch.randn(1, 1, 4, 6, generator=gen)):
+        t = torch.randn(2, 6, 5, 7, generator=gen).to(device, torch.float16)
+        noise = noise if noise is None else noise.to(device)
+        yield t.to(memory_format=torch.channels_last), noise, torch.randn(6).to(device), SQRT2, 256.0
+
+
+UPFILTER_BIAS_LRELU = FusedKernel(
+    "up-sampling filter + bias + leaky ReLU",
+    "upfilter_bias_lrelu",
+    _upfilter_bias_lrelu_torch,
+    applies=lambda t, noise, bias, gain, clamp: (
+        t.dtype == torch.float16 and t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    ),
+    examples=_upfilter_examples,
+)
 
 
 def fir_filter_2d(taps=(1.0, 3.0, 3.0, 1.0)) -> torch.Tensor:
@@ -114,7 +200,7 @@ class FullyConnectedLayer(nn.Module):
             b = b * self.bias_gain
         if self.activation == "linear":
             return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_lrelu(x.matmul(w.t()), b)
+        return bias_lrelu(x.matmul(w.t()), b, inplace=True)
 
     def extra_repr(self):
         return (
@@ -130,6 +216,7 @@ def modulated_conv2d(
     demodulate: bool = True,
     up: bool = False,
     resample_filter: torch.Tensor | None = None,
+    up_filter: bool = True,
 ) -> torch.Tensor:
     """StyleGAN2 modulated convolution (without noise, bias and activation).
 
@@ -140,7 +227,8 @@ def modulated_conv2d(
     serves the whole batch instead of one per sample.
 
     `up`: a 3x3 "up" convolution = stride-2 transposed convolution with the unflipped weight, then
-    the FIR low-pass `resample_filter` with padding 1 and gain 4 (output 2H×2W).
+    the FIR low-pass `resample_filter` with padding 1 and gain 4 (output 2H×2W). up_filter=False
+    leaves the filter to the caller (output [N,C,2H+1,2W+1]; see `upfilter_bias_lrelu`).
 
     In half precision (x fp16) the weight and styles are first rescaled by their maxima, as the
     official mixed-precision path does, so that fp16 cannot overflow; demodulation cancels the scale.
@@ -158,17 +246,19 @@ def modulated_conv2d(
         w = weight * styles.reshape(1, -1, 1, 1)
         if dcoefs is not None:
             w = w * dcoefs.reshape(-1, 1, 1, 1)
-        return _conv(x, w.to(x.dtype), up, resample_filter)
-    x = _conv(x * styles.to(x.dtype).reshape(n, -1, 1, 1), weight.to(x.dtype), up, resample_filter)
+        return _conv(x, w.to(x.dtype), up, resample_filter, up_filter)
+    x = _conv(x * styles.to(x.dtype).reshape(n, -1, 1, 1), weight.to(x.dtype), up, resample_filter, up_filter)
     if dcoefs is not None:
         x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
     return x
 
 
-def _conv(x, w, up, resample_filter):
+def _conv(x, w, up, resample_filter, up_filter=True):
     """Same-size convolution, or the 2× up-convolution described in modulated_conv2d."""
     if not up:
         return F.conv2d(x, w, padding=w.shape[-1] // 2)
+    if not up_filter:
+        return F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
     if x.dtype == torch.float16:
         # One transposed convolution with the combined kernel: GPUs run this far faster in half
         # precision than a separate depthwise blur, at four times the multiply-adds.

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoder import sample_triplanes
+from .decoder import SAMPLE_AND_DECODE, sample_and_decode
+from .fused import FusedKernel
 
 
 def camera_rays(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: int):
@@ -64,6 +65,41 @@ def running_sum(x, exclusive=False):
     )  # [j, k] = 1: j ≤ k
 
 
+def composite_weights(densities, depths):
+    """Of samples sorted by depth (densities, depths [N,M,S]): the per-sample colour weights v
+    [N,M,S] (`sample_weights`), the opacity Σw [N,M] and the depth Σ w·d_mid / Σ w [N,M] (NaN where
+    Σ w = 0), w the interval weights (`ray_weights`)."""
+    weights = ray_weights(densities, depths)
+    opacity = weights.sum(-1)
+    depth = (weights * (depths[..., :-1] + depths[..., 1:]) / 2).sum(-1) / opacity
+    return sample_weights(weights), opacity, depth
+
+
+def _ray_examples(device):
+    """Sorted depths over [2.25, 3.3] and densities that make both transparent and opaque rays."""
+    gen = torch.Generator().manual_seed(0)
+    depths = 2.25 + torch.rand(2, 33, 24, generator=gen).cumsum(-1) * (1.05 / 24)
+    densities = torch.randn(2, 33, 24, generator=gen) * 8
+    yield densities.to(device), depths.to(device)
+
+
+def _without_grad(densities, depths):
+    return not (torch.is_grad_enabled() and (densities.requires_grad or depths.requires_grad))
+
+
+# The fast mode's compositing: one pass each instead of a dozen over [N,M,S] tensors.
+RAY_WEIGHTS = FusedKernel(
+    "ray weights", "ray_weights", ray_weights, applies=_without_grad, examples=_ray_examples
+)
+COMPOSITE_WEIGHTS = FusedKernel(
+    "compositing weights",
+    "composite_weights",
+    composite_weights,
+    applies=_without_grad,
+    examples=_ray_examples,
+)
+
+
 def sample_weights(weights):
     """Per-sample colour weights [N,M,S] from interval weights [N,M,S−1]: interval k's midpoint colour
     (c_k + c_{k+1})/2 gives Σ_k w_k (c_k + c_{k+1})/2 = Σ_j v_j c_j with v_j = (w_j + w_{j−1})/2."""
@@ -72,12 +108,24 @@ def sample_weights(weights):
 
 def weighted_colors(colors, v):
     """Σ_s v[n,m,s] colors[n,:,m,s] → [N,F,M] float32 (colors [N,F,M,S], v [N,M,S])."""
-    if colors.dtype == torch.float16 and colors.is_cuda:
-        from . import fast_kernels  # imports Triton: only the fast mode needs it
+    return WEIGHTED_SUM(colors, v)
 
-        if fast_kernels.triton is not None:
-            return fast_kernels.weighted_sum(colors, v)
-    return (colors * v.to(colors.dtype).unsqueeze(1)).sum(-1).float()
+
+def _weighted_sum_examples(device):
+    gen = torch.Generator().manual_seed(0)
+    yield (
+        torch.rand(2, 32, 45, 10, generator=gen).to(device, torch.float16),
+        torch.rand(2, 45, 10, generator=gen).to(device),
+    )
+
+
+WEIGHTED_SUM = FusedKernel(
+    "colour sum",
+    "weighted_sum",
+    lambda colors, v: (colors * v.to(colors.dtype).unsqueeze(1)).sum(-1).float(),
+    applies=lambda colors, v: colors.dtype == torch.float16,
+    examples=_weighted_sum_examples,
+)
 
 
 def stratified_depths(n, m, ray_start, ray_end, count, device, deterministic=False):
@@ -140,46 +188,40 @@ class ImportanceRenderer(nn.Module):
         coarse = stratified_depths(
             n, m, opts["ray_start"], opts["ray_end"], opts["depth_resolution"], origins.device, deterministic
         )
+        # The fast mode (float16 planes) composites with fused kernels where they run.
+        fast = planes.dtype == torch.float16
+        weights_of = RAY_WEIGHTS if fast else ray_weights
+        composite = COMPOSITE_WEIGHTS if fast else composite_weights
         colors, densities = self.run_model(planes, decoder, origins, directions, coarse, opts)
         depths = coarse.squeeze(-1)
         fine_count = opts["depth_resolution_importance"]
         if fine_count > 0:
             with torch.no_grad():
-                fine = importance_depths(coarse, ray_weights(densities, depths), fine_count, deterministic)
+                fine = importance_depths(coarse, weights_of(densities, depths), fine_count, deterministic)
             colors_f, densities_f = self.run_model(planes, decoder, origins, directions, fine, opts)
             depths, order = torch.sort(torch.cat([depths, fine.squeeze(-1)], -1), dim=-1)
-            weights = ray_weights(torch.gather(torch.cat([densities, densities_f], -1), -1, order), depths)
+            v, opacity, depth = composite(
+                torch.gather(torch.cat([densities, densities_f], -1), -1, order), depths
+            )
             # The colour weights go back to the samples' unsorted places, so the colours need no sorting.
-            v = torch.zeros_like(depths).scatter(-1, order, sample_weights(weights))
+            v = torch.zeros_like(depths).scatter(-1, order, v)
             rgb = weighted_colors(colors, v[..., : coarse.shape[2]]) + weighted_colors(
                 colors_f, v[..., coarse.shape[2] :]
             )
         else:
-            weights = ray_weights(densities, depths)
-            rgb = weighted_colors(colors, sample_weights(weights))
-        opacity = weights.sum(-1)
+            v, opacity, depth = composite(densities, depths)
+            rgb = weighted_colors(colors, v)
         if opts.get("white_back", False):
             rgb = rgb + (1 - opacity).unsqueeze(1)
-        depth = torch.nan_to_num(
-            (weights * (depths[..., :-1] + depths[..., 1:]) / 2).sum(-1) / opacity, float("inf")
-        )
-        depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
+        depth = torch.clamp(torch.nan_to_num(depth, float("inf")), torch.min(depths), torch.max(depths))
         return rgb * 2 - 1, depth, opacity
 
     @staticmethod
     def run_model(planes, decoder, origins, directions, depths, opts):
         """Colours [N,F,M,S] and densities [N,M,S] at origin + depth·direction (depths [N,M,S,1])."""
-        n, m, s, _ = depths.shape
-        if planes.dtype == torch.float16 and not opts.get("density_noise", 0):
-            from . import fast_kernels  # imports Triton: only the fast mode needs it
-
-            if fast_kernels.available(planes):
-                return fast_kernels.sample_and_decode(
-                    planes, decoder, origins, directions, depths, opts["box_warp"]
-                )
-        points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
-        colors, densities = decoder(sample_triplanes(planes, points, opts["box_warp"]))
         if opts.get("density_noise", 0) > 0:
-            densities = densities + torch.randn_like(densities) * opts["density_noise"]
-        # The decoder's outputs are views of channels-first tensors: transposing back is free.
-        return colors.transpose(1, 2).reshape(n, -1, m, s), densities.reshape(n, m, s)
+            colors, densities = sample_and_decode(
+                planes, decoder, origins, directions, depths, opts["box_warp"]
+            )
+            return colors, densities + torch.randn_like(densities) * opts["density_noise"]
+        return SAMPLE_AND_DECODE(planes, decoder, origins, directions, depths, opts["box_warp"])

@@ -18,6 +18,7 @@ from .ops import (
     fir_filter_2d,
     modulated_conv2d,
     normalize_2nd_moment,
+    upfilter_bias_lrelu,
     upsample_2x,
 )
 
@@ -116,13 +117,27 @@ class SynthesisLayer(nn.Module):
 
     def forward(self, x, w, noise_mode="const"):
         styles = self.affine(w)
-        x = modulated_conv2d(x, self.weight, styles, up=self.up, resample_filter=self.resample_filter)
+        # In float16 the up-convolution's filter runs fused with the noise, bias and activation.
+        fused_filter = self.up and x.dtype == torch.float16
+        x = modulated_conv2d(
+            x,
+            self.weight,
+            styles,
+            up=self.up,
+            resample_filter=self.resample_filter,
+            up_filter=not fused_filter,
+        )
+        noise = None
         if self.use_noise and noise_mode == "const":
-            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
+            noise = self.noise_const * self.noise_strength
         elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
-            x = x + (noise * self.noise_strength).to(x.dtype)
-        return bias_lrelu(x, self.bias, clamp=self.conv_clamp)
+            noise = noise * self.noise_strength
+        if fused_filter:
+            return upfilter_bias_lrelu(x, noise, self.bias, clamp=self.conv_clamp)
+        if noise is not None:
+            x = x + noise.to(x.dtype)
+        return bias_lrelu(x, self.bias, clamp=self.conv_clamp, inplace=True)
 
     def extra_repr(self):
         return (
@@ -149,7 +164,7 @@ class ToRGBLayer(nn.Module):
     def forward(self, x, w):
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)
-        return bias_linear(x, self.bias, clamp=self.conv_clamp)
+        return bias_linear(x, self.bias, clamp=self.conv_clamp, inplace=True)
 
     def extra_repr(self):
         out_channels, in_channels = self.weight.shape[:2]

@@ -57,7 +57,10 @@ class TriPlaneGenerator(nn.Module):
     (tri-plane backbone and super-resolution) run in float16, channels-last, with the official
     mixed-precision safeguards, and the plane sampler and decoder run in float16 (ray weights and
     depths stay float32). Should a float16 network pass overflow, it is recomputed in float32
-    (with a warning). Set it with `G.set_precision(...)`.
+    (with a warning). Set it with `G.set_precision(...)`. The fused steps run as Triton kernels
+    where each passed a check against PyTorch on that device, and as PyTorch otherwise or after
+    any failure: `preim3d.set_kernels("auto" | "triton" | "torch")`, or PREIM3D_KERNELS=torch in
+    the environment to never use Triton (see `preim3d.networks.fused`).
 
     Args (the official ones): z_dim, c_dim, w_dim; img_resolution and img_channels of the final
     image; sr_num_fp16_res (the official half-precision setting of the super-resolution, which
@@ -242,11 +245,14 @@ class TriPlaneGenerator(nn.Module):
         """network(fast) in the fast mode when it applies, falling back to float32 on overflow.
 
         A network may return a tuple: its first tensor is checked (the final image, which an overflow
-        anywhere in the super-resolution reaches)."""
+        anywhere in the super-resolution reaches). Inside a CUDA-graph capture the check cannot run
+        (it reads the result on the host): whoever replays the graph checks its outputs instead (see
+        preim3d.rendering.TriPlaneRenderer)."""
         if not self._fast(ws):
             return network(False)
         out = network(True)
-        if torch.isfinite(out[0] if isinstance(out, tuple) else out).all():
+        first = out[0] if isinstance(out, tuple) else out
+        if (first.is_cuda and torch.cuda.is_current_stream_capturing()) or torch.isfinite(first).all():
             return out
         warnings.warn("float16 overflowed in the fast mode; recomputing this pass in float32", stacklevel=3)
         return network(False)
