@@ -182,12 +182,16 @@ def test_python_dash_m_runs_the_command_line():
         assert command in done.stdout
 
 
-def test_edit_with_refine_renders_and_saves_the_refined_head(tiny_bundle, astronaut_png, tmp_path, capsys):
+def test_edit_with_refine_renders_and_saves_the_refined_head(
+    tiny_bundle, astronaut_png, tmp_path, capsys, caplog
+):
     out = tmp_path / "out"
     args = ["edit", str(astronaut_png), "--edit", "smile=2", "--weights", str(tiny_bundle), "--device", "cpu"]
-    code = cli.main([*args, "--refine", "2", "--out", str(out)])
+    with caplog.at_level("WARNING", logger="preim3d.refine"):
+        code = cli.main([*args, "--refine", "2", "--out", str(out)])
     line = capsys.readouterr().out.strip()
     assert code == 0 and "smile +2; refined 2 steps" in line
+    assert "Refining on the CPU: about" in caplog.text  # the estimate, on stderr without pytest
     assert {"refined.safetensors", "inverted.npz", "reconstruction.png"} <= {p.name for p in out.iterdir()}
     editor = Editor.from_pretrained(tiny_bundle, device="cpu", deterministic=True)
     head = editor.load_refined(out / "refined.safetensors")

@@ -68,6 +68,20 @@ def test_reconstruction_improves_with_steps(editor, face, head, base_state):
     assert state.keys() == base_state.keys() and all(torch.equal(state[k], base_state[k]) for k in state)
 
 
+def test_more_steps_fit_better_and_a_cpu_says_how_long_first(editor, face, head, caplog):
+    ws = editor.invert(face)
+    logged_by_step = []
+    with caplog.at_level("WARNING", logger="preim3d.refine"):
+        fewer = editor.refine(face, ws, 4, progress=lambda *_: logged_by_step.append(caplog.text), **QUICK)
+    # the estimate for all steps comes after the first step, before the others
+    estimate = "Refining on the CPU: about"
+    assert estimate in logged_by_step[0] and "for 4 steps" in logged_by_step[0]
+    assert logged_by_step[-1].count(estimate) == 1
+    before = psnr(face.image, editor.render(ws, *face.estimate_pose()))
+    assert before < psnr(face.image, fewer.reconstruction()) < psnr(face.image, head.reconstruction())
+    assert head.history["pixel"][-1] < fewer.history["pixel"][-1] < fewer.history["pixel"][0]
+
+
 def test_the_code_is_kept(editor, face, head):
     ws = editor.invert(face)
     assert torch.equal(head.ws, ws)  # the encoder's code, bit for bit
@@ -107,8 +121,13 @@ def test_other_codes_change_less_with_the_locality_term(editor, face, head, unre
     # code for every z), so tuning moves all of them almost as much as the photo's: what is checked
     # is that PTI's term keeps its codes closer than tuning without it does (bench_refine.py
     # measures how little other codes move on the full-size generator).
+    # Checked on the regularising codes and on codes the tuning never saw (other seeds, and the
+    # mapping's own codes).
     pose = face.estimate_pose()
-    for w in locality_codes(editor.generator, head.ws, QUICK["locality_codes"], seed=0):
+    z = torch.randn(2, editor.generator.z_dim, generator=torch.Generator().manual_seed(7))
+    unseen = editor.generator.mapping(z, camera_vector().expand(2, -1), truncation_psi=0.7)
+    others = [locality_codes(editor.generator, head.ws, 2, seed=seed) for seed in (0, 9)]
+    for w in torch.cat([*others, unseen]):
         before = float_render(editor, w[None], pose)
         kept, unkept = (np.abs(float_render(e, w[None], pose) - before).mean() for e in (head, unregularised))
         assert kept < 0.9 * unkept, (kept, unkept)
