@@ -281,3 +281,31 @@ def test_video_tab_edits_an_uploaded_clip_with_the_sliders(browser, url, tmp_pat
     shot = tmp_path / "video-tab.png"
     assert browser.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
+
+
+def test_refine_button_refines_this_tab_only(browser, url, editor, astronaut_png, tmp_path):
+    upload(browser, url, astronaut_png)
+    wait(browser, lambda b: all(image_src(b, i) for i in ("reconstruction", "edited")))
+    before = {i: image_src(browser, i) for i in ("reconstruction", "edited")}
+    click_slider(browser, "refine-steps", 0.0)
+    assert number(browser, "refine-steps") == 10  # the fewest: seconds on this CPU
+    browser.find_element(By.ID, "refine-button").click()
+    status = wait(browser, lambda b: "Refined in" in (t := b.find_element(By.ID, "refine-status").text) and t)
+    assert "10 steps" in status and "dB PSNR" in status and "this browser tab only" in status
+    # the reconstruction, then the edited view, come from the refined head
+    wait(browser, lambda b: all(image_src(b, i) != before[i] for i in before))
+    aligned = fetch_image(image_src(browser, "aligned"))
+    refined = np.asarray(Image.fromarray(aligned.astype(np.uint8)).resize((128, 128)), np.float64)
+    error = {
+        i: np.abs(fetch_image(src).astype(np.float64) - refined).mean()
+        for i, src in (("before", before["reconstruction"]), ("after", image_src(browser, "reconstruction")))
+    }
+    assert error["after"] < error["before"]
+    screenshot(browser, tmp_path, "refined.png")
+    # another tab (another session) still sees the base editor's head
+    upload(browser, url, astronaut_png)
+    wait(browser, lambda b: image_src(b, "reconstruction"))
+    assert np.array_equal(
+        fetch_image(image_src(browser, "reconstruction")), fetch_image(before["reconstruction"])
+    )
+    assert browser.find_element(By.ID, "refine-status").text == ""
