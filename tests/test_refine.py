@@ -110,6 +110,34 @@ def test_edits_move_the_refined_head_as_much_as_the_base(editor, face, head):
     assert torch.equal(head.edit(ws, {"smile": 3.0}, precise=True), precise)  # the same directions
 
 
+def test_every_output_of_the_head_comes_from_the_tuned_weights(editor, head, tmp_path):
+    import imageio_ffmpeg
+
+    from preim3d.cameras import turntable_path
+    from preim3d.rendering import to_uint8
+
+    ws = editor.edit(head.ws, {"smile": 2.0})
+    # views: converted to uint8 on the device, as the editor's, from the tuned weights
+    (view,) = head.views(ws, [0.3], [0.1])
+    tuned = to_uint8(head.renderer.render(ws, camera_vector(0.3, 0.1), deterministic=True)["image"])[0]
+    assert np.array_equal(pixels(view), tuned)
+    assert np.abs(pixels(view) - pixels(editor.views(ws, [0.3], [0.1])[0])).mean() > 1
+    assert np.abs(pixels(head.depth(ws, 0.3)) - pixels(editor.depth(ws, 0.3))).mean() > 1
+    assert np.abs(pixels(head.grid(ws)) - pixels(editor.grid(ws))).mean() > 1
+    # the turntable's frames are the head's renders, not the base's
+    video = head.turntable(ws, tmp_path / "head.mp4", frames=2, fps=2)
+    frames = imageio_ffmpeg.read_frames(str(video))
+    width, height = next(frames)["size"]
+    cameras = turntable_path(2)
+    for frame, camera in zip(frames, cameras):
+        frame = np.frombuffer(frame, np.uint8).reshape(height, width, 3).astype(np.float64)
+        head_error, base_error = (
+            np.abs(frame - to_uint8(e.renderer.render(ws, camera, deterministic=True)["image"])[0]).mean()
+            for e in (head, editor)
+        )
+        assert head_error < 0.5 * base_error, (head_error, base_error)
+
+
 @pytest.fixture(scope="module")
 def unregularised(editor, face, head):
     """The same tuning without the side-view and locality terms."""
