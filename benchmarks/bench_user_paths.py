@@ -23,7 +23,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,14 +30,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from eg3d_reference import FFHQ512, TINY, fill_random, inputs  # noqa: E402
-from official_eg3d import build_official, official_path  # noqa: E402
+from preim3d import TriPlaneGenerator
+from preim3d.cameras import turntable_path
+from preim3d.rendering import uint8_images
+from preim3d.testing import (
+    FFHQ512_GENERATOR_KWARGS,
+    FFHQ512_NEURAL_RESOLUTION,
+    TINY_GENERATOR_KWARGS,
+    TINY_NEURAL_RESOLUTION,
+    build_official_eg3d,
+    fill_random,
+    official_eg3d_path,
+    psnr,
+    random_inputs,
+    tiny_directions,
+    tiny_encoder,
+)
 
-from preim3d import Editor, TriPlaneGenerator  # noqa: E402
-from preim3d.cameras import turntable_path  # noqa: E402
-from preim3d.rendering import uint8_images  # noqa: E402
-from preim3d.testing import tiny_directions, tiny_encoder  # noqa: E402
+FFHQ512 = (FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION)
+TINY = (TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION)
 
 TODAY = {  # the user paths before this benchmark existed (benchmarks/RESULTS.md, 2026-11-25/30)
     "turntable mp4 s": "0.71–1.09 (H200), 1.28 (H100)",
@@ -72,14 +82,6 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Over the reference's value range, as the generator benchmark's."""
-    x, ref = x.double().cpu(), ref.double().cpu()
-    mse = (x - ref).square().mean().item()
-    span = (ref.max() - ref.min()).item()
-    return math.inf if mse == 0 else 10 * math.log10(span * span / mse)
-
-
 def generator(config, device, precision):
     G = TriPlaneGenerator(**config[0]).eval().requires_grad_(False)
     fill_random(G, 11)
@@ -89,6 +91,8 @@ def generator(config, device, precision):
 
 def make_editor(config, device, precision, batch_size):
     """An Editor around the random generator (a tiny encoder: the measured paths do not invert)."""
+    from preim3d import Editor  # imports dlib, which the throughput section alone does not need
+
     G = generator(config, device, precision)
     latent_avg = G.backbone.mapping.w_avg.detach().cpu().repeat(G.num_ws, 1)
     return Editor(
@@ -103,7 +107,7 @@ def make_editor(config, device, precision, batch_size):
 
 
 def latent(editor, seed=3):
-    z, c = inputs(1, editor.generator.z_dim, seed)
+    z, c = random_inputs(1, editor.generator.z_dim, seed)
     with torch.no_grad():
         ws = editor.generator.mapping(z.to(editor.device), c.to(editor.device), truncation_psi=0.7)
     return ws.cpu()
@@ -146,7 +150,7 @@ def throughput(config, device, frames, batches) -> dict:
     results, reference = {}, None
     for precision in ("fp32", "fast") if device.type == "cuda" else ("fp32",):
         G = generator(config, device, precision)
-        z, c = inputs(1, G.z_dim, 16)
+        z, c = random_inputs(1, G.z_dim, 16)
         with torch.no_grad():
             ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
             planes = G.synthesize_planes(ws)
@@ -226,8 +230,8 @@ def mesh(editor, ws, resolution, threshold, tmp, device) -> dict:
 
 
 def official_loop(device, frames) -> dict:
-    G = build_official(FFHQ512, 11, device)
-    z, c = inputs(1, 512, 16)
+    G = build_official_eg3d(*FFHQ512, 11, device)
+    z, c = random_inputs(1, 512, 16)
     cams = turntable_path(frames).to(device)
     with torch.no_grad():
         ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
@@ -319,10 +323,11 @@ def main():
         "precision": precision,
         "before (RESULTS.md)": TODAY,
     }
-    editor = make_editor(config, device, precision, args.batch)
-    ws = latent(editor)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if {"turntable", "latency", "mesh"} - set(args.skip):
+            editor = make_editor(config, device, precision, args.batch)
+            ws = latent(editor)
         if "turntable" not in args.skip:
             results["Editor.turntable mp4"] = turntable(editor, ws, args.frames, tmp, device)
             rendered = results["Editor.turntable mp4"].pop("rendered frames")
@@ -338,11 +343,11 @@ def main():
                 editor, ws, args.mesh_resolution, args.threshold, tmp, device
             )
             print("mesh", results[f"Editor.mesh {args.mesh_resolution}^3 + GLB"], flush=True)
-    del editor
+    editor = None  # frees the GPU memory of its generator
     if "throughput" not in args.skip:
         results["throughput from cached planes"] = throughput(config, device, args.frames, args.batches)
         print("throughput", results["throughput from cached planes"], flush=True)
-    if official_path() is not None and not args.tiny:
+    if official_eg3d_path() is not None and not args.tiny:
         results["official per-frame loop"] = official_loop(device, args.frames)
         print("official", results["official per-frame loop"], flush=True)
 
