@@ -2,9 +2,10 @@
 a Triton that fails from costing more than speed.
 
 The fast mode (`G.set_precision("fast")`) runs a few steps as Triton kernels
-(`networks/fast_kernels.py`): the tri-plane sampler + decoder, the colour sums and the
-super-resolution's bias + activation passes. Each is a `FusedKernel`, defined next to the PyTorch
-code it replaces. The choice of implementation:
+(`networks/fast_kernels.py`): the tri-plane sampler + decoder, the importance sampling, the
+compositing (with the depth ordering of both sample sets), the colour sums and the networks' bias +
+activation passes (with the up-sampling filter, or the ToRGB layer). Each is a `FusedKernel`,
+defined next to the PyTorch code it replaces. The choice of implementation:
 
     preim3d.set_kernels("auto")    # default: Triton where it passed its check on that device
     preim3d.set_kernels("torch")   # never Triton
