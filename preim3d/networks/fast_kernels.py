@@ -479,11 +479,7 @@ if triton is not None:
             tl.store(v_ptr + row + k[None, :], (w + w_prev) * 0.5, mask=sample_ok)
             total = tl.sum(w, axis=1)
             tl.store(opacity_ptr + ray, total, mask=ray_ok)
-            tl.store(
-                depth_ptr + ray,
-                tl.sum(tl.where(interval_ok, w * (d0 + d1) * 0.5, 0.0), axis=1) / total,
-                mask=ray_ok,
-            )
+            tl.store(depth_ptr + ray, tl.sum(w * (d0 + d1) * 0.5, axis=1) / total, mask=ray_ok)
 
     @triton.jit
     def _float_order(bits):
@@ -551,11 +547,9 @@ if triton is not None:
         tl.store(v_f_ptr + row_f + sample - first, v, mask=sample_second)
         total = tl.sum(w, axis=1)
         tl.store(opacity_ptr + ray, total, mask=ray_ok)
-        tl.store(
-            depth_ptr + ray,
-            tl.sum(tl.where(interval_ok, w * (d0 + d1) * 0.5, 0.0), axis=1) / total,
-            mask=ray_ok,
-        )
+        # Padding's infinite depths are left out of the mean depth (w is 0 there, w·∞ is not).
+        middle = tl.where(interval_ok, w * (d0 + d1) * 0.5, 0.0)
+        tl.store(depth_ptr + ray, tl.sum(middle, axis=1) / total, mask=ray_ok)
 
     @triton.jit
     def _bias_lrelu(
