@@ -10,7 +10,9 @@ Training (full-size networks, random weights: the ffhq512-128 EG3D generator, th
 encoder and the IR-SE50 ArcFace identity network; random 256 px images; PREIM3D's recipe of the
 first steps: L2 + identity + latent discriminator, generated and real batches alternating, no
 multi-view loss, fp32):
-  * steps/s on 1 GPU and on N GPUs at the same batch per GPU (--batch, default the official 2);
+  * steps/s on 1 GPU and on N GPUs at the same batch per GPU (--batch, default the official 2), and
+    the images/s they give (steps/s x processes x batch): N GPUs at the steps/s of one make N times
+    the progress through the data, which is the scaling compared;
   * the first --steps (200) steps' losses of N GPUs with that batch each against one GPU with the
     same global batch (N x --batch), both from the same initial weights; the noise they are judged
     against is the difference between two one-GPU runs that differ only in their seed. Compared: the
@@ -145,6 +147,7 @@ def train_worker(args) -> None:
             "batch_per_process": args.batch,
             "seed": args.seed,
             "steps_per_s": (args.steps - args.warmup) / seconds,
+            "images_per_s": (args.steps - args.warmup) / seconds * args.batch * len(everything),
             "losses": losses,
         }
         Path(args.result).write_text(json.dumps(result))
@@ -298,12 +301,12 @@ def edit_run(n, args, env, work, bundle, photos) -> dict:
     return result
 
 
-def same_files(a: Path, b: Path) -> bool:
-    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    if names != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
-        return False
-    _, mismatch, errors = filecmp.cmpfiles(a, b, [str(n) for n in names], shallow=False)
-    return not mismatch and not errors
+def differing_files(a: Path, b: Path) -> list[str]:
+    """The files of either folder that the other lacks or holds with other bytes."""
+    names_a = {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()}
+    names_b = {str(p.relative_to(b)) for p in b.rglob("*") if p.is_file()}
+    _, mismatch, errors = filecmp.cmpfiles(a, b, sorted(names_a & names_b), shallow=False)
+    return sorted(set(mismatch) | set(errors) | (names_a ^ names_b))
 
 
 def save(results: dict, details: Path | None) -> None:
@@ -322,6 +325,7 @@ def print_tables(results: dict, args) -> None:
     if "training" in results:
         t = results["training"]
         rows.append((f"training steps/s, batch {args.batch} per GPU", t["one"], t["many"], "steps_per_s"))
+        rows.append((f"training images/s, batch {args.batch} per GPU", t["one"], t["many"], "images_per_s"))
     if "editing" in results:
         e = results["editing"]
         rows.append((f"editing photos/s, batch {args.edit_batch}", e["one"], e["many"], "photos_per_s"))
@@ -364,7 +368,8 @@ def print_tables(results: dict, args) -> None:
             for p in run["processes"]:
                 cells = " | ".join(f"{p.get(s, 0):.1f}" for s in stages)
                 print(f"| {label} | {p['rank']} | {p['photos']} | {cells} |")
-        same = "yes" if e["identical_files"] else "NO"
+        differing = e["differing_files"]
+        same = "yes" if not differing else f"NO, {len(differing)} differ: {', '.join(differing[:8])}"
         print(f"\nThe {n}-GPU run wrote the same files as the 1-GPU run: {same}")
 
 
@@ -446,8 +451,8 @@ def main():
         make_photos(photos, args.photos)
         one = edit_run(1, args, env, work, bundle, photos)
         many = edit_run(n, args, env, work, bundle, photos)
-        identical = same_files(work / "edited_1", work / f"edited_{n}")
-        results["editing"] = {"one": one, "many": many, "identical_files": identical}
+        differing = differing_files(work / "edited_1", work / f"edited_{n}")
+        results["editing"] = {"one": one, "many": many, "differing_files": differing}
         save(results, details)
 
     command = f"python benchmarks/bench_distributed.py {' '.join(sys.argv[1:])}"
