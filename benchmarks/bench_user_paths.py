@@ -9,7 +9,8 @@ Reported, in the fast mode on a GPU (the given --precision elsewhere):
   against the rendered ones;
 * rendering throughput from cached planes (frames kept on the GPU, as the generator benchmark
   measures it, and as uint8 frames on the host through TriPlaneRenderer), PSNR against fp32;
-* Editor.mesh at 256³ with GLB export: seconds for extraction and export, vertices, GLB size;
+* Editor.mesh at 256³ with GLB export: seconds, vertices, GLB size, and the time of each stage:
+  density sampling, level and box, marching cubes, normals, colours + trimesh, GLB export;
 * Editor.render latency at batch 1: a camera-only change (cached planes) and an attribute change
   (Editor.edit, new planes, render);
 * with PREIM3D_OFFICIAL_EG3D, the official per-frame loop for the same 120 frames.
@@ -50,9 +51,9 @@ from preim3d.testing import (
 FFHQ512 = (FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION)
 TINY = (TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION)
 
-TODAY = {  # the user paths before this benchmark existed (benchmarks/RESULTS.md, 2026-11-25/30)
+TODAY = {  # the user paths measured before (benchmarks/RESULTS.md, 2026-11-25/30)
     "turntable mp4 s": "0.71–1.09 (H200), 1.28 (H100)",
-    "mesh 256^3 + GLB s": "2.9–3.5 (H200), 3.28 (H100)",
+    "mesh 256^3 + GLB s": "0.89–1.11 (H200, marching cubes on the host 0.66–0.7); 2.9–3.5 earlier",
     "render camera-only ms": "14 (H200)",
     "render attribute change ms": "30 (H200)",
 }
@@ -209,23 +210,19 @@ def latency(editor, ws, device, repeats) -> dict:
 
 
 def mesh(editor, ws, resolution, threshold, tmp, device) -> dict:
-    from preim3d.mesh import export_mesh, extract_mesh
+    """Editor.mesh to a .glb as users call it, then the warm time of each stage (bench_mesh_memory)."""
+    from bench_mesh_memory import mesh_split
 
     path = tmp / "head.glb"
     total_s, result = seconds(
         lambda: editor.mesh(ws, path, resolution=resolution, threshold=threshold), device
     )
-    planes = editor.renderer.planes(ws)
-    extract_s, result = seconds(
-        lambda: extract_mesh(editor.generator, ws, resolution, threshold, planes=planes), device, warmup=0
-    )
-    export_s, _ = seconds(lambda: export_mesh(result, path), device, warmup=0)
+    split = mesh_split(editor.generator, ws, editor.renderer.planes(ws), resolution, threshold, path)
     return {
         "seconds (Editor.mesh to .glb)": round(total_s, 3),
-        "extraction s": round(extract_s, 3),
-        "GLB export s": round(export_s, 3),
         "vertices": len(result.vertices),
         "GLB MB": round(path.stat().st_size / 1e6, 1),
+        "stages (warm medians)": split,
     }
 
 
@@ -309,9 +306,18 @@ def main():
     parser.add_argument(
         "--skip", nargs="*", default=[], help="sections to skip: turntable throughput mesh latency"
     )
+    parser.add_argument(
+        "--torch-marching-cubes",
+        action="store_true",
+        help="the PyTorch marching cubes on a CPU too (a check of this script; a GPU takes it anyway)",
+    )
     parser.add_argument("--encoder-sweep", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.torch_marching_cubes:
+        from bench_mesh_memory import use_torch_marching_cubes_everywhere
+
+        use_torch_marching_cubes_everywhere()
     device = torch.device(args.device)
     precision = args.precision or ("fast" if device.type == "cuda" else "fp32")
     config = TINY if args.tiny else FFHQ512
