@@ -9,7 +9,8 @@ Reported, in the fast mode on a GPU (the given --precision elsewhere):
   against the rendered ones;
 * rendering throughput from cached planes (frames kept on the GPU, as the generator benchmark
   measures it, and as uint8 frames on the host through TriPlaneRenderer), PSNR against fp32;
-* Editor.mesh at 256³ with GLB export: seconds for extraction and export, vertices, GLB size;
+* Editor.mesh at 256³ with GLB export: seconds, vertices, GLB size, and the time of each stage:
+  density sampling, level and box, marching cubes, normals, colours + trimesh, GLB export;
 * Editor.render latency at batch 1: a camera-only change (cached planes) and an attribute change
   (Editor.edit, new planes, render);
 * with PREIM3D_OFFICIAL_EG3D, the official per-frame loop for the same 120 frames.
@@ -23,7 +24,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,18 +31,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from eg3d_reference import FFHQ512, TINY, fill_random, inputs  # noqa: E402
-from official_eg3d import build_official, official_path  # noqa: E402
+from preim3d import TriPlaneGenerator
+from preim3d.cameras import turntable_path
+from preim3d.rendering import uint8_images
+from preim3d.testing import (
+    FFHQ512_GENERATOR_KWARGS,
+    FFHQ512_NEURAL_RESOLUTION,
+    TINY_GENERATOR_KWARGS,
+    TINY_NEURAL_RESOLUTION,
+    build_official_eg3d,
+    fill_random,
+    official_eg3d_path,
+    psnr,
+    random_inputs,
+    tiny_directions,
+    tiny_encoder,
+)
 
-from preim3d import Editor, TriPlaneGenerator  # noqa: E402
-from preim3d.cameras import turntable_path  # noqa: E402
-from preim3d.rendering import uint8_images  # noqa: E402
-from preim3d.testing import tiny_directions, tiny_encoder  # noqa: E402
+FFHQ512 = (FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION)
+TINY = (TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION)
 
-TODAY = {  # the user paths before this benchmark existed (benchmarks/RESULTS.md, 2026-11-25/30)
+TODAY = {  # the user paths measured before (benchmarks/RESULTS.md, 2026-11-25/30)
     "turntable mp4 s": "0.71–1.09 (H200), 1.28 (H100)",
-    "mesh 256^3 + GLB s": "2.9–3.5 (H200), 3.28 (H100)",
+    "mesh 256^3 + GLB s": "0.89–1.11 (H200, marching cubes on the host 0.66–0.7); 2.9–3.5 earlier",
     "render camera-only ms": "14 (H200)",
     "render attribute change ms": "30 (H200)",
 }
@@ -72,14 +83,6 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Over the reference's value range, as the generator benchmark's."""
-    x, ref = x.double().cpu(), ref.double().cpu()
-    mse = (x - ref).square().mean().item()
-    span = (ref.max() - ref.min()).item()
-    return math.inf if mse == 0 else 10 * math.log10(span * span / mse)
-
-
 def generator(config, device, precision):
     G = TriPlaneGenerator(**config[0]).eval().requires_grad_(False)
     fill_random(G, 11)
@@ -89,6 +92,8 @@ def generator(config, device, precision):
 
 def make_editor(config, device, precision, batch_size):
     """An Editor around the random generator (a tiny encoder: the measured paths do not invert)."""
+    from preim3d import Editor  # imports dlib, which the throughput section alone does not need
+
     G = generator(config, device, precision)
     latent_avg = G.backbone.mapping.w_avg.detach().cpu().repeat(G.num_ws, 1)
     return Editor(
@@ -103,7 +108,7 @@ def make_editor(config, device, precision, batch_size):
 
 
 def latent(editor, seed=3):
-    z, c = inputs(1, editor.generator.z_dim, seed)
+    z, c = random_inputs(1, editor.generator.z_dim, seed)
     with torch.no_grad():
         ws = editor.generator.mapping(z.to(editor.device), c.to(editor.device), truncation_psi=0.7)
     return ws.cpu()
@@ -146,7 +151,7 @@ def throughput(config, device, frames, batches) -> dict:
     results, reference = {}, None
     for precision in ("fp32", "fast") if device.type == "cuda" else ("fp32",):
         G = generator(config, device, precision)
-        z, c = inputs(1, G.z_dim, 16)
+        z, c = random_inputs(1, G.z_dim, 16)
         with torch.no_grad():
             ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
             planes = G.synthesize_planes(ws)
@@ -205,29 +210,25 @@ def latency(editor, ws, device, repeats) -> dict:
 
 
 def mesh(editor, ws, resolution, threshold, tmp, device) -> dict:
-    from preim3d.mesh import export_mesh, extract_mesh
+    """Editor.mesh to a .glb as users call it, then the warm time of each stage (bench_mesh_memory)."""
+    from bench_mesh_memory import mesh_split
 
     path = tmp / "head.glb"
     total_s, result = seconds(
         lambda: editor.mesh(ws, path, resolution=resolution, threshold=threshold), device
     )
-    planes = editor.renderer.planes(ws)
-    extract_s, result = seconds(
-        lambda: extract_mesh(editor.generator, ws, resolution, threshold, planes=planes), device, warmup=0
-    )
-    export_s, _ = seconds(lambda: export_mesh(result, path), device, warmup=0)
+    split = mesh_split(editor.generator, ws, editor.renderer.planes(ws), resolution, threshold, path)
     return {
         "seconds (Editor.mesh to .glb)": round(total_s, 3),
-        "extraction s": round(extract_s, 3),
-        "GLB export s": round(export_s, 3),
         "vertices": len(result.vertices),
         "GLB MB": round(path.stat().st_size / 1e6, 1),
+        "stages (warm medians)": split,
     }
 
 
 def official_loop(device, frames) -> dict:
-    G = build_official(FFHQ512, 11, device)
-    z, c = inputs(1, 512, 16)
+    G = build_official_eg3d(*FFHQ512, 11, device)
+    z, c = random_inputs(1, 512, 16)
     cams = turntable_path(frames).to(device)
     with torch.no_grad():
         ws = G.mapping(z.to(device), c.to(device), truncation_psi=0.7, truncation_cutoff=14)
@@ -305,9 +306,18 @@ def main():
     parser.add_argument(
         "--skip", nargs="*", default=[], help="sections to skip: turntable throughput mesh latency"
     )
+    parser.add_argument(
+        "--torch-marching-cubes",
+        action="store_true",
+        help="the PyTorch marching cubes on a CPU too (a check of this script; a GPU takes it anyway)",
+    )
     parser.add_argument("--encoder-sweep", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.torch_marching_cubes:
+        from bench_mesh_memory import use_torch_marching_cubes_everywhere
+
+        use_torch_marching_cubes_everywhere()
     device = torch.device(args.device)
     precision = args.precision or ("fast" if device.type == "cuda" else "fp32")
     config = TINY if args.tiny else FFHQ512
@@ -319,10 +329,11 @@ def main():
         "precision": precision,
         "before (RESULTS.md)": TODAY,
     }
-    editor = make_editor(config, device, precision, args.batch)
-    ws = latent(editor)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if {"turntable", "latency", "mesh"} - set(args.skip):
+            editor = make_editor(config, device, precision, args.batch)
+            ws = latent(editor)
         if "turntable" not in args.skip:
             results["Editor.turntable mp4"] = turntable(editor, ws, args.frames, tmp, device)
             rendered = results["Editor.turntable mp4"].pop("rendered frames")
@@ -338,11 +349,11 @@ def main():
                 editor, ws, args.mesh_resolution, args.threshold, tmp, device
             )
             print("mesh", results[f"Editor.mesh {args.mesh_resolution}^3 + GLB"], flush=True)
-    del editor
+    editor = None  # frees the GPU memory of its generator
     if "throughput" not in args.skip:
         results["throughput from cached planes"] = throughput(config, device, args.frames, args.batches)
         print("throughput", results["throughput from cached planes"], flush=True)
-    if official_path() is not None and not args.tiny:
+    if official_eg3d_path() is not None and not args.tiny:
         results["official per-frame loop"] = official_loop(device, args.frames)
         print("official", results["official per-frame loop"], flush=True)
 

@@ -3,6 +3,8 @@ a tiny bundle, official-style files, a photo."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from official_format import write_torch_save
@@ -52,6 +54,24 @@ def tiny_official_files(tmp_path_factory):
     for name in bank.names:
         torch.save(bank.direction(name).reshape(1, -1), folder / "directions" / f"{name}.pt")
     return folder
+
+
+@pytest.fixture(params=["scikit-image", "torch"])
+def marching_cubes_path(request, monkeypatch) -> SimpleNamespace:
+    """Meshes through either marching cubes on this CPU: scikit-image's, or the PyTorch one that a GPU
+    takes. Returns .torch (which one) and .calls (the PyTorch one's)."""
+    import preim3d.mesh
+
+    calls = []
+    if request.param == "torch":
+        torch_marching_cubes = preim3d.mesh.torch_marching_cubes
+        monkeypatch.setattr(preim3d.mesh, "uses_torch_marching_cubes", lambda device: True)
+        monkeypatch.setattr(
+            preim3d.mesh,
+            "torch_marching_cubes",
+            lambda *args, **kwargs: calls.append(args) or torch_marching_cubes(*args, **kwargs),
+        )
+    return SimpleNamespace(torch=request.param == "torch", calls=calls)
 
 
 @pytest.fixture

@@ -20,13 +20,17 @@ import torch.nn.functional as F
 
 from preim3d.networks import fast_kernels, fused, ops
 from preim3d.networks.decoder import SAMPLE_AND_DECODE, OSGDecoder, sample_triplanes
-from preim3d.networks.ops import BIAS_LRELU, UPFILTER_BIAS_LRELU
+from preim3d.networks.ops import BIAS_LRELU, BIAS_LRELU_TO_RGB, UPFILTER_BIAS_LRELU
 from preim3d.networks.renderer import (
     COMPOSITE_WEIGHTS,
+    INVERSE_CDF,
+    MERGED_COMPOSITE_WEIGHTS,
     RAY_WEIGHTS,
     WEIGHTED_SUM,
     ImportanceRenderer,
     composite_weights,
+    inverse_cdf,
+    merged_composite_weights,
     ray_weights,
 )
 
@@ -51,7 +55,7 @@ def test_kernels_in_the_triton_interpreter():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "49 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
+    assert "81 passed" in result.stdout, result.stdout[-2000:]  # every test below ran
 
 
 def random_decoder(seed=0):
@@ -158,19 +162,21 @@ def test_bias_activations_overwrite_their_input_only_when_asked(dtype):
 @kernels_here
 @pytest.mark.parametrize("noise", [None, "const", "per-sample"])
 def test_upfilter_bias_lrelu_matches_pytorch(noise):
-    t = torch.randn(2, 70, 3, 35, device=DEVICE)  # two blocks of channels and of pixels
+    # Two blocks of channels and of pixels, and of rows (the last one partly outside).
+    rows = fast_kernels.UPFILTER_ROWS + 3
+    t = torch.randn(2, 70, rows + 1, 35, device=DEVICE)
     bias = torch.randn(70, device=DEVICE)
     noise = {
         None: None,
-        "const": torch.randn(2, 34, device=DEVICE),
-        "per-sample": torch.randn(2, 1, 2, 34, device=DEVICE),
+        "const": torch.randn(rows, 34, device=DEVICE),
+        "per-sample": torch.randn(2, 1, rows, 34, device=DEVICE),
     }[noise]
     filtered = ops.fir_blur(t, ops.fir_filter_2d().to(DEVICE), pad=1, gain=4.0)
     expected = F.leaky_relu(filtered + (0 if noise is None else noise) + bias[:, None, None], 0.2) * 2**0.5
     out = fast_kernels.upfilter_bias_lrelu(
         t.half().to(memory_format=torch.channels_last), noise, bias, 2**0.5, 1.0
     )
-    assert out.shape == (2, 70, 2, 34) and out.is_contiguous(memory_format=torch.channels_last)
+    assert out.shape == (2, 70, rows, 34) and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out.float(), expected.clamp(-1, 1), atol=4e-3, rtol=1e-3)
 
 
@@ -188,6 +194,155 @@ def test_compositing_kernels_match_pytorch(samples):
         fast_kernels.composite_weights(densities, depths), composite_weights(densities, depths)
     ):
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4, equal_nan=True)
+
+
+@kernels_here
+@pytest.mark.parametrize("samples", [48, 12, 4])
+def test_inverse_cdf_matches_pytorch(samples):
+    gen = torch.Generator().manual_seed(samples)
+    depths = 2.25 + (torch.arange(samples) + torch.rand(30, samples, generator=gen)) * (1.05 / samples)
+    densities = torch.randn(30, samples, generator=gen) * 8
+    densities[0] = -30  # no weight anywhere: a uniform pdf
+    weights = ray_weights(densities, depths)
+    depths, weights = depths.to(DEVICE), weights.to(DEVICE)
+    for u in (
+        torch.rand(30, 40, generator=gen).to(DEVICE),
+        torch.linspace(0, 1, 40, device=DEVICE).expand(30, 40),  # the deterministic quantiles, 0 and 1 too
+    ):
+        torch.testing.assert_close(
+            fast_kernels.inverse_cdf(depths, weights, u, 1e-5),
+            inverse_cdf(depths, weights, u),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def two_sample_sets(rays, coarse, fine, seed=0):
+    """Per ray: `coarse` sorted depths (stratified, as the renderer draws them) and `fine` unsorted
+    ones over the same range, and densities that make transparent and opaque rays."""
+    gen = torch.Generator().manual_seed(seed)
+    step = 1.05 / coarse
+    depths = 2.25 + (torch.arange(coarse) + torch.rand(rays, coarse, generator=gen)) * step
+    depths_f = 2.25 + torch.rand(rays, fine, generator=gen) * 1.05
+    densities = torch.randn(rays, coarse, generator=gen) * 8
+    densities_f = torch.randn(rays, fine, generator=gen) * 8
+    densities[0], densities_f[0] = -30, -30  # transparent: no opacity, depth NaN
+    return [x.reshape(1, rays, -1).to(DEVICE) for x in (densities, depths, densities_f, depths_f)]
+
+
+def stable_merged_composite(densities, depths, densities_f, depths_f):
+    """merged_composite_weights with equal depths kept in the order of the concatenated sets."""
+    all_depths, order = torch.sort(torch.cat([depths, depths_f], -1), dim=-1, stable=True)
+    v, opacity, depth = composite_weights(
+        torch.gather(torch.cat([densities, densities_f], -1), -1, order), all_depths
+    )
+    v = torch.zeros_like(all_depths).scatter(-1, order, v)
+    return v[..., : depths.shape[-1]], v[..., depths.shape[-1] :], opacity, depth
+
+
+@kernels_here
+@pytest.mark.parametrize("coarse, fine", [(48, 48), (24, 20), (5, 3)])
+def test_merged_compositing_matches_pytorch(coarse, fine):
+    sets = two_sample_sets(9, coarse, fine)
+    for ours, ref in zip(fast_kernels.merged_composite_weights(*sets), merged_composite_weights(*sets)):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4, equal_nan=True)
+    # Unsorted first sets too: the kernel orders all samples, as torch.sort does.
+    densities, depths, densities_f, depths_f = sets
+    shuffle = torch.randperm(coarse, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    sets = densities[..., shuffle], depths[..., shuffle], densities_f, depths_f
+    for ours, ref in zip(fast_kernels.merged_composite_weights(*sets), merged_composite_weights(*sets)):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4, equal_nan=True)
+
+
+@kernels_here
+def test_merged_compositing_keeps_equal_depths_in_set_order_and_composites_as_the_renderer():
+    densities, depths, densities_f, depths_f = two_sample_sets(12, 24, 20, seed=2)
+    depths_f[..., :3] = depths[..., 5:8]  # equal to coarse depths
+    depths_f[..., 4] = depths_f[..., 9]  # equal to another fine depth
+    depths[..., 11] = depths[..., 10]  # equal coarse depths
+    sets = densities, depths, densities_f, depths_f
+    ours = fast_kernels.merged_composite_weights(*sets)
+    for a, b in zip(ours, stable_merged_composite(*sets)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, equal_nan=True)
+    # In the renderer, equal depths of a ray are the same point: the same density and colour. Then
+    # the order of equal depths moves weight between them only, and the composite is the same
+    # whichever order a sort picks (torch.sort on a CPU is not stable).
+    densities_f[..., :3] = densities[..., 5:8]
+    densities_f[..., 4] = densities_f[..., 9]
+    densities[..., 11] = densities[..., 10]
+    colors, colors_f = torch.rand_like(densities), torch.rand_like(densities_f)
+    colors_f[..., :3], colors_f[..., 4], colors[..., 11] = colors[..., 5:8], colors_f[..., 9], colors[..., 10]
+    ours = fast_kernels.merged_composite_weights(*sets)
+    for ref in (merged_composite_weights(*sets), stable_merged_composite(*sets)):
+        torch.testing.assert_close(
+            (ours[0] * colors).sum(-1) + (ours[1] * colors_f).sum(-1),
+            (ref[0] * colors).sum(-1) + (ref[1] * colors_f).sum(-1),
+            atol=1e-5,
+            rtol=1e-4,
+        )
+        for a, b in zip(ours[2:], ref[2:]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, equal_nan=True)
+
+
+@kernels_here
+@pytest.mark.parametrize("noise", [None, "const", "per-sample"])
+@pytest.mark.parametrize("latents", [1, 2], ids=["one-weight", "per-sample-weights"])
+def test_bias_lrelu_to_rgb_matches_pytorch(noise, latents):
+    x = torch.randn(2, 70, 9, 11, device=DEVICE)  # two blocks of channels and of pixels
+    bias, rgb_bias = torch.randn(70, device=DEVICE), torch.randn(3, device=DEVICE)
+    weight = torch.randn(latents, 3, 70, device=DEVICE) * 0.1
+    noise = {
+        None: None,
+        "const": torch.randn(9, 11, device=DEVICE),
+        "per-sample": torch.randn(2, 1, 9, 11, device=DEVICE),
+    }[noise]
+    y = F.leaky_relu(x + (0 if noise is None else noise) + bias[:, None, None], 0.2) * 2**0.5
+    y = y.clamp(-1, 1)
+    rgb = torch.einsum("nchw,noc->nohw", y, weight.expand(2, -1, -1)) + rgb_bias[:, None, None]
+    half = x.half().to(memory_format=torch.channels_last)
+    for keep in (True, False):
+        ours, ours_rgb = fast_kernels.bias_lrelu_to_rgb(
+            half, noise, bias, 2**0.5, 1.0, weight, rgb_bias, 1.5, keep
+        )
+        assert ours_rgb.dtype == torch.float32 and ours_rgb.shape == (2, 3, 9, 11)
+        assert torch.allclose(ours_rgb, rgb.clamp(-1.5, 1.5), atol=1e-2, rtol=1e-2)
+        if keep:
+            assert ours.is_contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(ours.float(), y, atol=4e-3, rtol=1e-3)
+        else:
+            assert ours is None
+
+
+@pytest.mark.parametrize("noise_mode", ["const", "none"])
+@pytest.mark.parametrize("features", [True, False])
+def test_float16_block_matches_float32(noise_mode, features):
+    """A synthesis block in float16 (its last layer's activation fused with the ToRGB layer: Triton
+    where it runs, PyTorch elsewhere) against float32; without features it returns none."""
+    from preim3d.networks.stylegan2 import SynthesisBlock
+
+    torch.manual_seed(0)
+    block = SynthesisBlock(16, 24, 32, resolution=8, img_channels=3, conv_clamp=256).to(DEVICE)
+    with torch.no_grad():
+        for layer in (block.conv0, block.conv1):
+            layer.noise_strength.fill_(0.5)
+            layer.bias.normal_()
+        block.torgb.bias.normal_()
+    x, img, ws = (
+        torch.randn(2, 16, 4, 4, device=DEVICE),
+        torch.randn(2, 3, 4, 4, device=DEVICE),
+        torch.randn(2, 3, 32, device=DEVICE),
+    )
+    with torch.no_grad():
+        expected_x, expected_img = block(x, img, ws, noise_mode)
+        half_x, half_img = block(x, img, ws, noise_mode, fast=True, features=features)
+    assert half_img.dtype == torch.float32 and half_img.shape == expected_img.shape == (2, 3, 8, 8)
+    assert torch.allclose(half_img, expected_img, atol=2e-2, rtol=2e-2)
+    if features:
+        assert half_x.dtype == torch.float16 and torch.allclose(
+            half_x.float(), expected_x, atol=2e-2, rtol=2e-2
+        )
+    else:
+        assert half_x is None
 
 
 @pytest.mark.parametrize("noise_mode", ["const", "none"])
@@ -211,7 +366,17 @@ def test_float16_up_convolution_layer_matches_float32(noise_mode):
 
 # --- The gate: every fused kernel falls back to PyTorch, with one warning, whatever goes wrong ---------
 
-FUSED = [BIAS_LRELU, UPFILTER_BIAS_LRELU, WEIGHTED_SUM, SAMPLE_AND_DECODE, RAY_WEIGHTS, COMPOSITE_WEIGHTS]
+FUSED = [
+    BIAS_LRELU,
+    UPFILTER_BIAS_LRELU,
+    BIAS_LRELU_TO_RGB,
+    WEIGHTED_SUM,
+    SAMPLE_AND_DECODE,
+    RAY_WEIGHTS,
+    COMPOSITE_WEIGHTS,
+    MERGED_COMPOSITE_WEIGHTS,
+    INVERSE_CDF,
+]
 fused_kernels = pytest.mark.parametrize("kernel", FUSED, ids=[k.triton_name for k in FUSED])
 
 

@@ -53,7 +53,9 @@ def test_auto_is_the_official_level_where_the_density_reaches_it():
     np.testing.assert_array_equal(auto.faces, official.faces)
 
 
-def test_density_below_10_gives_a_mesh_at_the_middle_of_its_range_with_a_warning(faint_generator):
+def test_density_below_10_gives_a_mesh_at_the_middle_of_its_range_with_a_warning(
+    faint_generator, marching_cubes_path
+):
     G, ws = faint_generator, code(faint_generator)
     with pytest.raises(
         InvalidValueError, match=r"There is no surface at threshold 10: inside the box the density"
@@ -67,6 +69,7 @@ def test_density_below_10_gives_a_mesh_at_the_middle_of_its_range_with_a_warning
     low, high, level = (float(v) for v in found.groups())
     assert high < 10 and level == pytest.approx((low + high) / 2, abs=2e-3 * (high - low) + 1e-3)
     assert len(mesh.faces) > 100 and mesh.vertex_normals.shape == mesh.vertices.shape
+    assert len(marching_cubes_path.calls) == marching_cubes_path.torch
     # the vertices lie on that level of the density (marching cubes interpolates linearly between samples)
     on_surface = sigma_at(G, ws, mesh.vertices)
     assert np.abs(np.median(on_surface) - level) < 0.05 * (high - low)

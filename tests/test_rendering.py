@@ -244,7 +244,7 @@ def sphere_planes(size=64) -> torch.Tensor:
     return planes.float()
 
 
-def test_mesh_is_in_world_coordinates_with_outward_faces_and_colours(ws):
+def test_mesh_is_in_world_coordinates_with_outward_faces_and_colours(ws, marching_cubes_path):
     G = make_generator()
     G.decoder = SphereDecoder()
     calls = []
@@ -258,6 +258,7 @@ def test_mesh_is_in_world_coordinates_with_outward_faces_and_colours(ws):
     )
     inside = (48 - 2 * int(TRIM * 48)) ** 3  # the trimmed border is not sampled
     assert calls[-1] == (inside, inside) and len(calls) == math.ceil(inside / 5000)
+    assert len(marching_cubes_path.calls) == marching_cubes_path.torch
     distance = np.linalg.norm(mesh.vertices - CENTRE, axis=1)
     assert np.abs(distance - RADIUS).max() < 0.01
     np.testing.assert_allclose(mesh.vertices.mean(0), CENTRE, atol=2e-3)
@@ -298,6 +299,32 @@ def test_mesh_of_the_generator_exports_to_glb_ply_obj(G, ws, tmp_path):
         export_mesh(mesh, tmp_path / "face.stl")
 
 
-def test_mesh_threshold_outside_the_density_is_explained(G, ws):
+def test_the_gpu_marching_cubes_gives_the_same_mesh(ws, monkeypatch):
+    """On CUDA devices the mesh goes through preim3d.marching_cubes: here forced on the CPU, against
+    scikit-image's on the same sphere (smooth, so the triangles agree too)."""
+    import preim3d.mesh
+
+    assert preim3d.mesh.uses_torch_marching_cubes("cuda") and preim3d.mesh.uses_torch_marching_cubes("cuda:1")
+    assert not preim3d.mesh.uses_torch_marching_cubes("cpu")
+    G = make_generator()
+    G.decoder = SphereDecoder()
+    reference = extract_mesh(G, ws[:1], resolution=48, planes=sphere_planes())
+    monkeypatch.setattr(preim3d.mesh, "uses_torch_marching_cubes", lambda device: True)
+    mesh = extract_mesh(G, ws[:1], resolution=48, planes=sphere_planes())
+    assert len(mesh.vertices) == len(reference.vertices) and len(mesh.faces) == len(reference.faces)
+    order, reference_order = np.lexsort(mesh.vertices.T), np.lexsort(reference.vertices.T)
+    np.testing.assert_allclose(mesh.vertices[order], reference.vertices[reference_order], atol=1e-6)
+    colors, reference_colors = (
+        mesh.visual.vertex_colors[order],
+        reference.visual.vertex_colors[reference_order],
+    )
+    assert np.abs(colors.astype(int) - reference_colors).max() <= 1
+    assert (mesh.vertex_normals[order] * reference.vertex_normals[reference_order]).sum(1).min() > 0.99
+    assert mesh.is_watertight and mesh.volume == pytest.approx(reference.volume, rel=1e-3)
+    assert mesh.area == pytest.approx(reference.area, rel=1e-3)
+
+
+def test_mesh_threshold_outside_the_density_is_explained(G, ws, marching_cubes_path):
     with pytest.raises(ValueError, match="no surface at threshold"):
         extract_mesh(G, ws[:1], resolution=16, threshold=1e9)
+    assert not marching_cubes_path.calls  # refused before either marching cubes

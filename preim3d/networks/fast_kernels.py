@@ -12,6 +12,10 @@
 * `bias_lrelu`: bias + leaky ReLU + gain + clamp of the float16 networks in one pass.
 * `upfilter_bias_lrelu`: the rest of a 2× up-convolution after its stride-2 transposed
   convolution: EG3D's FIR filter, noise, bias, leaky ReLU, gain and clamp in one pass.
+* `bias_lrelu_to_rgb`: a block's last bias + activation and its ToRGB 1×1 convolution in one pass.
+* `ray_weights`, `composite_weights`, `merged_composite_weights`: the compositing along each ray
+  (the last one also orders the coarse and importance samples by depth).
+* `inverse_cdf`: the importance samples of every ray from its coarse weights.
 
 These are the raw launchers. The networks call them through `fused.FusedKernel` objects (defined
 beside the PyTorch code each replaces), which choose between Triton and PyTorch, check each kernel
@@ -32,6 +36,17 @@ except ImportError:  # CPU-only PyTorch builds come without Triton
 # Sample points per program. 64 is the fastest on an H100, and Triton 3.6 miscompiles the second
 # matrix product for 128 and more there (wrong colours), which the self-check in fused.py catches.
 BLOCK = 64
+# Rays per program of the merged compositing (each sorts its samples, padded to a power of two),
+# and its warps.
+MERGED_RAYS, MERGED_WARPS = 8, 4
+# Output rows, pixels and channels per program of the up-sampling filter, and its warps (with 8,
+# half the registers per thread of 4 and so twice the programs per multiprocessor).
+UPFILTER_ROWS, UPFILTER_PIXELS, UPFILTER_CHANNELS, UPFILTER_WARPS = 8, 32, 64, 8
+# Pixels and warps per program of the fused activation + ToRGB pass (4 warps spill registers at
+# 512 channels and 96 image channels, the backbone's last block).
+TO_RGB_PIXELS, TO_RGB_WARPS = 64, 8
+# Rays per program of the importance sampling.
+INVERSE_CDF_RAYS = 8
 
 
 def sample_and_decode(planes, decoder, origins, directions, depths, box_warp):
@@ -139,8 +154,11 @@ def upfilter_bias_lrelu(
     else:
         noise = noise.float().reshape(-1, rows - 1, cols - 1).contiguous()
         noise_arg, noise_batch_stride = noise, 0 if noise.shape[0] == 1 else noise.stride(0)
-    pixels, channels = 32, min(triton.next_power_of_2(c), 64)
-    grid = (n * triton.cdiv(rows - 1, 2) * triton.cdiv(cols - 1, pixels), triton.cdiv(c, channels))
+    pixels, channels = UPFILTER_PIXELS, min(triton.next_power_of_2(c), UPFILTER_CHANNELS)
+    grid = (
+        n * triton.cdiv(rows - 1, UPFILTER_ROWS) * triton.cdiv(cols - 1, pixels),
+        triton.cdiv(c, channels),
+    )
     _upfilter_bias_lrelu[grid](
         t,
         out,
@@ -153,8 +171,82 @@ def upfilter_bias_lrelu(
         gain,
         float("inf") if clamp is None else clamp,
         HAS_NOISE=noise is not None,
+        ROWS=UPFILTER_ROWS,
         PIXELS=pixels,
         CHANNELS=channels,
+        num_warps=UPFILTER_WARPS,
+    )
+    return out
+
+
+def bias_lrelu_to_rgb(x, noise, bias, gain, clamp, rgb_weight, rgb_bias, rgb_clamp, keep):
+    """ops.bias_lrelu_to_rgb in one pass: y = clamp(lrelu(x + noise + b, 0.2) · gain, ±clamp) of x
+    float16 [N,C,H,W] channels-last (noise None, [H,W] or [N or 1,1,H,W]), written (float16,
+    channels-last) only if `keep`, and rgb = clamp(Σ_c rgb_weight[n,o,c] y_c + rgb_bias_o,
+    ±rgb_clamp) float32 [N,O,H,W] (rgb_weight [N or 1, O, C]) from the same registers: the
+    1×1 convolution needs no second read of the activations."""
+    n, c, h, w = x.shape
+    out_channels = rgb_weight.shape[1]
+    y = torch.empty_like(x) if keep else None
+    rgb = torch.empty((n, out_channels, h, w), dtype=torch.float32, device=x.device)
+    padded = max(16, triton.next_power_of_2(out_channels))  # the narrowest matrix product is 16 wide
+    weight = torch.zeros((rgb_weight.shape[0], c, padded), dtype=torch.float16, device=x.device)
+    weight[:, :, :out_channels] = rgb_weight.transpose(1, 2)
+    if noise is None:
+        noise_arg, noise_batch_stride = rgb, 0  # unused
+    else:
+        noise = noise.float().reshape(-1, h * w).contiguous()
+        noise_arg, noise_batch_stride = noise, 0 if noise.shape[0] == 1 else noise.stride(0)
+    pixels = TO_RGB_PIXELS
+    _bias_lrelu_to_rgb[(n * triton.cdiv(h * w, pixels),)](
+        x,
+        y if keep else x,
+        noise_arg,
+        noise_batch_stride,
+        bias.float().contiguous(),
+        weight,
+        0 if weight.shape[0] == 1 else weight.stride(0),
+        rgb_bias.float().contiguous(),
+        rgb,
+        h * w,
+        out_channels,
+        gain,
+        float("inf") if clamp is None else clamp,
+        float("inf") if rgb_clamp is None else rgb_clamp,
+        HAS_NOISE=noise is not None,
+        KEEP=keep,
+        C=c,
+        PIXELS=pixels,
+        CHANNELS=64,
+        OUT=padded,
+        num_warps=TO_RGB_WARPS,
+    )
+    return y, rgb
+
+
+def inverse_cdf(depths: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, eps: float) -> torch.Tensor:
+    """renderer.inverse_cdf in one pass: depths [R, U] float32 at quantiles u [R, U] (rows may be
+    one row expanded) of the smoothed coarse weights [R, S−1] over the bins between the coarse
+    depths' midpoints (depths [R, S]); each quantile's bin is found by a binary search."""
+    rows, samples = depths.shape
+    count = u.shape[1]
+    if u.stride(1) != 1:
+        u = u.contiguous()
+    out = torch.empty((rows, count), dtype=torch.float32, device=depths.device)
+    _inverse_cdf[(triton.cdiv(rows, INVERSE_CDF_RAYS),)](
+        depths.float().contiguous(),
+        weights.float().contiguous(),
+        u.float(),
+        u.stride(0),
+        out,
+        rows,
+        samples,
+        count,
+        eps,
+        RAYS=INVERSE_CDF_RAYS,
+        BINS=triton.next_power_of_2(samples),
+        QUANTILES=triton.next_power_of_2(count),
+        STEPS=(samples - 1).bit_length(),  # halvings of the samples − 1 possible counts
     )
     return out
 
@@ -177,6 +269,37 @@ def composite_weights(densities: torch.Tensor, depths: torch.Tensor):
     depth = torch.empty_like(opacity)
     _composite(densities, depths, v, v, opacity, depth, ONLY_WEIGHTS=False, **_ray_grid(depths))
     return v, opacity, depth
+
+
+def merged_composite_weights(densities, depths, densities_f, depths_f):
+    """renderer.merged_composite_weights in one pass: each ray's two sample sets (densities, depths
+    [N,M,S1] and [N,M,S2], any order) ordered by depth inside the kernel (a bitonic sort of
+    (depth, sample) keys, so equal depths keep the order of the concatenated sets, as a stable sort
+    does), composited, and the colour weights written back to the samples' own places: [N,M,S1],
+    [N,M,S2], opacity [N,M] and depth [N,M] (NaN where the opacity is 0), all float32."""
+    shape, first, second = depths.shape[:-1], depths.shape[-1], depths_f.shape[-1]
+    v = torch.empty((*shape, first), dtype=torch.float32, device=depths.device)
+    v_f = torch.empty((*shape, second), dtype=torch.float32, device=depths.device)
+    opacity = torch.empty(shape, dtype=torch.float32, device=depths.device)
+    depth = torch.empty_like(opacity)
+    rays = opacity.numel()
+    _merged_composite[(triton.cdiv(rays, MERGED_RAYS),)](
+        densities.float().contiguous(),
+        depths.float().contiguous(),
+        densities_f.float().contiguous(),
+        depths_f.float().contiguous(),
+        v,
+        v_f,
+        opacity,
+        depth,
+        rays,
+        first,
+        second,
+        RAYS=MERGED_RAYS,
+        SAMPLES=triton.next_power_of_2(first + second),
+        num_warps=MERGED_WARPS,
+    )
+    return v, v_f, opacity, depth
 
 
 def _ray_grid(depths: torch.Tensor) -> dict:
@@ -246,22 +369,28 @@ if triton is not None:
         gain,
         clamp,
         HAS_NOISE: tl.constexpr,
+        ROWS: tl.constexpr,
         PIXELS: tl.constexpr,
         CHANNELS: tl.constexpr,
     ):
-        """One program: output rows i and i+1, PIXELS pixels × CHANNELS channels (channels-last).
-        The filter is separable: the horizontal pass of the five input rows i−1 … i+3 is shared."""
+        """One program: output rows i … i+ROWS−1, PIXELS pixels × CHANNELS channels (channels-last).
+        The filter is separable: each input row's horizontal pass is computed once and kept for the
+        four output rows that use it, so a program reads ROWS + 3 input rows."""
         col_blocks = tl.cdiv(cols - 1, PIXELS)
-        row_pairs = tl.cdiv(rows - 1, 2)
+        row_blocks = tl.cdiv(rows - 1, ROWS)
         pid = tl.program_id(0)
-        n = pid // (col_blocks * row_pairs)
-        i = (pid // col_blocks) % row_pairs * 2
+        n = pid // (col_blocks * row_blocks)
+        i = (pid // col_blocks) % row_blocks * ROWS
         j = (pid % col_blocks) * PIXELS + tl.arange(0, PIXELS)
         c = tl.program_id(1) * CHANNELS + tl.arange(0, CHANNELS)
         c_ok = c < channels
         offsets = j[:, None] * channels + c[None, :]  # within a row, int32
         t_image = t_ptr + n.to(tl.int64) * rows * cols * channels
         row = cols * channels
+        bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
+        out_image = out_ptr + n.to(tl.int64) * (rows - 1) * (cols - 1) * channels
+        noise_image = noise_ptr + n.to(tl.int64) * noise_batch_stride
+        # Output row r uses input rows r−1 … r+2.
         h0 = _filter_row(
             t_image + (i - 1) * row, i - 1, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
         )
@@ -269,34 +398,37 @@ if triton is not None:
         h2 = _filter_row(
             t_image + (i + 1) * row, i + 1, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
         )
-        h3 = _filter_row(
-            t_image + (i + 2) * row, i + 2, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
-        )
-        bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
-        out_image = out_ptr + n.to(tl.int64) * (rows - 1) * (cols - 1) * channels
-        noise_image = noise_ptr + n.to(tl.int64) * noise_batch_stride
-        top = 0.25 * h0 + 0.75 * h1 + 0.75 * h2 + 0.25 * h3
-        _filter_out(top, out_image, noise_image, i, j, cols, c, c_ok, bias, gain, clamp, channels, HAS_NOISE)
-        if i + 1 < rows - 1:
-            h4 = _filter_row(
-                t_image + (i + 3) * row, i + 3, rows, offsets, j, cols, c_ok, channels, PIXELS, CHANNELS
-            )
-            bottom = 0.25 * h1 + 0.75 * h2 + 0.75 * h3 + 0.25 * h4
-            _filter_out(
-                bottom,
-                out_image,
-                noise_image,
-                i + 1,
-                j,
-                cols,
-                c,
-                c_ok,
-                bias,
-                gain,
-                clamp,
-                channels,
-                HAS_NOISE,
-            )
+        for r in tl.static_range(ROWS):
+            if i + r < rows - 1:
+                h3 = _filter_row(
+                    t_image + (i + r + 2) * row,
+                    i + r + 2,
+                    rows,
+                    offsets,
+                    j,
+                    cols,
+                    c_ok,
+                    channels,
+                    PIXELS,
+                    CHANNELS,
+                )
+                acc = 0.25 * h0 + 0.75 * h1 + 0.75 * h2 + 0.25 * h3
+                _filter_out(
+                    acc,
+                    out_image,
+                    noise_image,
+                    i + r,
+                    j,
+                    cols,
+                    c,
+                    c_ok,
+                    bias,
+                    gain,
+                    clamp,
+                    channels,
+                    HAS_NOISE,
+                )
+                h0, h1, h2 = h1, h2, h3
 
     @triton.jit
     def _interval(densities_ptr, depths_ptr, at, ok):
@@ -350,6 +482,76 @@ if triton is not None:
             tl.store(depth_ptr + ray, tl.sum(w * (d0 + d1) * 0.5, axis=1) / total, mask=ray_ok)
 
     @triton.jit
+    def _float_order(bits):
+        """float32 bits (as int32) ↔ int32 in the same order as the floats (an involution)."""
+        return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+    @triton.jit
+    def _merged_composite(
+        densities_ptr,
+        depths_ptr,
+        densities_f_ptr,
+        depths_f_ptr,
+        v_ptr,
+        v_f_ptr,
+        opacity_ptr,
+        depth_ptr,
+        rays,
+        first,
+        second,
+        RAYS: tl.constexpr,
+        SAMPLES: tl.constexpr,
+    ):
+        """Per ray: samples 0 … first−1 of the first set and first … first+second−1 of the second,
+        sorted by (depth, sample) as int64 keys, then the compositing of `_composite_kernel` along
+        the sorted places k, each sample's weight stored at its own place."""
+        ray = tl.program_id(0) * RAYS + tl.arange(0, RAYS)
+        ray_ok = ray < rays
+        k = tl.arange(0, SAMPLES)[None, :]
+        row, row_f = ray[:, None].to(tl.int64) * first, ray[:, None].to(tl.int64) * second
+        in_first = ray_ok[:, None] & (k < first)
+        in_second = ray_ok[:, None] & (k >= first) & (k < first + second)
+        depths = tl.where(
+            k < first,
+            tl.load(depths_ptr + row + k, mask=in_first, other=0.0),
+            # Padding sorts last, after every real sample.
+            tl.load(depths_f_ptr + row_f + k - first, mask=in_second, other=float("inf")),
+        )
+        keys = (_float_order(depths.to(tl.int32, bitcast=True)).to(tl.int64) << 32) | k.to(tl.int64)
+        keys = tl.sort(keys, dim=1)
+        sample = (keys & 0xFFFF).to(tl.int32)  # the sample at sorted place k
+        d0 = _float_order((keys >> 32).to(tl.int32)).to(tl.float32, bitcast=True)
+        sample_first = ray_ok[:, None] & (sample < first)
+        sample_second = ray_ok[:, None] & (sample >= first) & (sample < first + second)
+        sigma0 = tl.where(
+            sample < first,
+            tl.load(densities_ptr + row + sample, mask=sample_first, other=0.0),
+            tl.load(densities_f_ptr + row_f + sample - first, mask=sample_second, other=0.0),
+        )
+        # The next sorted place's depth and density (the last place's own: its interval is masked).
+        after = tl.broadcast_to(tl.minimum(k + 1, SAMPLES - 1), (RAYS, SAMPLES))
+        d1 = tl.gather(d0, after, axis=1)
+        sigma1 = tl.gather(sigma0, after, axis=1)
+        interval_ok = ray_ok[:, None] & (k < first + second - 1)
+        x = (sigma0 + sigma1) * 0.5 - 1
+        softplus = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+        alpha = tl.where(interval_ok, 1 - tl.exp(-softplus * (d1 - d0)), 0.0)
+        log_t = tl.where(interval_ok, tl.log(1 - alpha + 1e-10), 0.0)
+        w = alpha * tl.exp(tl.cumsum(log_t, axis=1) - log_t)
+        # w_{k−1}, of the interval before each place (none before the first).
+        w_prev = tl.where(
+            k >= 1, tl.gather(w, tl.broadcast_to(tl.maximum(k - 1, 0), (RAYS, SAMPLES)), axis=1), 0.0
+        )
+        v = (w + w_prev) * 0.5
+        tl.store(v_ptr + row + sample, v, mask=sample_first)
+        tl.store(v_f_ptr + row_f + sample - first, v, mask=sample_second)
+        total = tl.sum(w, axis=1)
+        tl.store(opacity_ptr + ray, total, mask=ray_ok)
+        # Padding's infinite depths are left out of the mean depth (w is 0 there, w·∞ is not).
+        middle = tl.where(interval_ok, w * (d0 + d1) * 0.5, 0.0)
+        tl.store(depth_ptr + ray, tl.sum(middle, axis=1) / total, mask=ray_ok)
+
+    @triton.jit
     def _bias_lrelu(
         x_ptr,
         out_ptr,
@@ -370,6 +572,115 @@ if triton is not None:
         )
         y = tl.where(y >= 0, y, y * 0.2) * gain
         tl.store(out_ptr + i, tl.minimum(tl.maximum(y, -clamp), clamp).to(tl.float16), mask=ok)
+
+    @triton.jit
+    def _bias_lrelu_to_rgb(
+        x_ptr,
+        y_ptr,
+        noise_ptr,
+        noise_batch_stride,
+        bias_ptr,
+        w_ptr,
+        w_batch_stride,
+        rgb_bias_ptr,
+        rgb_ptr,
+        pixels,
+        out_channels,
+        gain,
+        clamp,
+        rgb_clamp,
+        HAS_NOISE: tl.constexpr,
+        KEEP: tl.constexpr,
+        C: tl.constexpr,
+        PIXELS: tl.constexpr,
+        CHANNELS: tl.constexpr,
+        OUT: tl.constexpr,
+    ):
+        """One program: PIXELS pixels of one image, all C channels in blocks of CHANNELS (channels-last)."""
+        blocks = tl.cdiv(pixels, PIXELS)
+        n = (tl.program_id(0) // blocks).to(tl.int64)
+        p = (tl.program_id(0) % blocks) * PIXELS + tl.arange(0, PIXELS)
+        p_ok = p < pixels
+        o = tl.arange(0, OUT)
+        image = n * pixels * C
+        noise = 0.0
+        if HAS_NOISE:
+            noise = tl.load(noise_ptr + n * noise_batch_stride + p, mask=p_ok, other=0.0)[:, None]
+        acc = tl.zeros((PIXELS, OUT), dtype=tl.float32)
+        for c0 in tl.static_range(0, C, CHANNELS):
+            c = c0 + tl.arange(0, CHANNELS)
+            c_ok = c < C
+            ok = p_ok[:, None] & c_ok[None, :]
+            at = image + p[:, None] * C + c[None, :]
+            y = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32) + noise
+            y += tl.load(bias_ptr + c, mask=c_ok, other=0.0)[None, :]
+            y = tl.where(y >= 0, y, y * 0.2) * gain
+            y = tl.minimum(tl.maximum(y, -clamp), clamp).to(tl.float16)
+            if KEEP:
+                tl.store(y_ptr + at, y, mask=ok)
+            w = tl.load(
+                w_ptr + n * w_batch_stride + c[:, None] * OUT + o[None, :], mask=c_ok[:, None], other=0.0
+            )
+            acc = tl.dot(y, w, acc)
+        rgb = acc + tl.load(rgb_bias_ptr + o, mask=o < out_channels, other=0.0)[None, :]
+        rgb = tl.minimum(tl.maximum(rgb, -rgb_clamp), rgb_clamp)
+        target = rgb_ptr + (n * out_channels + o[None, :]) * pixels + p[:, None]
+        tl.store(target, rgb, mask=p_ok[:, None] & (o < out_channels)[None, :])
+
+    @triton.jit
+    def _inverse_cdf(
+        depths_ptr,
+        weights_ptr,
+        u_ptr,
+        u_row_stride,
+        out_ptr,
+        rows,
+        samples,
+        count,
+        eps,
+        RAYS: tl.constexpr,
+        BINS: tl.constexpr,
+        QUANTILES: tl.constexpr,
+        STEPS: tl.constexpr,
+    ):
+        """Per ray: pdf_j ∝ (max(w_j, w_{j+1}) + max(w_{j+1}, w_{j+2}))/2 + 0.01 + eps over bins
+        j < S−3 (the max- and average-pooled interior weights), cdf_j = Σ_{i<j} pdf_i for j ≤ S−3,
+        then torch.searchsorted(cdf, u, right=True) and the linear inverse within the bin."""
+        ray = tl.program_id(0) * RAYS + tl.arange(0, RAYS)
+        row = ray[:, None].to(tl.int64)
+        j = tl.arange(0, BINS)[None, :]
+        last = samples - 3  # bins of the pdf; cdf has last + 1 edges
+        pdf_ok = (ray < rows)[:, None] & (j < last)
+        w_at = weights_ptr + row * (samples - 1) + j
+        w0 = tl.load(w_at, mask=pdf_ok, other=0.0)
+        w1 = tl.load(w_at + 1, mask=pdf_ok, other=0.0)
+        w2 = tl.load(w_at + 2, mask=pdf_ok, other=0.0)
+        pdf = tl.where(pdf_ok, (tl.maximum(w0, w1) + tl.maximum(w1, w2)) * 0.5 + 0.01 + eps, 0.0)
+        pdf = pdf / tl.sum(pdf, axis=1)[:, None]
+        cdf = tl.cumsum(pdf, axis=1) - pdf
+        bin_ok = (ray < rows)[:, None] & (j < samples - 1)
+        z_at = depths_ptr + row * samples + j
+        bins = (tl.load(z_at, mask=bin_ok, other=0.0) + tl.load(z_at + 1, mask=bin_ok, other=0.0)) * 0.5
+        q = tl.arange(0, QUANTILES)[None, :]
+        q_ok = (ray < rows)[:, None] & (q < count)
+        u = tl.load(u_ptr + row * u_row_stride + q, mask=q_ok, other=0.0)
+        # Binary search for the number of edges cdf_0 … cdf_last that are ≤ u, in [lo, hi].
+        lo = tl.zeros((RAYS, QUANTILES), dtype=tl.int32)
+        hi = tl.full((RAYS, QUANTILES), 0, tl.int32) + last + 1
+        for _ in tl.static_range(STEPS):
+            mid = (lo + hi) // 2
+            at_or_below = tl.gather(cdf, tl.minimum(mid, last), axis=1) <= u
+            searching = lo < hi
+            lo, hi = (
+                tl.where(searching & at_or_below, mid + 1, lo),
+                tl.where(searching & ~at_or_below, mid, hi),
+            )
+        below, above = tl.maximum(lo - 1, 0), tl.minimum(lo, last)
+        cdf0, cdf1 = tl.gather(cdf, below, axis=1), tl.gather(cdf, above, axis=1)
+        bins0, bins1 = tl.gather(bins, below, axis=1), tl.gather(bins, above, axis=1)
+        denom = cdf1 - cdf0
+        denom = tl.where(denom < eps, 1.0, denom)
+        tl.store(out_ptr + row * count + q, bins0 + (u - cdf0) / denom * (bins1 - bins0), mask=q_ok)
 
     @triton.jit
     def _weighted_sum(

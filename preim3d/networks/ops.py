@@ -36,9 +36,14 @@ def bias_lrelu(
     ignored where autograd records x. Float16 images on a GPU take one fused pass (`BIAS_LRELU`).
     """
     if _records_grad(x, bias):
-        x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * gain
-        return x.clamp(-clamp, clamp) if clamp is not None else x
+        return _bias_lrelu_out_of_place(x, bias, gain, clamp)
     return BIAS_LRELU(x, bias, gain, clamp, x if inplace else torch.empty_like(x))
+
+
+def _bias_lrelu_out_of_place(x, bias, gain, clamp):
+    """`bias_lrelu` in PyTorch without writing into any tensor (what autograd needs)."""
+    x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * gain
+    return x.clamp(-clamp, clamp) if clamp is not None else x
 
 
 def _records_grad(*tensors) -> bool:
@@ -85,6 +90,67 @@ def bias_linear(
         return x.clamp(-clamp, clamp) if clamp is not None else x
     x = x.add_(b)
     return x.clamp_(-clamp, clamp) if clamp is not None else x
+
+
+def bias_lrelu_to_rgb(
+    x: torch.Tensor,
+    noise: torch.Tensor | None,
+    bias: torch.Tensor,
+    gain: float,
+    clamp: float | None,
+    rgb_weight: torch.Tensor,
+    rgb_bias: torch.Tensor,
+    rgb_clamp: float | None,
+    keep: bool = True,
+):
+    """A synthesis block's last layer and ToRGB in float16 inference: y = `bias_lrelu`(x + noise)
+    (noise None, [H,W] or [N or 1,1,H,W]) and rgb = clamp(Σ_c rgb_weight[n,o,c] y_c + rgb_bias_o,
+    ±rgb_clamp) float32 [N,O,H,W] (rgb_weight [N or 1, O, C], the modulated 1×1 weight). Returns
+    (y, rgb); y is None unless `keep` (the last block's features are not used). One pass over the
+    activations on a GPU (`BIAS_LRELU_TO_RGB`)."""
+    return BIAS_LRELU_TO_RGB(x, noise, bias, gain, clamp, rgb_weight, rgb_bias, rgb_clamp, keep)
+
+
+def _bias_lrelu_to_rgb_torch(x, noise, bias, gain, clamp, rgb_weight, rgb_bias, rgb_clamp, keep):
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    y = _bias_lrelu_out_of_place(x, bias, gain, clamp)
+    weight = rgb_weight.to(y.dtype).expand(len(y), -1, -1)
+    rgb = torch.einsum("nchw,noc->nohw", y, weight).float() + rgb_bias.float().reshape(1, -1, 1, 1)
+    if rgb_clamp is not None:
+        rgb = rgb.clamp(-rgb_clamp, rgb_clamp)
+    return (y if keep else None), rgb
+
+
+def _bias_lrelu_to_rgb_examples(device):
+    gen = torch.Generator().manual_seed(0)
+    for noise, styles in ((None, 1), (torch.randn(1, 1, 5, 7, generator=gen), 2)):
+        x = torch.randn(2, 70, 5, 7, generator=gen).to(device, torch.float16)  # two blocks of channels
+        yield (
+            x.to(memory_format=torch.channels_last),
+            noise if noise is None else noise.to(device),
+            torch.randn(70, generator=gen).to(device),
+            SQRT2,
+            1.0,
+            (torch.randn(styles, 3, 70, generator=gen) * 0.1).to(device),
+            torch.randn(3, generator=gen).to(device),
+            2.0,
+            noise is None,  # and without the features
+        )
+
+
+BIAS_LRELU_TO_RGB = FusedKernel(
+    "bias + leaky ReLU + ToRGB",
+    "bias_lrelu_to_rgb",
+    _bias_lrelu_to_rgb_torch,
+    applies=lambda x, *args: (
+        x.dtype == torch.float16
+        and x.ndim == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not _records_grad(x, *(a for a in args if isinstance(a, torch.Tensor)))
+    ),
+    examples=_bias_lrelu_to_rgb_examples,
+)
 
 
 def upfilter_bias_lrelu(

@@ -75,6 +75,20 @@ def composite_weights(densities, depths):
     return sample_weights(weights), opacity, depth
 
 
+def merged_composite_weights(densities, depths, densities_f, depths_f):
+    """`composite_weights` over the union of two sample sets of each ray (densities, depths [N,M,S1]
+    and [N,M,S2], each in any order: the coarse and the importance samples), ordered by depth; the
+    colour weights go back to the samples' own places. Returns v [N,M,S1], v_f [N,M,S2], opacity
+    and depth [N,M]."""
+    depths, order = torch.sort(torch.cat([depths, depths_f], -1), dim=-1)
+    v, opacity, depth = composite_weights(
+        torch.gather(torch.cat([densities, densities_f], -1), -1, order), depths
+    )
+    v = torch.zeros_like(depths).scatter(-1, order, v)
+    first = densities.shape[-1]
+    return v[..., :first], v[..., first:], opacity, depth
+
+
 def _ray_examples(device):
     """Sorted depths over [2.25, 3.3] and densities that make both transparent and opaque rays."""
     gen = torch.Generator().manual_seed(0)
@@ -83,8 +97,10 @@ def _ray_examples(device):
     yield densities.to(device), depths.to(device)
 
 
-def _without_grad(densities, depths):
-    return not (torch.is_grad_enabled() and (densities.requires_grad or depths.requires_grad))
+def _without_grad(*args):
+    return not (
+        torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    )
 
 
 # The fast mode's compositing: one pass each instead of a dozen over [N,M,S] tensors.
@@ -97,6 +113,25 @@ COMPOSITE_WEIGHTS = FusedKernel(
     composite_weights,
     applies=_without_grad,
     examples=_ray_examples,
+)
+
+
+def _two_sets_examples(device):
+    """Sorted coarse depths and unsorted fine ones over the same range (no equal depths: their order,
+    and so the weights' places, is the sort's choice; see tests/test_fast_kernels.py)."""
+    gen = torch.Generator().manual_seed(0)
+    for densities, depths in _ray_examples(device):
+        fine = 2.25 + torch.rand(*depths.shape[:-1], 20, generator=gen) * 1.05
+        yield densities, depths, (torch.randn(fine.shape, generator=gen) * 8).to(device), fine.to(device)
+
+
+# Ordering both sets inside one kernel replaces a sort, two concatenations, a gather and a scatter.
+MERGED_COMPOSITE_WEIGHTS = FusedKernel(
+    "merged compositing weights",
+    "merged_composite_weights",
+    merged_composite_weights,
+    applies=_without_grad,
+    examples=_two_sets_examples,
 )
 
 
@@ -139,35 +174,63 @@ def stratified_depths(n, m, ray_start, ray_end, count, device, deterministic=Fal
     return depths + torch.rand_like(depths) * step
 
 
-def importance_depths(depths: torch.Tensor, weights: torch.Tensor, count: int, deterministic=False, eps=1e-5):
-    """Depths [N, M, count, 1] drawn from the coarse weights (inverse-CDF sampling).
-
-    The weights [N,M,S−1] are smoothed (max-pool 2 then average-pool 2, + 0.01); the pdf uses the
-    interior weights w[1:-1] + eps over the bins between the coarse midpoints. As in the official
-    code, only the first S−2 of the S−1 midpoints can be reached; kept so samples match.
-    """
+def importance_depths(
+    depths: torch.Tensor, weights: torch.Tensor, count: int, deterministic=False, eps=1e-5, fast=False
+):
+    """Depths [N, M, count, 1] drawn from the coarse weights [N,M,S−1] of the coarse depths
+    [N,M,S,1] (inverse-CDF sampling, `inverse_cdf`) at u ~ U(0, 1) [N·M, count], or at `count` even
+    quantiles 0 … 1 when deterministic; `fast`: in one fused pass where it runs (INVERSE_CDF)."""
     n, m, s, _ = depths.shape
-    z = depths.reshape(n * m, s)
-    w = weights.reshape(n * m, -1).unsqueeze(1).float()
+    if deterministic:
+        u = torch.linspace(0, 1, count, device=depths.device).expand(n * m, count)
+    else:
+        u = torch.rand(n * m, count, device=depths.device)
+    inverse = INVERSE_CDF if fast else inverse_cdf
+    return inverse(depths.reshape(n * m, s), weights.reshape(n * m, s - 1), u, eps).reshape(n, m, count, 1)
+
+
+def inverse_cdf(depths: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, eps: float = 1e-5):
+    """The depths [R, U] at quantiles u [R, U] of the distribution that the coarse interval weights
+    [R, S−1] put on the bins between the coarse depths' midpoints (depths [R, S], sorted).
+
+    The weights are smoothed (max-pool 2 then average-pool 2, + 0.01); the pdf uses the interior
+    weights w[1:-1] + eps over those bins. As in the official code, only the first S−2 of the S−1
+    midpoints can be reached; kept so samples match.
+    """
+    w = weights.unsqueeze(1).float()
     w = F.avg_pool1d(F.max_pool1d(w, 2, 1, padding=1), 2, 1).squeeze(1) + 0.01
-    bins = 0.5 * (z[:, :-1] + z[:, 1:])
+    bins = 0.5 * (depths[:, :-1] + depths[:, 1:])
     pdf = w[:, 1:-1] + eps
     pdf = pdf / pdf.sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), running_sum(pdf)], -1)
-    if deterministic:
-        u = torch.linspace(0, 1, count, device=depths.device).expand(n * m, count).contiguous()
-    else:
-        u = torch.rand(n * m, count, device=depths.device)
+    u = u.contiguous()
+    rows, count = u.shape
     idx = torch.searchsorted(cdf, u, right=True)
     below = torch.clamp_min(idx - 1, 0)
     above = torch.clamp_max(idx, pdf.shape[1])
-    both = torch.stack([below, above], -1).view(n * m, 2 * count)
-    cdf_g = torch.gather(cdf, 1, both).view(n * m, count, 2)
-    bins_g = torch.gather(bins, 1, both).view(n * m, count, 2)
+    both = torch.stack([below, above], -1).view(rows, 2 * count)
+    cdf_g = torch.gather(cdf, 1, both).view(rows, count, 2)
+    bins_g = torch.gather(bins, 1, both).view(rows, count, 2)
     denom = cdf_g[..., 1] - cdf_g[..., 0]
     denom = torch.where(denom < eps, torch.ones_like(denom), denom)
-    samples = bins_g[..., 0] + (u - cdf_g[..., 0]) / denom * (bins_g[..., 1] - bins_g[..., 0])
-    return samples.reshape(n, m, count, 1)
+    return bins_g[..., 0] + (u - cdf_g[..., 0]) / denom * (bins_g[..., 1] - bins_g[..., 0])
+
+
+def _inverse_cdf_examples(device):
+    """Coarse depths and their weights (opaque and transparent rays), with quantiles at random and at
+    0 … 1 (one row expanded over the rays)."""
+    gen = torch.Generator().manual_seed(0)
+    for densities, depths in _ray_examples(device):
+        weights = ray_weights(densities, depths).flatten(0, 1)
+        depths = depths.flatten(0, 1)
+        yield depths, weights, torch.rand(len(depths), 20, generator=gen).to(device), 1e-5
+        yield depths, weights, torch.linspace(0, 1, 20, device=device).expand(len(depths), 20), 1e-5
+
+
+# The importance samples of every ray in one pass instead of about twenty over [N·M, S] tensors.
+INVERSE_CDF = FusedKernel(
+    "importance sampling", "inverse_cdf", inverse_cdf, applies=_without_grad, examples=_inverse_cdf_examples
+)
 
 
 class ImportanceRenderer(nn.Module):
@@ -191,29 +254,32 @@ class ImportanceRenderer(nn.Module):
         # The fast mode (float16 planes) composites with fused kernels where they run.
         fast = planes.dtype == torch.float16
         weights_of = RAY_WEIGHTS if fast else ray_weights
-        composite = COMPOSITE_WEIGHTS if fast else composite_weights
         colors, densities = self.run_model(planes, decoder, origins, directions, coarse, opts)
         depths = coarse.squeeze(-1)
         fine_count = opts["depth_resolution_importance"]
         if fine_count > 0:
             with torch.no_grad():
-                fine = importance_depths(coarse, weights_of(densities, depths), fine_count, deterministic)
+                fine = importance_depths(
+                    coarse, weights_of(densities, depths), fine_count, deterministic, fast=fast
+                )
             colors_f, densities_f = self.run_model(planes, decoder, origins, directions, fine, opts)
-            depths, order = torch.sort(torch.cat([depths, fine.squeeze(-1)], -1), dim=-1)
-            v, opacity, depth = composite(
-                torch.gather(torch.cat([densities, densities_f], -1), -1, order), depths
+            fine = fine.squeeze(-1)
+            # The colour weights come back in the samples' own order, so the colours need no sorting.
+            v, v_f, opacity, depth = (MERGED_COMPOSITE_WEIGHTS if fast else merged_composite_weights)(
+                densities, depths, densities_f, fine
             )
-            # The colour weights go back to the samples' unsorted places, so the colours need no sorting.
-            v = torch.zeros_like(depths).scatter(-1, order, v)
-            rgb = weighted_colors(colors, v[..., : coarse.shape[2]]) + weighted_colors(
-                colors_f, v[..., coarse.shape[2] :]
+            rgb = weighted_colors(colors, v) + weighted_colors(colors_f, v_f)
+            nearest, farthest = (
+                torch.minimum(depths.min(), fine.min()),
+                torch.maximum(depths.max(), fine.max()),
             )
         else:
-            v, opacity, depth = composite(densities, depths)
+            v, opacity, depth = (COMPOSITE_WEIGHTS if fast else composite_weights)(densities, depths)
             rgb = weighted_colors(colors, v)
+            nearest, farthest = depths.min(), depths.max()
         if opts.get("white_back", False):
             rgb = rgb + (1 - opacity).unsqueeze(1)
-        depth = torch.clamp(torch.nan_to_num(depth, float("inf")), torch.min(depths), torch.max(depths))
+        depth = torch.clamp(torch.nan_to_num(depth, float("inf")), nearest, farthest)
         return rgb * 2 - 1, depth, opacity
 
     @staticmethod

@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from .ops import (
+    SQRT2,
     FullyConnectedLayer,
     bias_linear,
     bias_lrelu,
+    bias_lrelu_to_rgb,
     fir_filter_2d,
     modulated_conv2d,
     normalize_2nd_moment,
@@ -116,16 +118,23 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
     def forward(self, x, w, noise_mode="const"):
-        styles = self.affine(w)
-        # In float16 the up-convolution's filter runs fused with the noise, bias and activation.
-        fused_filter = self.up and x.dtype == torch.float16
+        x, noise = self.convolve(x, w, noise_mode)
+        if self.up and x.dtype == torch.float16:
+            return upfilter_bias_lrelu(x, noise, self.bias, clamp=self.conv_clamp)
+        if noise is not None:
+            x = x + noise.to(x.dtype)
+        return bias_lrelu(x, self.bias, clamp=self.conv_clamp, inplace=True)
+
+    def convolve(self, x, w, noise_mode="const"):
+        """The modulated convolution and the noise still to add (None for none); in float16 an
+        up-convolution leaves its filter to the pass that adds the noise, bias and activation."""
         x = modulated_conv2d(
             x,
             self.weight,
-            styles,
+            self.affine(w),
             up=self.up,
             resample_filter=self.resample_filter,
-            up_filter=not fused_filter,
+            up_filter=not (self.up and x.dtype == torch.float16),
         )
         noise = None
         if self.use_noise and noise_mode == "const":
@@ -133,11 +142,7 @@ class SynthesisLayer(nn.Module):
         elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
             noise = noise * self.noise_strength
-        if fused_filter:
-            return upfilter_bias_lrelu(x, noise, self.bias, clamp=self.conv_clamp)
-        if noise is not None:
-            x = x + noise.to(x.dtype)
-        return bias_lrelu(x, self.bias, clamp=self.conv_clamp, inplace=True)
+        return x, noise
 
     def extra_repr(self):
         return (
@@ -165,6 +170,16 @@ class ToRGBLayer(nn.Module):
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)
         return bias_linear(x, self.bias, clamp=self.conv_clamp, inplace=True)
+
+    def after(self, layer: SynthesisLayer, x, w_layer, w, noise_mode="const", keep=True):
+        """(layer(x, w_layer), self(that, w).float()) in float16 inference, with the layer's bias +
+        activation and this 1×1 convolution in one pass (`bias_lrelu_to_rgb`); the layer's output
+        is None unless `keep`. The layer must not up-sample."""
+        x, noise = layer.convolve(x, w_layer, noise_mode)
+        weight = self.weight[None, :, :, 0, 0] * (self.affine(w) * self.weight_gain)[:, None, :]
+        return bias_lrelu_to_rgb(
+            x, noise, layer.bias, SQRT2, layer.conv_clamp, weight, self.bias, self.conv_clamp, keep
+        )
 
     def extra_repr(self):
         out_channels, in_channels = self.weight.shape[:2]
@@ -199,7 +214,9 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
 
-    def forward(self, x, img, ws, noise_mode="const", fast=False):
+    def forward(self, x, img, ws, noise_mode="const", fast=False, features=True):
+        """x, img → (x, img) of this resolution; with features=False the returned x is None when
+        `fast` (the last block's features are not used, and the fast mode then never writes them)."""
         w_iter = iter(ws.unbind(dim=1))
         dtype = torch.float16 if fast else torch.float32
         layout = torch.channels_last if fast or ws.device.type == "cpu" else torch.contiguous_format
@@ -207,10 +224,14 @@ class SynthesisBlock(nn.Module):
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).to(memory_format=layout)
         else:
             x = self.conv0(x.to(dtype, memory_format=layout), next(w_iter), noise_mode)
-        x = self.conv1(x, next(w_iter), noise_mode)
+        w_conv, w_rgb = next(w_iter), next(w_iter)
+        if fast:
+            x, y = self.torgb.after(self.conv1, x, w_conv, w_rgb, noise_mode, keep=features)
+        else:
+            x = self.conv1(x, w_conv, noise_mode)
+            y = self.torgb(x, w_rgb).to(torch.float32)
         if img is not None and self.up:
             img = upsample_2x(img)
-        y = self.torgb(x, next(w_iter)).to(torch.float32)
         img = y if img is None else img + y
         return x, img
 
@@ -264,7 +285,7 @@ class SynthesisNetwork(nn.Module):
             # Block k's ToRGB shares its w with block k+1's first conv.
             block_ws = ws.narrow(1, w_idx, block.num_conv + 1)
             w_idx += block.num_conv
-            x, img = block(x, img, block_ws, noise_mode, fast)
+            x, img = block(x, img, block_ws, noise_mode, fast, features=res != self.img_resolution)
         return img
 
     def extra_repr(self):

@@ -84,7 +84,7 @@ class SuperResolution(nn.Module):
             features, skip = F.interpolate(features, **resize), F.interpolate(rgb, **resize)
         x, img = self.block0(features, skip, ws, noise_mode, fast)
         raw = rgb if resized or self.block0.up else img
-        _, img = self.block1(x, img, ws, noise_mode, fast)
+        _, img = self.block1(x, img, ws, noise_mode, fast, features=False)
         return (img, raw) if return_raw else img
 
     def extra_repr(self):
