@@ -7,11 +7,12 @@ The driver streams: photos are aligned ahead in CPU worker processes (`batch.Ali
 and rendered on the device `batch_size` at a time, and their files are written by threads while the
 device goes on. It shards: the photos are cut into consecutive chunks of `batch_size`, and chunk k
 goes to process k mod N, so the batches (and thus every float of every output) are the same with
-any number of processes. Renders use fixed depth samples (the Editor's deterministic mode), so the
-same photo and options give the same files. It reports one line per photo, goes on after a failure,
-and keeps a manifest (`batch.Manifest`); `resume=True` skips the photos whose outputs are complete.
-The finished photos of a chunk that is only partly done are encoded again from their aligned.png
-(no alignment, no writing), so that the rest of the chunk is computed in the same batch as before.
+any number of processes. Renders use fixed depth samples (the Editor's deterministic mode) and the
+generator cuDNN's deterministic algorithms, so the same photo and options give the same files. It
+reports one line per photo, goes on after a failure, and keeps a manifest (`batch.Manifest`);
+`resume=True` skips the photos whose outputs are complete. The finished photos of a chunk that is
+only partly done are encoded again from their aligned.png (no alignment, no writing), so that the
+rest of the chunk is computed in the same batch as before.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ Triton is imported only when a kernel is first used; CPU-only PyTorch builds com
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -64,6 +65,11 @@ def _triton_module():
 def _runs_here(device: torch.device) -> bool:
     """Triton compiles for CUDA devices; on a CPU only its interpreter (TRITON_INTERPRET=1) runs kernels."""
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def on_device(device: torch.device):
+    """A context in which `device` is the current CUDA device (nothing to do for other devices)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _first_tensor(args) -> torch.Tensor:
@@ -124,6 +130,11 @@ class FusedKernel:
         choice = kernel_choice()
         if choice == "torch" or not _runs_here(device) or not self.applies(*args):
             return self.torch_fn(*args)
+        # Triton compiles for, loads on and launches on the current device, whichever the tensors'.
+        with on_device(device):
+            return self._triton(device, choice, args)
+
+    def _triton(self, device: torch.device, choice: str, args: tuple):
         if choice == "triton":
             module = _triton_module()
             if module is None:
@@ -155,7 +166,10 @@ class FusedKernel:
     def _check(self, device: torch.device) -> str | None:
         """None if the kernel agrees with PyTorch on the examples, else what went wrong."""
         module = _triton_module()
-        with torch.no_grad():
+        # Making the examples may draw from torch's generators (a module's initial weights): they
+        # are put back, so that a seeded render repeats whether or not a check ran inside it.
+        rngs = [device] if device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=rngs, device_type=device.type):
             try:
                 for args in self.examples(device):
                     reference = self.torch_fn(

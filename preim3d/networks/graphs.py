@@ -20,10 +20,12 @@ class CUDAGraphed:
 
     The first call for given input shapes and dtypes runs `fn` a few times on a side stream
     (warm-up, which also lets cuDNN pick its algorithms and the fused kernels check themselves) and
-    captures it; later calls copy the inputs into the captured buffers, replay, and return copies of
-    the outputs. At most `max_graphs` shapes are kept; all share one memory pool, and a lock makes
-    calls from several threads take turns. `fn` must not synchronise with the host (no `.item()`,
-    no data-dependent Python branches) and must draw random numbers only from torch's default CUDA
+    captures it on that stream; later calls copy the inputs into the captured buffers, replay, and
+    return copies of the outputs. At most `max_graphs` shapes are kept; those of one device share
+    one memory pool, and a lock makes calls from several threads take turns (each copies its
+    outputs before the next replays). Everything runs with the inputs' device as the current one,
+    whichever device the caller's is. `fn` must not synchronise with the host (no `.item()`, no
+    data-dependent Python branches) and must draw random numbers only from torch's default CUDA
     generator. Should a capture fail, that shape runs `fn` directly from then on (with a warning).
     Inputs on other devices simply call `fn`. Gradients are not supported (inference only).
     """
@@ -32,19 +34,20 @@ class CUDAGraphed:
         self.fn, self.max_graphs, self.warmup = fn, max_graphs, warmup
         self._graphs: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
-        self._pool = None
+        self._pools: dict[torch.device, tuple] = {}  # device -> the memory pool its graphs share
 
     @torch.no_grad()
     def __call__(self, *args: torch.Tensor):
         if not all(a.is_cuda for a in args):
             return self.fn(*args)
+        device = args[0].device
         key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
-        with self._lock:
+        with self._lock, torch.cuda.device(device):
             # The buffers live in inference mode whatever the caller's mode, so that they can be
             # written in place after a capture made under torch.inference_mode (or before one).
             with torch.inference_mode():
                 if key not in self._graphs:
-                    self._graphs[key] = self._capture(args)
+                    self._graphs[key] = self._capture(args, device)
                     while len(self._graphs) > self.max_graphs:
                         self._graphs.popitem(last=False)
                 self._graphs.move_to_end(key)
@@ -55,28 +58,34 @@ class CUDAGraphed:
                 for buffer, a in zip(static_in, args):
                     buffer.copy_(a)
                 graph.replay()
-            return tree_map(torch.clone, static_out)  # in the caller's mode
+            # In the caller's mode; inside the lock, before another call replays into static_out.
+            return tree_map(torch.clone, static_out)
 
-    def _capture(self, args):
+    def _capture(self, args, device: torch.device):
         static_in = [a.clone() for a in args]
-        device = args[0].device
+        caller_stream = torch.cuda.current_stream(device)
+        # Warm-up and capture on a stream of the inputs' device: torch.cuda.graph's default capture
+        # stream is made once per process, on whichever device was current at the first capture.
         stream = torch.cuda.Stream(device=device)
-        stream.wait_stream(torch.cuda.current_stream(device))
+        stream.wait_stream(caller_stream)
         try:
             with torch.cuda.stream(stream):
                 for _ in range(self.warmup):
                     self.fn(*static_in)
-            torch.cuda.current_stream(device).wait_stream(stream)
+            caller_stream.wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._pools.get(device), stream=stream):
                 static_out = self.fn(*static_in)
         except Exception as exc:  # e.g. an operation that cannot be captured on this build
-            torch.cuda.current_stream(device).wait_stream(stream)
+            # A capture that fails may leave its stream current: the caller's comes back.
+            torch.cuda.set_stream(caller_stream)
+            caller_stream.wait_stream(stream)
             warnings.warn(
                 f"CUDA-graph capture failed ({type(exc).__name__}: {exc}); running without graphs",
                 RuntimeWarning,
                 stacklevel=3,
             )
             return None
-        self._pool = graph.pool()
+        caller_stream.wait_stream(stream)
+        self._pools[device] = graph.pool()
         return graph, static_in, static_out

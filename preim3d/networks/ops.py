@@ -59,10 +59,11 @@ def _bias_lrelu_torch(x, bias, gain, clamp, out):
 
 
 def _bias_lrelu_examples(device):
+    gen = torch.Generator().manual_seed(0)  # the same examples every time, whatever torch was seeded with
     for layout in (torch.contiguous_format, torch.channels_last):
         for clamp in (None, 1.0):
-            x = torch.randn(2, 6, 5, 7, device=device).half().to(memory_format=layout)
-            yield x, torch.randn(6, device=device), SQRT2, clamp, x
+            x = torch.randn(2, 6, 5, 7, generator=gen).to(device, torch.float16).to(memory_format=layout)
+            yield x, torch.randn(6, generator=gen).to(device), SQRT2, clamp, x
 
 
 BIAS_LRELU = FusedKernel(
@@ -192,7 +193,8 @@ def _upfilter_examples(device):
     for noise in (None, torch.randn(1, 1, 4, 6, generator=gen)):
         t = torch.randn(2, 6, 5, 7, generator=gen).to(device, torch.float16)
         noise = noise if noise is None else noise.to(device)
-        yield t.to(memory_format=torch.channels_last), noise, torch.randn(6).to(device), SQRT2, 256.0
+        bias = torch.randn(6, generator=gen).to(device)
+        yield t.to(memory_format=torch.channels_last), noise, bias, SQRT2, 256.0
 
 
 UPFILTER_BIAS_LRELU = FusedKernel(

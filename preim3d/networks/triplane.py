@@ -9,11 +9,19 @@ weights load strictly and code written for the official generator runs unchanged
 
 One documented difference: `synthesis` defaults to noise_mode='const' (the official default is
 'random'); PREIM3D always renders with 'const'.
+
+The generator's passes run with cuDNN's deterministic algorithms (`deterministic_convolutions`), so
+that the same inputs give the same bits. Left to choose, cuDNN may run a transposed convolution (the
+2x up-convolutions of the backbone and the super-resolution) with an algorithm that adds partial
+sums atomically, in whatever order the GPU schedules them: a render may then differ in its last bits
+from the same render made before, and a few pixels of its uint8 image by one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
 import warnings
 
 import torch
@@ -36,6 +44,35 @@ _IGNORED_KWARGS = {
 }
 # The official super-resolution modules accept and ignore these.
 _SR_SWALLOWED = ("channel_base", "channel_max", "num_fp16_res", "conv_clamp")
+
+
+_deterministic_lock = threading.Lock()
+_deterministic_users = 0  # threads inside deterministic_convolutions()
+_flag_before = False  # torch.backends.cudnn.deterministic before the first of them entered
+
+
+@contextlib.contextmanager
+def deterministic_convolutions():
+    """Inside, cuDNN runs only deterministic algorithms (torch.backends.cudnn.deterministic).
+
+    The flag is process-wide: it stays set while any thread is inside (other threads' convolutions
+    then run deterministically too, which only costs them speed) and is restored when the last
+    leaves. Convolutions that run outside, e.g. backward passes run later by autograd, are not
+    affected.
+    """
+    global _deterministic_users, _flag_before
+    with _deterministic_lock:
+        if _deterministic_users == 0:
+            _flag_before = torch.backends.cudnn.deterministic
+            torch.backends.cudnn.deterministic = True
+        _deterministic_users += 1
+    try:
+        yield
+    finally:
+        with _deterministic_lock:
+            _deterministic_users -= 1
+            if _deterministic_users == 0:
+                torch.backends.cudnn.deterministic = _flag_before
 
 
 def _without_ignored(kwargs: dict) -> dict:
@@ -172,7 +209,8 @@ class TriPlaneGenerator(nn.Module):
     def synthesize_planes(self, ws, noise_mode="const") -> torch.Tensor:
         """ws → tri-planes [N, 3, 32, 256, 256]
         (channels 32p … 32p+31 form plane p; float16 in the fast mode)."""
-        planes = self._run(lambda fast: self.backbone.synthesis(ws, noise_mode=noise_mode, fast=fast), ws)
+        with deterministic_convolutions():
+            planes = self._run(lambda fast: self.backbone.synthesis(ws, noise_mode=noise_mode, fast=fast), ws)
         if self._fast(ws):
             planes = planes.half()  # what the fast renderer samples; half the memory in a cache
         return planes.view(len(planes), 3, 32, planes.shape[-2], planes.shape[-1])
@@ -185,6 +223,10 @@ class TriPlaneGenerator(nn.Module):
         Returns the same dict as `synthesis`. `deterministic=True` replaces the random depth
         samples by fixed ones (not the official behaviour, but repeatable without seeding).
         """
+        with deterministic_convolutions():
+            return self._render_planes(planes, ws, c, neural_rendering_resolution, deterministic)
+
+    def _render_planes(self, planes, ws, c, neural_rendering_resolution, deterministic):
         resolution = neural_rendering_resolution or self.neural_rendering_resolution
         cam2world, intrinsics = c[:, :16].view(-1, 4, 4), c[:, 16:25].view(-1, 3, 3)
         origins, directions = camera_rays(cam2world, intrinsics, resolution)
