@@ -316,6 +316,7 @@ def two_gpus_worker(args) -> None:
                     "Triton kernels passing their check": sum(
                         k._ok.get(f"cuda:{index}") is True for k in kernels
                     ),
+                    "kernels checked": sum(f"cuda:{index}" in k._ok for k in kernels),
                     "kernels": len(kernels),
                     "graphs captured": sum(g is not None for g in graphs),
                     "graphs failed": sum(g is None for g in graphs),
@@ -458,7 +459,8 @@ def print_tables(results: dict, args) -> None:
     for row in gpus:
         same = "/".join("yes" if row["same as cuda:0"][k] else "NO" for k in ("ws", "images", "grid"))
         print(
-            f"| {row['editor']} | {row['Triton kernels passing their check']} of {row['kernels']} | "
+            f"| {row['editor']} | {row['Triton kernels passing their check']} of {row['kernels checked']} "
+            f"checked ({row['kernels']} kernels) | "
             f"{row['graphs captured']} / {row['graphs failed']} | {row['current device after']} | "
             f"{'yes' if row['default streams current after'] else 'NO'} | "
             f"{len(row['fallback warnings'])} | {same} |"
