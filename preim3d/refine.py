@@ -287,7 +287,8 @@ def raw_depth(G, planes: torch.Tensor, c: torch.Tensor, resolution: int) -> torc
 def locality_codes(G, ws: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """PTI's regularising codes [count, num_ws, w_dim]: w + α (w_z − w)/‖w_z − w‖, w_z = mapping(z, ψ=0.5)."""
     z = torch.randn(count, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(ws.device)
-    with torch.no_grad():
+    # float32 even under the tuning's autocast: the truncation mixes the codes with the float32 w_avg
+    with torch.no_grad(), torch.autocast(ws.device.type, enabled=False):
         w_z = G.mapping(z, camera_vector(device=ws.device).expand(count, -1), truncation_psi=LOCALITY_PSI)
     direction = w_z - ws
     norms = direction.flatten(1).norm(dim=1).clamp_min(1e-8).reshape(-1, 1, 1)
