@@ -244,7 +244,8 @@ def inverse_cdf(depths: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, ep
         count,
         eps,
         RAYS=INVERSE_CDF_RAYS,
-        BINS=triton.next_power_of_2(samples),
+        # at least 16: Triton 3.6 fails to compile the gathers over 4 bins for the H200 (sm_90)
+        BINS=max(16, triton.next_power_of_2(samples)),
         QUANTILES=triton.next_power_of_2(count),
         STEPS=(samples - 1).bit_length(),  # halvings of the samples − 1 possible counts
     )
