@@ -187,16 +187,12 @@ class TriPlaneRenderer:
         planes = self.planes(ws)
         ws = self._latent(ws).to(self.device)
         c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
-        pending = None
-        for start in range(0, len(c), self.batch_size):
-            batch = self._start_batch(
+        yield from _one_batch_ahead(
+            self._start_batch(
                 planes, ws, c[start : start + self.batch_size], deterministic, outputs, on_device
             )
-            if pending is not None:
-                yield pending.result()
-            pending = batch
-        if pending is not None:
-            yield pending.result()
+            for start in range(0, len(c), self.batch_size)
+        )
 
     def render(
         self,
@@ -244,18 +240,15 @@ class TriPlaneRenderer:
             raise ValueError(
                 f"need ws [N, num_ws, w_dim] and c [N, 25], got {list(ws.shape)} and {list(c.shape)}"
             )
-        pending = None
-        for start in range(0, len(c), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
+
+        def start(chunk: slice) -> _HostCopy:
             with torch.no_grad():
                 out = self.G.synthesis(ws[chunk], c[chunk], noise_mode="const", deterministic=deterministic)
-                selected = {key: out[key] for key in outputs}
-                batch = self._to_host(on_device(selected) if on_device else selected)
-            if pending is not None:
-                yield pending.result()
-            pending = batch
-        if pending is not None:
-            yield pending.result()
+                return self._to_host(_wanted(out, outputs, on_device))
+
+        yield from _one_batch_ahead(
+            start(slice(first, first + self.batch_size)) for first in range(0, len(c), self.batch_size)
+        )
 
     def clear(self) -> None:
         """Forget every cached tri-plane and captured graph."""
@@ -287,20 +280,19 @@ class TriPlaneRenderer:
     def _start_batch(self, planes, ws, cameras, deterministic, outputs, on_device) -> _HostCopy:
         """Renders one batch on the device and starts copying what was asked for to the host."""
 
-        def wanted(out: dict) -> dict:
-            selected = {key: out[key] for key in outputs}
-            return on_device(selected) if on_device else selected
-
         def eager() -> dict:
             with torch.no_grad():
-                return wanted(self.G.render_planes(planes, ws, cameras, deterministic=deterministic))
+                out = self.G.render_planes(planes, ws, cameras, deterministic=deterministic)
+                return _wanted(out, outputs, on_device)
 
         if not self._graphed():
             return self._to_host(eager())
         with torch.no_grad():
             out, finite = self._graph(self._render_and_check, deterministic)(planes, ws, cameras)
             # Should float16 have overflowed in the graph, the batch runs again without it.
-            return self._to_host(wanted(out), finite, redo=lambda: self._to_host(eager()).result())
+            return self._to_host(
+                _wanted(out, outputs, on_device), finite, redo=lambda: self._to_host(eager()).result()
+            )
 
     def _to_host(self, tensors: dict, finite=None, redo=None) -> _HostCopy:
         """Starts copying tensors (and the finite flag) to pinned host memory on a side stream."""
@@ -316,6 +308,24 @@ class TriPlaneRenderer:
             done = torch.cuda.Event()
             done.record(stream)
         return _HostCopy(host, done, (tensors, finite), finite_host, redo)
+
+
+def _wanted(out: dict, outputs, on_device: Callable[[dict], dict] | None) -> dict:
+    """The requested outputs of a render, after the `on_device` conversion when there is one."""
+    selected = {key: out[key] for key in outputs}
+    return on_device(selected) if on_device else selected
+
+
+def _one_batch_ahead(copies: Iterator[_HostCopy]) -> Iterator[dict]:
+    """The copies' results in order, each taken once the next batch has been started, so that a
+    batch's copy to the host overlaps the rendering of the next."""
+    pending = None
+    for copy in copies:
+        if pending is not None:
+            yield pending.result()
+        pending = copy
+    if pending is not None:
+        yield pending.result()
 
 
 def _pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
