@@ -50,14 +50,6 @@ import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 DLIB_FILES = ("shape_predictor_68_face_landmarks.dat", "mmod_human_face_detector.dat")
-TINY_ARCFACE = dict(
-    input_size=32,
-    stage_units=(1, 1, 1, 1),
-    stage_channels=(8, 16, 24, 32),
-    stem_channels=8,
-    embedding_dim=32,
-    se_reduction=4,
-)
 WINDOW = 20  # steps per window of the loss comparison
 
 
@@ -87,25 +79,16 @@ class RandomFaces(Dataset):
 def train_worker(args) -> None:
     """Train for args.steps steps; the first process writes steps/s and the per-step mean losses."""
     from preim3d.networks.encoder import WPlusEncoder
-    from preim3d.networks.triplane import TriPlaneGenerator
-    from preim3d.testing import (
-        FFHQ512_GENERATOR_KWARGS,
-        FFHQ512_NEURAL_RESOLUTION,
-        TINY_ENCODER_KWARGS,
-        fill_random,
-        tiny_generator,
-    )
+    from preim3d.testing import TINY_ARCFACE_KWARGS, TINY_ENCODER_KWARGS, ffhq512_generator, tiny_generator
     from preim3d.training import make_config
     from preim3d.training.identity import ArcFaceBackbone
     from preim3d.training.trainer import Trainer
 
     if args.tiny:
         G, resolution = tiny_generator(0), 64
-        encoder_kwargs, arcface_kwargs = TINY_ENCODER_KWARGS, TINY_ARCFACE
+        encoder_kwargs, arcface_kwargs = TINY_ENCODER_KWARGS, TINY_ARCFACE_KWARGS
     else:
-        G = TriPlaneGenerator(**FFHQ512_GENERATOR_KWARGS)
-        fill_random(G, 11)
-        G.neural_rendering_resolution, resolution = FFHQ512_NEURAL_RESOLUTION, 256
+        G, resolution = ffhq512_generator(11), 256
         encoder_kwargs, arcface_kwargs = {}, {}
     torch.manual_seed(0)  # the same initial weights in every run
     encoder = WPlusEncoder(**encoder_kwargs)
@@ -227,24 +210,14 @@ def dlib_shim(models: Path, work: Path) -> Path:
 def make_bundle(folder: Path, tiny: bool) -> None:
     from preim3d.inversion import compute_latent_avg
     from preim3d.networks.encoder import WPlusEncoder
-    from preim3d.networks.triplane import TriPlaneGenerator
-    from preim3d.testing import (
-        FFHQ512_GENERATOR_KWARGS,
-        FFHQ512_NEURAL_RESOLUTION,
-        fill_random,
-        make_tiny_bundle,
-        tiny_directions,
-    )
+    from preim3d.testing import ffhq512_generator, make_tiny_bundle, tiny_directions
     from preim3d.weights.encoder import save_encoder, save_latent_avg
     from preim3d.weights.generator import save_generator
 
     if tiny:
         make_tiny_bundle(folder)
         return
-    G = TriPlaneGenerator(**FFHQ512_GENERATOR_KWARGS)
-    fill_random(G, 11)
-    G.neural_rendering_resolution = FFHQ512_NEURAL_RESOLUTION
-    G = G.eval().requires_grad_(False).to("cuda" if torch.cuda.is_available() else "cpu")
+    G = ffhq512_generator(11).to("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     encoder = WPlusEncoder().eval()
     with torch.no_grad():  # offsets of about a real encoder's spread (0.5), not the default init's

@@ -3,13 +3,14 @@
     python benchmarks/bench_refine.py [--dlib-models DIR] [--variants] [--json results.json]
     python benchmarks/bench_refine.py --tiny          # the same on the tiny generator, on a CPU
 
-Generator: the ffhq512-128 configuration with seeded random weights (`preim3d.testing.
-full_size_generator`). Target: the repository's example photo (examples/astronaut.png) aligned with
-dlib by preim3d.align, seen from the camera estimated from it. dlib's landmark model comes from
---dlib-models DIR or $PREIM3D_DLIB_MODELS (a folder holding shape_predictor_68_face_landmarks.dat
-and mmod_human_face_detector.dat), else from the face-recognition-models package; without it the
-target is a fixed square around the face, frontal, and the first line says so. Pivot: a mapped code
-(ψ = 0.7); with random weights an encoder's code would be no closer to the photo.
+Generator: the ffhq512-128 configuration with seeded random weights, its density calibrated
+(`preim3d.testing.ffhq512_generator`). Target: the repository's example photo
+(examples/astronaut.png) aligned with dlib by preim3d.align, seen from the camera estimated from it.
+dlib's landmark model comes from --dlib-models DIR or $PREIM3D_DLIB_MODELS (a folder holding
+shape_predictor_68_face_landmarks.dat and mmod_human_face_detector.dat), else from the
+face-recognition-models package; without it the target is a fixed square around the face, frontal,
+and the first line says so. Pivot: a mapped code (ψ = 0.7); with random weights an encoder's code
+would be no closer to the photo.
 
 Rows:
 * ours: `preim3d.refine.refine_generator` with its defaults (LoRA rank 8, Adam 2e-3 with cosine
@@ -69,7 +70,7 @@ from preim3d.refine import (
     weights_digest,
 )
 from preim3d.rendering import TriPlaneRenderer, uint8_images
-from preim3d.testing import full_size_generator, tiny_generator
+from preim3d.testing import ffhq512_generator, tiny_generator
 
 PHOTO = Path(__file__).resolve().parent.parent / "examples" / "astronaut.png"
 FALLBACK_BOX = (144, 35, 304, 195)  # about the aligned crop's square in the astronaut photo
@@ -291,7 +292,7 @@ def main():
     short, long = args.steps or ((2, 5) if args.tiny else (100, 300))
     pti_steps = args.pti_steps or (5 if args.tiny else PTI_STEPS)
 
-    G = (tiny_generator(0) if args.tiny else full_size_generator(11)).to(device)
+    G = (tiny_generator(0) if args.tiny else ffhq512_generator(11, calibrate_density=True)).to(device)
     target, pose, made = target_face(G.img_resolution)
     print(f"target: {PHOTO.name}, {made}; pose (yaw, pitch) = ({pose[0]:.3f}, {pose[1]:.3f}) rad", flush=True)
     target = target.to(device)

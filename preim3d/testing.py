@@ -102,6 +102,16 @@ TINY_ENCODER_KWARGS = dict(
     se_reduction=4,
 )
 
+# An IR-SE ArcFace backbone small enough for CPU tests of the identity losses.
+TINY_ARCFACE_KWARGS = dict(
+    input_size=32,
+    stage_units=(1, 1, 1, 1),
+    stage_channels=(8, 16, 24, 32),
+    stem_channels=8,
+    embedding_dim=32,
+    se_reduction=4,
+)
+
 TINY_DIRECTION_NAMES = ("Eyeglasses", "Male", "No_Beard", "Smiling", "Wearing_Lipstick", "Young")
 TINY_LICENCE = "Random weights made by preim3d.testing for tests; no licence restrictions (MIT)."
 
@@ -114,31 +124,23 @@ def tiny_generator(seed: int = 0):
     return _random_generator(TINY_GENERATOR_KWARGS, TINY_NEURAL_RESOLUTION, seed)
 
 
-def full_size_generator(seed: int = 0):
-    """A TriPlaneGenerator of the released ffhq512-128 configuration with seeded random weights, its
-    density calibrated as the tiny one's, in eval mode (for benchmarks: as slow as the real one)."""
-    return _random_generator(FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION, seed)
+def ffhq512_generator(seed: int = 11, calibrate_density: bool = False):
+    """A TriPlaneGenerator of the released ffhq512-128 configuration with `fill_random` weights, in eval
+    mode: full-size work for benchmarks, as slow as the real one. Its density has no face's surface
+    unless calibrate_density=True calibrates it as the tiny one's."""
+    return _random_generator(FFHQ512_GENERATOR_KWARGS, FFHQ512_NEURAL_RESOLUTION, seed, calibrate_density)
 
 
-def _random_generator(kwargs: dict, neural_resolution: int, seed: int):
+def _random_generator(kwargs: dict, neural_resolution: int, seed: int, calibrate_density: bool = True):
     from .networks.triplane import TriPlaneGenerator
 
     G = TriPlaneGenerator(**copy.deepcopy(kwargs))
     G.neural_rendering_resolution = neural_resolution
     fill_random(G, seed)
-    _calibrate_density(G.eval().requires_grad_(False), seed)
+    G.eval().requires_grad_(False)
+    if calibrate_density:
+        _calibrate_density(G, seed)
     return G
-
-
-def ffhq512_generator(seed: int = 11):
-    """A TriPlaneGenerator of the released ffhq512-128 configuration with `fill_random` weights, in eval
-    mode: full-size work for benchmarks (the density is not calibrated; it has no face's surface)."""
-    from .networks.triplane import TriPlaneGenerator
-
-    G = TriPlaneGenerator(**copy.deepcopy(FFHQ512_GENERATOR_KWARGS))
-    G.neural_rendering_resolution = FFHQ512_NEURAL_RESOLUTION
-    fill_random(G, seed)
-    return G.eval().requires_grad_(False)
 
 
 def _calibrate_density(G, seed: int) -> None:

@@ -30,6 +30,7 @@ from preim3d.errors import Preim3DError, WeightsError
 from preim3d.inversion import preprocess_for_encoder
 from preim3d.networks.encoder import WPlusEncoder
 from preim3d.networks.stylegan2 import MappingNetwork, SynthesisNetwork
+from preim3d.testing import TINY_ARCFACE_KWARGS
 from preim3d.training import make_config
 from preim3d.training.checkpoint import read_training_checkpoint
 from preim3d.training.config import config_from_args
@@ -46,15 +47,6 @@ from preim3d.training.losses import PerceptualLoss, latent_loss_weight
 from preim3d.training.ranger import Ranger
 from preim3d.training.trainer import Trainer, camera_angles, train
 from preim3d.weights.encoder import load_encoder, load_latent_avg
-
-TINY_ARCFACE = dict(
-    input_size=32,
-    stage_units=(1, 1, 1, 1),
-    stage_channels=(8, 16, 24, 32),
-    stem_channels=8,
-    embedding_dim=32,
-    se_reduction=4,
-)
 
 
 class MicroGenerator(torch.nn.Module):
@@ -110,7 +102,7 @@ def micro_encoder(seed=0):
 
 def tiny_arcface(seed=1):
     torch.manual_seed(seed)
-    return ArcFaceBackbone(**TINY_ARCFACE).eval()
+    return ArcFaceBackbone(**TINY_ARCFACE_KWARGS).eval()
 
 
 def write_dataset(folder, G, n=16, size=48, seed=0):
