@@ -15,6 +15,7 @@ from official_format import write_network_pickle, write_torch_save
 
 from preim3d import TriPlaneGenerator, WeightsError, load_generator, save_generator
 from preim3d.networks.ops import fir_blur, fir_filter_2d, modulated_conv2d, up_conv_kernel, upsample_2x
+from preim3d.networks.renderer import ImportanceRenderer, camera_rays
 
 
 def make_generator(config=TINY, seed=3) -> TriPlaneGenerator:
@@ -243,3 +244,25 @@ def test_views_of_one_latent_render_as_with_a_batch_of_copies(tiny):
     for key in shared:
         assert shared[key].shape[0] == 3
         assert torch.allclose(shared[key], copies[key], atol=1e-4), key
+
+
+def test_the_coarse_samples_can_be_left_out_of_the_backward_pass(tiny):
+    ws = torch.randn(1, tiny.num_ws, 512)
+    c = random_inputs(1, 32, 2)[1]
+    planes = tiny.synthesize_planes(ws).requires_grad_(True)
+    origins, directions = camera_rays(c[:, :16].view(-1, 4, 4), c[:, 16:].view(-1, 3, 3), 16)
+
+    def render(coarse_gradients: bool, importance_samples: int):
+        renderer = ImportanceRenderer(coarse_gradients)
+        options = {**tiny.rendering_kwargs, "depth_resolution_importance": importance_samples}
+        features, _, _ = renderer(planes, tiny.decoder, origins, directions, options, deterministic=True)
+        (gradient,) = torch.autograd.grad(features.square().sum(), planes)
+        return features, gradient
+
+    features, gradient = render(True, tiny.rendering_kwargs["depth_resolution_importance"])
+    features_fine, gradient_fine = render(False, tiny.rendering_kwargs["depth_resolution_importance"])
+    assert torch.equal(features_fine, features)  # the same render
+    assert not torch.allclose(gradient_fine, gradient)  # a gradient without the coarse samples' part,
+    assert F.cosine_similarity(gradient_fine.flatten(), gradient.flatten(), dim=0) > 0.5  # much alike
+    # without importance samples the coarse ones carry the gradient whatever the setting
+    assert torch.equal(render(False, 0)[1], render(True, 0)[1])

@@ -241,7 +241,15 @@ class ImportanceRenderer(nn.Module):
     features [N,F,M] (channels-first, ready to reshape into an image; 2 Σ v c − 1, with 1 − Σw
     added before on a white background), depth [N,M] (Σ w d_mid / Σ w, NaN → +inf, clamped to the
     range of all sample depths) and the accumulated opacity Σw [N,M].
+
+    `coarse_gradients=False` leaves the coarse samples out of the backward pass (their colours and
+    densities still count in the composite; the importance samples, which crowd where the weight
+    is, carry the gradients): half the backward's plane sampling and decoding, for pivotal tuning.
     """
+
+    def __init__(self, coarse_gradients: bool = True):
+        super().__init__()
+        self.coarse_gradients = coarse_gradients
 
     def forward(self, planes, decoder, origins, directions, rendering_kwargs, deterministic=False):
         opts = rendering_kwargs
@@ -254,9 +262,10 @@ class ImportanceRenderer(nn.Module):
         # The fast mode (float16 planes) composites with fused kernels where they run.
         fast = planes.dtype == torch.float16
         weights_of = RAY_WEIGHTS if fast else ray_weights
-        colors, densities = self.run_model(planes, decoder, origins, directions, coarse, opts)
-        depths = coarse.squeeze(-1)
         fine_count = opts["depth_resolution_importance"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (self.coarse_gradients or not fine_count)):
+            colors, densities = self.run_model(planes, decoder, origins, directions, coarse, opts)
+        depths = coarse.squeeze(-1)
         if fine_count > 0:
             with torch.no_grad():
                 fine = importance_depths(
