@@ -13,9 +13,13 @@ without θ are the untuned image and depth, rendered once before the first step)
     L =  λ_pix · mean (G_θ(w, c) − x)²                              the aligned crop, its camera
        + λ_lpips · LPIPS(G_θ(w, c), x)                              with the optional `lpips` package
        + λ_id · (1 − ⟨f(G_θ(w, c)), f(x)⟩)                          with an ArcFace model f, if given
-       + λ_views · mean |D_θ(w, c_v) − D(w, c_v)|                   side cameras c_v, one a step
-       + λ_edits · mean |Δ_θ − Δ| / mean |Δ|        Δ = G(w + e, c) − G(w, c), one edit e a step
-       + λ_loc · [t mod k_l = 0] · (mean (G_θ(w_r, c) − G(w_r, c))² + LPIPS(·, ·))
+       + [t mod k = 0] · (the regularisers: one side view, one edit and one locality code a time)
+           λ_views · mean |D_θ(w, c_v) − D(w, c_v)|                 side cameras c_v
+         + λ_edits · mean |Δ_θ − Δ| / mean |Δ|      Δ = G(w + e, c) − G(w, c), an edit e
+         + λ_loc · (mean (G_θ(w_r, c) − G(w_r, c))² + LPIPS(·, ·))
+
+k = regularise_every. The regularisers keep what the photo says nothing about; they need not pull
+at every step, and a step without them renders one code instead of three, at a third of the cost.
 
 * views: depth maps at low resolution from yaw offsets (default ±0.6, ±1.0 rad) around the
   photo's view. The photo says nothing about what they see, so there the tuned head keeps the
@@ -26,7 +30,7 @@ without θ are the untuned image and depth, rendered once before the first step)
   relative to the change (so a small edit counts as much as a large one), and its edit rides in
   the same batch as the pivot; Δ is rendered, with the deltas switched off, at the edit's first use.
 * locality (PTI's): renders of codes w_r = w + α (w_z − w) / ‖w_z − w‖, w_z = mapping(z, ψ = 0.5),
-  α = 30, from a small pool, stay as they were.
+  α = 30, from a small pool, stay as they were; the code rides in the pivot's batch too.
 Every tuning render uses fixed depth samples (deterministic=True), so the terms compare like with
 like. Adam with a cosine-decaying learning rate.
 
@@ -37,8 +41,11 @@ zero, A [r, in·k·k] ~ N(0, 1/r)), or W + Δ with a full-rank Δ when rank = 0 
 factors would not be smaller; biases get full deltas (they are small).
 
 On a GPU with fast=True the tuning runs under bfloat16 autocast (the plain PyTorch networks, with
-autograd; the fast mode's float16 kernels are for inference only). On a CPU it runs, slowly: the
-first step is timed and the estimate for all steps is logged before the rest.
+autograd; the fast mode's float16 kernels are for inference only), and each kind of step (with and
+without the regularisers) is captured once as a CUDA graph — forward, backward and the optimizer's
+update — and replayed: at batch 1 a step is otherwise bound by launching its thousands of small
+kernels, not by their arithmetic. On a CPU it runs, slowly: the first step is timed and the
+estimate for all steps is logged before the rest.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
@@ -89,13 +97,15 @@ class RefineSettings:
     view_weight: float = 1.0
     view_yaws: tuple[float, ...] = (-1.0, -0.6, 0.6, 1.0)  # radians, offsets from the photo's yaw
     view_resolution: int = 32  # px of the side views' depth maps (at most the neural resolution)
-    edit_weight: float = 1.0
+    edit_weight: float = 0.3
     edit_directions: int = 8  # random unit directions for the edit term when the editor has none
     edit_strength: float = 3.0  # length in W+ of the edits kept (the directions are unit vectors)
     locality_weight: float = 0.1  # PTI's λ for its L2 and LPIPS terms
-    locality_every: int = 1  # as PTI's code; the codes ride in the pivot's batch
     locality_codes: int = 2
+    regularise_every: int = 4  # k: the side view, edit and locality terms at every k-th step
     fast: bool = True  # bfloat16 autocast on a GPU (ignored on a CPU)
+    graphs: bool = True  # in the fast mode on a GPU: the steps replayed from CUDA graphs
+    coarse_gradients: bool = False  # through the coarse depth samples too (ImportanceRenderer)
     seed: int = 0  # of the low-rank factors' start and the locality codes
 
     def __post_init__(self):
@@ -103,9 +113,9 @@ class RefineSettings:
         if int(self.steps) != self.steps or self.steps < 0:
             raise ValueError(f"steps must be a whole number >= 0, got {self.steps!r}")
         counts = (self.rank, self.edit_directions, self.locality_codes)
-        if min(counts) < 0 or self.locality_every < 1 or self.view_resolution < 4:
+        if min(counts) < 0 or self.regularise_every < 1 or self.view_resolution < 4:
             raise ValueError(
-                "need rank, edit_directions and locality_codes >= 0, locality_every >= 1 and "
+                "need rank, edit_directions and locality_codes >= 0, regularise_every >= 1 and "
                 f"view_resolution >= 4; got {self}"
             )
         if not self.learning_rate > 0:
@@ -344,24 +354,25 @@ def refine_generator(
     precision = getattr(G, "precision", "fp32")
     tuned = tuned_copy(G, settings.rank, settings.seed)
     tuned.set_precision("fp32")  # autograd runs the plain networks; autocast makes them fast
-    autocast = settings.fast and device.type == "cuda"
+    tuned.renderer.coarse_gradients = settings.coarse_gradients
+    on_gpu = settings.fast and device.type == "cuda"
 
-    with torch.inference_mode(False), torch.enable_grad():
-        terms = _Objective(tuned, ws, target, pose, settings, directions, identity, lpips, autocast)
-        optimizer = torch.optim.Adam(
-            [p for p in tuned.parameters() if p.requires_grad], settings.learning_rate
-        )
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(settings.steps, 1))
+    with torch.inference_mode(False), torch.enable_grad(), _tuning_stream(device) as stream:
+        objective = _Objective(tuned, ws, target, pose, settings, directions, identity, lpips, on_gpu)
+        parameters = [p for p in tuned.parameters() if p.requires_grad]
+        if on_gpu:  # the learning rate lives on the GPU, where the captured updates read it
+            rate = torch.tensor(settings.learning_rate, device=device)
+            optimizer = torch.optim.Adam(parameters, rate, fused=True, capturable=True)
+        else:
+            optimizer = torch.optim.Adam(parameters, settings.learning_rate)
+        run_step = (_CapturedSteps if on_gpu and settings.graphs else _EagerSteps)(objective, optimizer)
         history: dict[str, list[torch.Tensor]] = {}
         start = time.perf_counter()
         for step in range(settings.steps):
-            losses = terms(step)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            schedule.step()
+            _set_learning_rate(optimizer, _cosine(settings.learning_rate, step, settings.steps))
+            losses = run_step(*objective.inputs(step))
             for key, value in losses.items():
-                history.setdefault(key, []).append(value.detach())
+                history.setdefault(key, []).append(value)
             if step == 0 and device.type == "cpu" and settings.steps > 1:
                 seconds = time.perf_counter() - start
                 log.warning(
@@ -371,22 +382,127 @@ def refine_generator(
                     seconds,
                 )
             if progress is not None:
+                if stream is not None:
+                    stream.synchronize()  # report steps done, not steps queued
                 progress(step + 1, settings.steps)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if stream is not None:
+            stream.synchronize()
         seconds = time.perf_counter() - start
+        optimizer.zero_grad(set_to_none=True)  # the last gradients may live in the graphs' memory
+        del run_step, optimizer  # which goes with them, as does the optimizer's state
     tuned.requires_grad_(False).set_precision(precision)
+    tuned.renderer.coarse_gradients = True
     return Refinement(
         generator=tuned,
         settings=settings,
-        losses=terms.used,
+        losses=objective.used,
         history={k: torch.stack(v).float().cpu().tolist() for k, v in history.items()},
         seconds=seconds,
     )
 
 
+def _cosine(rate: float, step: int, steps: int) -> float:
+    """The learning rate at `step` of `steps`, decaying from `rate` to 0 along half a cosine."""
+    return rate * (1 + math.cos(math.pi * step / max(steps, 1))) / 2
+
+
+def _set_learning_rate(optimizer, rate: float):
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(rate)  # in place: the captured updates read this tensor
+        else:
+            group["lr"] = rate
+
+
+@contextlib.contextmanager
+def _tuning_stream(device: torch.device):
+    """A side stream of `device` to tune on (CUDA graphs are captured on one), or None on a CPU."""
+    if device.type != "cuda":
+        yield None
+        return
+    caller = torch.cuda.current_stream(device)
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(caller)
+    with torch.cuda.device(device), torch.cuda.stream(stream):
+        yield stream
+    caller.wait_stream(stream)
+
+
+class _EagerSteps:
+    """One tuning step: the objective on the step's inputs, its gradient, the optimizer's update.
+    Returns the step's losses (detached)."""
+
+    def __init__(self, objective: _Objective, optimizer: torch.optim.Optimizer):
+        self.objective, self.optimizer = objective, optimizer
+
+    def __call__(self, kind: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        return {k: v.detach() for k, v in self._update(inputs).items()}
+
+    def _update(self, inputs):
+        losses = self.objective(inputs)
+        losses["total"].backward()
+        self.optimizer.step()
+        return losses
+
+
+class _CapturedSteps(_EagerSteps):
+    """Tuning steps replayed from CUDA graphs, one per kind of step.
+
+    The first `warmup` steps of a kind run eagerly (cuDNN chooses its algorithms, the optimizer makes
+    its state); the next is captured — forward, backward and update — and from then on each step of
+    that kind copies its inputs into the captured ones and replays. The graphs share one memory
+    pool: they run one after another, and what one leaves behind (its losses) is copied before the
+    next runs. A kind whose capture fails stays eager, with a warning. Runs on the caller's stream,
+    which must not be the default one (`_tuning_stream`).
+    """
+
+    def __init__(self, objective, optimizer, warmup: int = 2):
+        super().__init__(objective, optimizer)
+        self.warmup, self.pool = warmup, None
+        self.seen: dict[str, int] = {}
+        self.graphs: dict[str, tuple | None] = {}  # kind -> (graph, static inputs, static losses)
+
+    def __call__(self, kind, inputs):
+        self.seen[kind] = self.seen.get(kind, 0) + 1
+        if self.seen[kind] == self.warmup + 1:
+            self.graphs[kind] = self._capture(inputs)
+        entry = self.graphs.get(kind)
+        if entry is None:
+            return super().__call__(kind, inputs)
+        graph, static_inputs, static_losses = entry
+        for name, tensor in inputs.items():
+            static_inputs[name].copy_(tensor)
+        graph.replay()
+        return {k: v.clone() for k, v in static_losses.items()}
+
+    def _capture(self, inputs):
+        static_inputs = {k: v.clone() for k, v in inputs.items()}
+        self.optimizer.zero_grad(set_to_none=True)  # the captured backward makes the gradients anew
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
+                static_losses = {k: v.detach() for k, v in self._update(static_inputs).items()}
+        except Exception as exc:  # an operation that cannot be captured on this build
+            warnings.warn(
+                "Refining without CUDA graphs for some steps: the capture failed "
+                f"({type(exc).__name__}: {exc})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        self.pool = graph.pool()
+        return graph, static_inputs, static_losses
+
+
 class _Objective:
-    """The loss of one tuning step (module docstring); the untuned targets are rendered once, at init."""
+    """The loss of one tuning step (module docstring); the untuned targets are rendered once, at init.
+
+    `inputs(step)` says what the step renders and compares with: its kind ('plain', or
+    'regularised' at every k-th step) and its tensors, whose shapes depend on the kind only;
+    calling the objective on those tensors computes the losses from them alone, so that a step of
+    one kind can be captured once and replayed with the inputs of another.
+    """
 
     def __init__(self, G, ws, target, pose, settings, directions, identity, lpips, autocast):
         self.G, self.ws, self.target, self.s, self.autocast = G, ws, target, settings, autocast
@@ -433,7 +549,8 @@ class _Objective:
                 self.locality_images = torch.cat([self._render(w[None]) for w in self.locality_ws]).float()
 
     def _precision(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast)
+        # no cast cache: the captured steps must cast the weights each time
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast, cache_enabled=False)
 
     def _render(self, ws, planes=None):
         planes = self.G.synthesize_planes(ws) if planes is None else planes
@@ -446,19 +563,32 @@ class _Objective:
                 self.edit_changes[k] = self._render(self.edit_ws[k : k + 1]).float() - self.image
         return self.edit_changes[k]
 
-    def __call__(self, step: int) -> dict[str, torch.Tensor]:
-        s, losses = self.s, {}
-        # One batch: the pivot, this step's edit and, every k-th step, a locality code. At batch 1 a
-        # GPU is bound by kernel launches, so the extra codes cost far less than renders of their own.
-        codes = [self.ws]
+    def inputs(self, step: int) -> tuple[str, dict[str, torch.Tensor]]:
+        """The kind of step `step` and its inputs: the codes to render (the pivot first; on a
+        regularised step one edit and one locality code with it, in one batch: at batch 1 a GPU is
+        bound by kernel launches, so they cost far less than renders of their own) and what the
+        regularisers compare with. Each regularised step takes the next view, edit and code."""
+        regularisers = {"views", "edits", "locality"} & set(self.used)
+        if not regularisers or step % self.s.regularise_every:
+            return "plain", {"ws": self.ws}
+        turn = step // self.s.regularise_every
+        codes, inputs = [self.ws], {}
+        if "views" in self.used:
+            v = turn % len(self.view_cameras)
+            inputs["view_camera"] = self.view_cameras[v : v + 1]
+            inputs["view_depth"] = self.view_depths[v : v + 1]
         if "edits" in self.used:
-            k = step % len(self.edit_ws)
+            k = turn % len(self.edit_ws)
             codes.append(self.edit_ws[k : k + 1])
-        locality = "locality" in self.used and step % s.locality_every == 0
-        if locality:
-            j = step // s.locality_every % len(self.locality_ws)
+            inputs["edit_change"] = self._edit_change(k)
+        if "locality" in self.used:
+            j = turn % len(self.locality_ws)
             codes.append(self.locality_ws[j : j + 1])
-        ws = torch.cat(codes)
+            inputs["locality_image"] = self.locality_images[j : j + 1]
+        return "regularised", {"ws": torch.cat(codes), **inputs}
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        s, losses, ws = self.s, {}, inputs["ws"]
         with self._precision():
             planes = self.G.synthesize_planes(ws)
             images = self.G.render_planes(planes, ws, self.c.expand(len(ws), -1), deterministic=True)["image"]
@@ -472,18 +602,17 @@ class _Objective:
             if self.identity is not None:
                 losses["identity"] = self.identity(image, self.target)[0]
                 total = total + s.identity_weight * losses["identity"]
-            if "views" in self.used:
-                v = step % len(self.view_cameras)
-                depth = raw_depth(self.G, planes[:1], self.view_cameras[v : v + 1], self.view_size).float()
-                losses["views"] = (depth - self.view_depths[v : v + 1]).abs().mean()
+            if "view_camera" in inputs:
+                depth = raw_depth(self.G, planes[:1], inputs["view_camera"], self.view_size).float()
+                losses["views"] = (depth - inputs["view_depth"]).abs().mean()
                 total = total + s.view_weight * losses["views"]
-            if "edits" in self.used:
-                expected = self._edit_change(k)
+            if "edit_change" in inputs:
+                expected = inputs["edit_change"]
                 error = (images[1:2] - image - expected).abs().mean()
                 losses["edits"] = error / expected.abs().mean().clamp_min(1e-8)
                 total = total + s.edit_weight * losses["edits"]
-            if locality:
-                other, before = images[-1:], self.locality_images[j : j + 1]
+            if "locality_image" in inputs:
+                other, before = images[-1:], inputs["locality_image"]
                 losses["locality"] = F.mse_loss(other, before)
                 if self.lpips is not None:
                     losses["locality"] = losses["locality"] + self.lpips(other, before)

@@ -21,8 +21,15 @@ from preim3d.refine import (
 from preim3d.testing import make_tiny_bundle
 
 # Few regularising codes and cameras, so that each refinement takes seconds on a 2-core CPU; the
-# locality term at ten times PTI's weight, so that its effect shows within these few steps.
-QUICK = {"locality_codes": 1, "locality_weight": 1.0, "view_yaws": (-0.8, 0.8)}
+# regularisers at every step, the edit term at weight 1 and the locality term at ten times PTI's
+# weight, so that their effects show within these few steps.
+QUICK = {
+    "locality_codes": 1,
+    "locality_weight": 1.0,
+    "edit_weight": 1.0,
+    "view_yaws": (-0.8, 0.8),
+    "regularise_every": 1,
+}
 STEPS = 12  # each of the tiny bank's six directions, edited both ways, once
 NOTHING_ELSE = {"view_weight": 0, "edit_weight": 0, "locality_weight": 0}  # for the plain cases
 
@@ -236,6 +243,18 @@ def test_deltas_share_the_base_weights(editor, head):
             assert torch.equal(getattr(fresh.get_submodule(module), leaf), G.get_parameter(name))
 
 
+def test_the_regularisers_pull_at_every_kth_step(editor, face):
+    head = editor.refine(face, steps=7, **{**QUICK, "regularise_every": 3})
+    history = head.history
+    assert len(history["pixel"]) == len(history["total"]) == 7
+    assert len(history["views"]) == len(history["edits"]) == len(history["locality"]) == 3  # steps 0, 3, 6
+    # a plain step's total is its pixel loss alone (no LPIPS or identity term here)
+    assert history["total"][1] == pytest.approx(history["pixel"][1])
+    assert history["total"][0] > history["pixel"][0]
+    # the tuning's renderer setting does not stay with the head
+    assert head.generator.renderer.coarse_gradients
+
+
 def test_settings_and_steps_are_checked(editor, face):
     with pytest.raises(InvalidValueError):
         editor.refine(face, steps=1001)
@@ -243,6 +262,8 @@ def test_settings_and_steps_are_checked(editor, face):
         editor.refine(face, steps=-1)
     with pytest.raises(ValueError):
         RefineSettings(rank=-1)
+    with pytest.raises(ValueError):
+        RefineSettings(regularise_every=0)
     with pytest.raises(TypeError):
         editor.refine(face, steps=1, no_such_setting=1)
     assert RefineSettings.from_json(RefineSettings(rank=4).to_json()) == RefineSettings(rank=4)
