@@ -1,6 +1,7 @@
 """Pivotal tuning of one photo (`Editor.refine`'s core) against PTI's loop, on the full-size generator.
 
     python benchmarks/bench_refine.py [--dlib-models DIR] [--variants] [--json results.json]
+    python benchmarks/bench_refine.py --aligned crop.png --pose YAW PITCH   # a crop aligned elsewhere
     python benchmarks/bench_refine.py --tiny          # the same on the tiny generator, on a CPU
 
 Generator: the ffhq512-128 configuration with seeded random weights, its density calibrated
@@ -9,22 +10,30 @@ Generator: the ffhq512-128 configuration with seeded random weights, its density
 dlib's landmark model comes from --dlib-models DIR or $PREIM3D_DLIB_MODELS (a folder holding
 shape_predictor_68_face_landmarks.dat and mmod_human_face_detector.dat), else from the
 face-recognition-models package; without it the target is a fixed square around the face, frontal,
-and the first line says so. Pivot: a mapped code (ψ = 0.7); with random weights an encoder's code
-would be no closer to the photo.
+and the first line says so. On a machine without dlib, --aligned gives the crop that
+`preim3d.align.align_face` made elsewhere (AlignedFace.image saved as PNG) and --pose its
+`estimate_pose()`. Pivot: a mapped code (ψ = 0.7); with random weights an encoder's code would be
+no closer to the photo.
 
 Rows:
 * ours: `preim3d.refine.refine_generator` with its defaults (LoRA rank 8, Adam 2e-3 with cosine
-  decay; pixel + LPIPS when installed + side-view depth + edit keeping along 8 random directions,
-  one edit in each step's batch + PTI's locality, in the batch too), in the fast mode (bfloat16
-  autocast) for 100 and 300 steps (the goal: 300 steps in at most 5 s on one GPU).
+  decay; pixel + LPIPS when installed at every step; every 4th step the regularisers: side-view
+  depth, edit keeping along 8 random directions with one edit in the step's batch, and PTI's
+  locality with one code in the batch too), in the fast mode (bfloat16 autocast, CUDA graphs,
+  no gradient through the coarse depth samples) for 100 and 300 steps (the goal: 300 steps in at
+  most 5 s on one GPU); and the 300 steps once more with a progress callback after each step, as
+  `Editor.refine` runs them for the web page and the command line (each report waits for its
+  step to finish on the GPU).
 * PTI as its authors run it (their defaults), on our generator: Adam 3e-4 on every generator weight,
   350 steps, L2 + LPIPS (λ = 1 each), float32, the official random depth samples, and its locality
   regulariser every step (a new z each step, w_z = mapping(z, ψ = 0.5), the code pivot + 30 (w_z −
   pivot)/‖w_z − pivot‖ rendered by the tuned and the original generator, λ = 0.1 for its L2 and its
   LPIPS). Reported besides: the step and the seconds at which its pixel loss (mean of 5 steps) first
   reaches the pixel loss of our 300-step run.
-* with --variants also: ours with full-rank deltas (Adam 3e-4), pixel (+ LPIPS) only (what the
-  regularisers cost), float32, learning rates 1e-3 / 5e-3; and PTI as EG3D-projector runs it (the
+* with --variants also, 300 steps each: ours with one thing changed — without the CUDA graphs,
+  with the coarse samples' gradients, with the regularisers at every step or every 8th, with the
+  edit term's weight at 1, with the pixel (+ LPIPS) term alone (what the regularisers cost); the
+  earlier defaults (all of those changes undone at once); and PTI as EG3D-projector runs it (the
   same loop without the regulariser; it would stop once LPIPS <= 0.06: that step is reported).
 
 Columns: wall seconds (the whole call: copy, untuned targets, steps), seconds a step, PSNR of a
@@ -80,8 +89,11 @@ PTI_STEPS, PTI_LR, PTI_LPIPS_STOP, PTI_LOCALITY_WEIGHT = 350, 3e-4, 0.06, 0.1
 GOAL_SECONDS = 5.0  # for 300 steps on one GPU
 
 
-def target_face(resolution: int):
+def target_face(resolution: int, aligned: Path | None = None, pose=None):
     """(target [1,3,R,R] in [-1, 1], pose, how it was made)."""
+    if aligned is not None:
+        made = f"{aligned.name}, aligned beforehand, pose as given"
+        return crop_target(Image.open(aligned), resolution), tuple(pose), made
     try:
         from preim3d.align import align_face
 
@@ -187,11 +199,11 @@ def views(G, ws, pose) -> dict:
     }
 
 
-def run_ours(G, ws, target, pose, settings, device, lpips) -> dict:
+def run_ours(G, ws, target, pose, settings, device, lpips, progress=None) -> dict:
     reset_peak(device)
     sync(device)
     start = time.perf_counter()
-    result = refine_generator(G, ws, target, pose, settings, lpips=lpips)
+    result = refine_generator(G, ws, target, pose, settings, lpips=lpips, progress=progress)
     sync(device)
     wall = time.perf_counter() - start
     peak = peak_gib(device)
@@ -284,8 +296,12 @@ def main():
         metavar="DIR",
         help="folder of dlib's model files (sets PREIM3D_DLIB_MODELS)",
     )
+    parser.add_argument("--aligned", type=Path, metavar="PNG", help="an aligned crop of the photo (no dlib)")
+    parser.add_argument("--pose", type=float, nargs=2, metavar=("YAW", "PITCH"), help="of --aligned, radians")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if (args.aligned is None) != (args.pose is None):
+        parser.error("--aligned and --pose go together")
     if args.dlib_models:
         os.environ["PREIM3D_DLIB_MODELS"] = str(args.dlib_models)
     device = torch.device(args.device)
@@ -293,7 +309,7 @@ def main():
     pti_steps = args.pti_steps or (5 if args.tiny else PTI_STEPS)
 
     G = (tiny_generator(0) if args.tiny else ffhq512_generator(11, calibrate_density=True)).to(device)
-    target, pose, made = target_face(G.img_resolution)
+    target, pose, made = target_face(G.img_resolution, args.aligned, args.pose)
     print(f"target: {PHOTO.name}, {made}; pose (yaw, pitch) = ({pose[0]:.3f}, {pose[1]:.3f}) rad", flush=True)
     target = target.to(device)
     z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)).to(device)
@@ -314,9 +330,10 @@ def main():
     }
     print(json.dumps(info, indent=1), flush=True)
 
-    # warm-up: cuDNN's algorithm choice, LPIPS, lazy initialisation
+    # warm-up: cuDNN's algorithm choice, LPIPS, lazy initialisation, both kinds of step captured
     for fast in (True, False) if device.type == "cuda" else (True,):
-        refine_generator(G, ws, target, pose, RefineSettings(steps=2, fast=fast), lpips=lpips is not None)
+        warm = RefineSettings(steps=8, regularise_every=2, fast=fast)
+        refine_generator(G, ws, target, pose, warm, lpips=lpips is not None)
 
     ours = f"ours fast, LoRA r8, {long} steps"
     variants = [
@@ -324,23 +341,33 @@ def main():
         (ours, RefineSettings(steps=long)),
     ]
     if args.variants:
+        changes = {
+            "without CUDA graphs": {"graphs": False},
+            "with the coarse samples' gradients": {"coarse_gradients": True},
+            "regularisers at every step": {"regularise_every": 1},
+            "regularisers every 8th step": {"regularise_every": 8},
+            "edit term's weight 1": {"edit_weight": 1.0},
+            "pixel (+ LPIPS) only": {"view_weight": 0, "edit_weight": 0, "locality_weight": 0},
+            "with the earlier defaults": {
+                "graphs": False,
+                "coarse_gradients": True,
+                "regularise_every": 1,
+                "edit_weight": 1.0,
+            },
+        }
         variants += [
-            (
-                f"ours fast, full-rank deltas, {long} steps",
-                RefineSettings(steps=long, rank=0, learning_rate=3e-4),
-            ),
-            (
-                f"ours fast, LoRA r8, pixel (+ LPIPS) only, {long} steps",
-                RefineSettings(steps=long, view_weight=0, edit_weight=0, locality_weight=0),
-            ),
-            (f"ours fp32, LoRA r8, {short} steps", RefineSettings(steps=short, fast=False)),
-            (f"ours fast, LoRA r8, lr 1e-3, {short} steps", RefineSettings(steps=short, learning_rate=1e-3)),
-            (f"ours fast, LoRA r8, lr 5e-3, {short} steps", RefineSettings(steps=short, learning_rate=5e-3)),
+            (f"ours, {change}, {long} steps", RefineSettings(steps=long, **overrides))
+            for change, overrides in changes.items()
         ]
+    with_progress = f"ours fast, LoRA r8, {long} steps, progress after each step"
+    variants.insert(2, (with_progress, RefineSettings(steps=long)))
+    reported = []  # as the page's progress bar and the command line ask after every step
     rows = {}
     for name, settings in variants:
-        rows[name] = run_ours(G, ws, target, pose, settings, device, lpips is not None)
+        progress = (lambda done, total: reported.append(done)) if name == with_progress else None
+        rows[name] = run_ours(G, ws, target, pose, settings, device, lpips is not None, progress)
         print(name, {k: v for k, v in rows[name].items() if k != "pixel curve"}, flush=True)
+    assert reported == list(range(1, long + 1))
     reach = rows[ours]["pixel loss"]
     pti_rows = [(f"PTI (Adam 3e-4, all weights, fp32, locality), {pti_steps} steps", True)]
     if args.variants:
