@@ -24,7 +24,7 @@ from preim3d.evaluation.metrics import psnr
 from preim3d.validation import check_refine_steps
 
 MAX_HEADS = 8  # refined heads kept over all sessions: a few MB of deltas each, plus their tri-planes
-PAGE_STEPS = 300  # the slider's default: a few seconds on a GPU
+PAGE_STEPS = 300  # the slider's default: about 10 s on an H200
 PAGE_MAX_STEPS = 500
 PROGRESS = gr.Progress()  # as a default it marks the progress argument; updates reach the calling event
 
