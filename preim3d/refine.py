@@ -481,7 +481,8 @@ class _CapturedSteps(_EagerSteps):
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward makes the gradients anew
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
+            stream = torch.cuda.current_stream()  # thread_local: as CUDAGraphed, for the same reason
+            with torch.cuda.graph(graph, self.pool, stream, capture_error_mode="thread_local"):
                 static_losses = {k: v.detach() for k, v in self._update(static_inputs).items()}
         except Exception as exc:  # an operation that cannot be captured on this build
             warnings.warn(

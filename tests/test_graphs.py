@@ -1,5 +1,8 @@
 """CUDA-graph replay gives the same results as direct calls (runs only where CUDA is available)."""
 
+import threading
+import warnings
+
 import pytest
 import torch
 
@@ -102,28 +105,63 @@ def test_a_refined_head_and_its_editor_never_replay_each_others_graphs(tiny_bund
     assert len(ours) == len(theirs) == 2 and not ours & theirs
 
 
-def test_refining_through_graphs_tunes_as_direct_steps_do():
-    import warnings
-
+def tuning_problem():
+    """A tiny random generator on the GPU, a code and a target image for refine_generator."""
     from eg3d_reference import TINY, fill_random
 
     from preim3d.networks.triplane import TriPlaneGenerator
-    from preim3d.refine import RefineSettings, refine_generator
 
     G = TriPlaneGenerator(**TINY[0]).eval().requires_grad_(False)
     fill_random(G, 3)
     G.neural_rendering_resolution = TINY[1]
-    G = G.cuda()
     gen = torch.Generator().manual_seed(0)
-    ws = torch.randn(1, G.num_ws, G.w_dim, generator=gen).cuda()
-    target = (torch.rand(1, 3, G.img_resolution, G.img_resolution, generator=gen) * 2 - 1).cuda()
-    # 10 steps, every other one regularised: each kind runs twice, is captured, then replays
-    settings = {"steps": 10, "regularise_every": 2, "edit_directions": 2, "locality_codes": 1}
+    ws = torch.randn(1, G.num_ws, G.w_dim, generator=gen)
+    target = torch.rand(1, 3, G.img_resolution, G.img_resolution, generator=gen) * 2 - 1
+    return G.cuda(), ws.cuda(), target.cuda()
+
+
+# 10 steps, every other one regularised: each kind of step runs twice, is captured, then replays
+FEW_STEPS = {"steps": 10, "regularise_every": 2, "edit_directions": 2, "locality_codes": 1}
+
+
+def test_refining_through_graphs_tunes_as_direct_steps_do():
+    from preim3d.refine import RefineSettings, refine_generator
+
+    G, ws, target = tuning_problem()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a capture that fails warns
-        graphed = refine_generator(G, ws, target, settings=RefineSettings(**settings), lpips=False)
-    direct = refine_generator(G, ws, target, settings=RefineSettings(graphs=False, **settings), lpips=False)
+        graphed = refine_generator(G, ws, target, settings=RefineSettings(**FEW_STEPS), lpips=False)
+    direct = refine_generator(G, ws, target, settings=RefineSettings(graphs=False, **FEW_STEPS), lpips=False)
     for key, values in direct.history.items():
         expected = torch.tensor(values)
         torch.testing.assert_close(torch.tensor(graphed.history[key]), expected, rtol=0.02, atol=1e-4)
     assert direct.history["pixel"][-1] < 0.9 * direct.history["pixel"][0]  # it did tune
+
+
+def test_captures_leave_other_threads_working_on_the_gpu():
+    """The page's two lanes: one refines or renders for the first time (capturing graphs) while the
+    other renders and copies its results to the host."""
+    from preim3d.refine import RefineSettings, refine_generator
+
+    G, ws, target = tuning_problem()
+    stop, errors, waits = threading.Event(), [], []
+
+    def other_lane():
+        while not stop.is_set():
+            try:
+                waits.append(torch.ones(4096, device="cuda").sum().item())  # waits for the GPU
+            except Exception as exc:  # what a capture in the process-wide mode makes of it
+                errors.append(exc)
+
+    thread = threading.Thread(target=other_lane)
+    thread.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a capture that fails warns
+            for _ in range(3):
+                refine_generator(G, ws, target, settings=RefineSettings(**FEW_STEPS), lpips=False)
+                CUDAGraphed(lambda a: a * 2)(torch.randn(64, device="cuda"))
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and len(waits) > 10

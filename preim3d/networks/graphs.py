@@ -74,7 +74,9 @@ class CUDAGraphed:
                     self.fn(*static_in)
             caller_stream.wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pools.get(device), stream=stream):
+            # thread_local: a capture forbids waiting on the GPU only to this thread, so that
+            # another thread (the page's other lane) may go on rendering and copying results
+            with torch.cuda.graph(graph, self._pools.get(device), stream, capture_error_mode="thread_local"):
                 static_out = self.fn(*static_in)
         except Exception as exc:  # e.g. an operation that cannot be captured on this build
             # A capture that fails may leave its stream current: the caller's comes back.
