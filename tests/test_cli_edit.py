@@ -72,6 +72,24 @@ def test_edit_one_photo_writes_every_output(tiny_bundle, astronaut_png, tmp_path
     assert len(trimesh.load(out / "out.glb", force="mesh").faces) > 0
 
 
+def test_edit_runs_the_fast_mode_unless_fp32_is_asked_for(tiny_bundle, astronaut_png, tmp_path, monkeypatch):
+    asked = []
+    load = Editor.from_pretrained.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        asked.append(kwargs.get("precision"))
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Editor, "from_pretrained", classmethod(recording_load))
+    for extra in ([], ["--precision", "fp32"]):
+        out = tmp_path / f"out{len(asked)}"
+        args = ["edit", str(astronaut_png), "--weights", str(tiny_bundle), "--device", "cpu"]
+        assert cli.main([*args, "--out", str(out), *extra]) == 0
+    assert asked == ["fast", "fp32"]
+    # a CPU computes in float32 either way
+    assert np.array_equal(*(np.asarray(Image.open(tmp_path / f"out{i}" / "edited.png")) for i in (0, 1)))
+
+
 def test_edit_a_folder_reports_each_photo_and_fails_on_a_bad_one(
     tiny_bundle, astronaut_png, tmp_path, capsys
 ):
