@@ -181,9 +181,7 @@ class TriPlaneRenderer:
         requested `outputs` (from OUTPUTS) or, with `on_device`, of what that function makes of them
         on the generator's device (tensors; e.g. `lambda out: {"image": images_to_uint8(out["image"])}`).
         While one batch is copied to the host, the next one renders."""
-        unknown = set(outputs) - set(OUTPUTS)
-        if unknown or not outputs:
-            raise ValueError(f"outputs must be some of {OUTPUTS}, got {tuple(outputs)}")
+        _check_outputs(outputs)
         planes = self.planes(ws)
         ws = self._latent(ws).to(self.device)
         c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
@@ -234,6 +232,7 @@ class TriPlaneRenderer:
         """Several codes, one camera each: ws [N,num_ws,w_dim] and c [N,25] -> yields, for each batch
         of at most batch_size of them, what `render_batches` yields (the requested `outputs`, after
         `on_device`, on the CPU; copied while the next batch renders). Their planes are not cached."""
+        _check_outputs(outputs)
         ws = torch.as_tensor(ws).detach().to(self.device, torch.float32)
         c = torch.as_tensor(c, dtype=torch.float32).reshape(-1, 25).to(self.device)
         if ws.ndim != 3 or len(ws) != len(c):
@@ -308,6 +307,12 @@ class TriPlaneRenderer:
             done = torch.cuda.Event()
             done.record(stream)
         return _HostCopy(host, done, (tensors, finite), finite_host, redo)
+
+
+def _check_outputs(outputs) -> None:
+    unknown = set(outputs) - set(OUTPUTS)
+    if unknown or not outputs:
+        raise ValueError(f"outputs must be some of {OUTPUTS}, got {tuple(outputs)}")
 
 
 def _wanted(out: dict, outputs, on_device: Callable[[dict], dict] | None) -> dict:

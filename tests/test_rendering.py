@@ -134,6 +134,13 @@ def test_batches_and_progress(G, ws):
     assert (batched["image"][0] - batched["image"][-1]).abs().mean() > 1e-3  # the views differ
     with pytest.raises(ValueError, match="one latent"):
         TriPlaneRenderer(G).render(ws, c)
+    # outputs it does not make are refused before any work, for one code or several
+    renderer = TriPlaneRenderer(G)
+    for asked in [("image", "normals"), ()]:
+        with pytest.raises(ValueError, match="outputs must be some of"):
+            next(renderer.render_batches(ws[:1], c, outputs=asked))
+        with pytest.raises(ValueError, match="outputs must be some of"):
+            next(renderer.render_codes(ws[:2], c[:2], outputs=asked))
 
 
 def test_multiview_grid_has_the_official_layout(G, ws):
