@@ -111,6 +111,7 @@ class FakeCuda:
         self.capturing = None
         self.default_capture_stream = None
         self.log: list[tuple] = []
+        self.capture_modes: list[str] = []
         fake = self
 
         class Stream:
@@ -163,8 +164,9 @@ class FakeCuda:
 
         return StreamContext()
 
-    def graph(self, cuda_graph, pool=None, stream=None, fail=False):
+    def graph(self, cuda_graph, pool=None, stream=None, capture_error_mode="global", fail=False):
         fake = self
+        self.capture_modes.append(capture_error_mode)
         if stream is None:  # torch's default: one stream, made on the device current at the first capture
             if self.default_capture_stream is None:
                 self.default_capture_stream = self.Stream()
@@ -193,7 +195,9 @@ class FakeCuda:
         monkeypatch.setattr(
             torch.cuda,
             "graph",
-            lambda g, pool=None, stream=None: self.graph(g, pool, stream, failing_capture),
+            lambda g, pool=None, stream=None, capture_error_mode="global": self.graph(
+                g, pool, stream, capture_error_mode, failing_capture
+            ),
         )
         monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: self.capturing is not None)
 
@@ -233,6 +237,7 @@ def test_graphs_are_captured_and_replayed_on_the_inputs_device(monkeypatch):
     assert calls == [1, 1, 1]  # two warm-ups and the capture, all with cuda:1 current
     capture = next(entry for entry in fake.log if entry[0] == "capture")
     assert capture[1:] == (1, 1, None)  # a capture stream on cuda:1, cuda:1 current, a new pool
+    assert fake.capture_modes == ["thread_local"]  # other threads may go on waiting on the GPU
     assert [e[1] for e in fake.log if e[0] == "replay"] == [1, 1]
     assert all(e[1] for e in fake.log if e[0] == "locked at replay")
     assert fake.current == 0 and fake.current_stream(0) is caller_stream  # the caller's state is back
