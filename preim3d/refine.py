@@ -566,8 +566,8 @@ class _Objective:
 
     def inputs(self, step: int) -> tuple[str, dict[str, torch.Tensor]]:
         """The kind of step `step` and its inputs: the codes to render (the pivot first; on a
-        regularised step one edit and one locality code with it, in one batch: at batch 1 a GPU is
-        bound by kernel launches, so they cost far less than renders of their own) and what the
+        regularised step one edit and one locality code with it, in one batch, so that each kind of
+        step is one graph; the batch costs about as much as three renders of one code) and what the
         regularisers compare with. Each regularised step takes the next view, edit and code."""
         regularisers = {"views", "edits", "locality"} & set(self.used)
         if not regularisers or step % self.s.regularise_every:
